@@ -1,0 +1,466 @@
+//! The blocking client: connect to a Unix socket (or TCP) in one call, with
+//! timeouts, extra headers, subprotocols and retry with backoff for the
+//! failures that can heal (socket missing, refused, busy) and never for
+//! those that cannot (403, permission denied, protocol errors).
+
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self as nixsock, AddressFamily, SockFlag, SockType, UnixAddr};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::HeaderValue;
+
+use crate::addr::{Address, Endpoint, ToAddress};
+use crate::config::Limits;
+use crate::connection::{Connection, ConnectionInfo};
+use crate::error::{Error, Result};
+use crate::stream::{Interrupt, Socket, Stream};
+
+/// Connect to `addr` with default settings.
+///
+/// ```no_run
+/// let mut conn = unixws::connect("ws+unix:///run/app.sock:/chat")?;
+/// conn.send(unixws::Message::text("hello"))?;
+/// # Ok::<(), unixws::Error>(())
+/// ```
+pub fn connect(addr: impl ToAddress) -> Result<Connection> {
+    ClientBuilder::new(addr)?.connect()
+}
+
+/// How often and how patiently to retry a failed connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Extra attempts after the first [0: no retry].
+    pub attempts: u32,
+    /// Delay before the first retry; doubled each time [100 ms].
+    pub base_delay: Duration,
+    /// Largest delay between attempts [5 s].
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Retry up to `attempts` times with the default delays.
+    pub fn attempts(attempts: u32) -> Self {
+        Self {
+            attempts,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before retry number `retry` (0-based): exponential, capped,
+    /// with jitter in [50%, 100%] so that many clients do not retry in step.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+            .min(self.max_delay);
+        exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Options for a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: Address,
+    limits: Limits,
+    read_timeout: Option<Duration>,
+    headers: Vec<(String, String)>,
+    subprotocols: Vec<String>,
+    host: Option<String>,
+    retry: RetryPolicy,
+}
+
+impl ClientBuilder {
+    /// A client for `addr` with default limits, no retry.
+    pub fn new(addr: impl ToAddress) -> Result<Self> {
+        Ok(Self {
+            addr: addr.to_address()?,
+            limits: Limits::default(),
+            read_timeout: None,
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            host: None,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Limits (message size, keepalive, close timeout, ...).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long connecting to the socket may take [5 s].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the server may take to answer the upgrade [10 s].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// Fail [`Connection::recv`] when no message arrives for this long [none].
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Fail a send that blocks longer than this [30 s].
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.write_timeout = Some(timeout);
+        self
+    }
+
+    /// Add a request header, e.g. `("Authorization", "Bearer ...")`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offer a subprotocol (may be called several times).
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// The `Host` header [`localhost` over a Unix socket, `host:port` over TCP].
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Retry transient failures.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Connect and complete the handshake, retrying as configured.
+    pub fn connect(&self) -> Result<Connection> {
+        let mut retry = 0;
+        loop {
+            match self.connect_once() {
+                Ok(conn) => return Ok(conn),
+                Err(e) if e.is_transient() && retry < self.retry.attempts => {
+                    let delay = self.retry.delay(retry);
+                    tracing::info!(error = %e, retry = retry + 1, of = self.retry.attempts, ?delay, "connect failed; retrying");
+                    thread::sleep(delay);
+                    retry += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn connect_once(&self) -> Result<Connection> {
+        let socket = open_socket(&self.addr, self.limits.connect_timeout)?;
+        let peer = socket.peer().map_err(|e| {
+            Error::io(
+                format!("reading the peer of {}", self.addr.endpoint_display()),
+                e,
+            )
+        })?;
+        let _ = socket.set_write_timeout(self.limits.write_timeout);
+        let mut stream = Stream::new(socket);
+        stream.set_deadline(Some(Instant::now() + self.limits.handshake_timeout));
+        stream.set_read_budget(Some(self.limits.max_header_bytes));
+
+        let request = self.request()?;
+        let config = Some(self.limits.websocket_config());
+        let (mut ws, response) =
+            match tungstenite::client::client_with_config(request, stream, config) {
+                Ok(pair) => pair,
+                Err(HandshakeError::Interrupted(mut mid)) => {
+                    return Err(match mid.get_mut().get_mut().take_interrupt() {
+                        Some(Interrupt::BudgetExhausted) => Error::Config(format!(
+                        "the handshake response from {} is larger than max_header_bytes ({} bytes)",
+                        self.addr.endpoint_display(),
+                        self.limits.max_header_bytes
+                    )),
+                        _ => Error::Timeout {
+                            operation: "handshake",
+                            addr: self.addr.endpoint_display(),
+                            after: self.limits.handshake_timeout,
+                        },
+                    })
+                }
+                Err(HandshakeError::Failure(e)) => return Err(self.handshake_error(e)),
+            };
+        ws.get_mut().set_deadline(None);
+        ws.get_mut().set_read_budget(None);
+        let subprotocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (path, query) = match self.addr.resource().split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (self.addr.resource().to_string(), None),
+        };
+        let info = ConnectionInfo {
+            peer,
+            path,
+            query,
+            headers: response.headers().clone(),
+            subprotocol,
+        };
+        Ok(Connection::new(
+            ws,
+            info,
+            self.limits.clone(),
+            self.read_timeout,
+        ))
+    }
+
+    fn request(&self) -> Result<tungstenite::handshake::client::Request> {
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| self.addr.default_host_header());
+        let url = self.addr.request_url(&host);
+        let mut request = url.as_str().into_client_request().map_err(|e| {
+            Error::Config(format!(
+                "cannot build a request for `{url}` (check --host): {e}"
+            ))
+        })?;
+        let headers = request.headers_mut();
+        for (name, value) in &self.headers {
+            let name: tungstenite::http::HeaderName = name
+                .parse()
+                .map_err(|_| Error::Config(format!("`{name}` is not a valid HTTP header name")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                Error::Config(format!(
+                    "the value of header `{name}` has characters HTTP does not allow"
+                ))
+            })?;
+            headers.append(name, value);
+        }
+        if !self.subprotocols.is_empty() {
+            let joined = self.subprotocols.join(", ");
+            let value = HeaderValue::from_str(&joined).map_err(|_| {
+                Error::Config(format!("`{joined}` is not a valid subprotocol list"))
+            })?;
+            headers.insert("Sec-WebSocket-Protocol", value);
+        }
+        Ok(request)
+    }
+
+    fn handshake_error(&self, e: tungstenite::Error) -> Error {
+        let addr = self.addr.endpoint_display();
+        match e {
+            tungstenite::Error::Http(response) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                    .unwrap_or_default();
+                if status == 503 {
+                    return Error::Busy {
+                        addr,
+                        detail: format!(
+                            "HTTP 503 ({})",
+                            if body.is_empty() {
+                                "service unavailable"
+                            } else {
+                                &body
+                            }
+                        ),
+                    };
+                }
+                let hint = match status {
+                    403 => {
+                        let uid = nix::unistd::getuid().as_raw();
+                        format!("; this process runs as uid {uid}: ask the server's operator to allow it (unixws serve --allow-uid {uid})")
+                    }
+                    _ => String::new(),
+                };
+                Error::HandshakeRejected {
+                    addr,
+                    status,
+                    reason: if body.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {body}")
+                    },
+                    hint,
+                }
+            }
+            tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut => Error::Timeout {
+                operation: "handshake",
+                addr,
+                after: self.limits.write_timeout.unwrap_or_default(),
+            },
+            other => Error::Handshake {
+                addr,
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
+/// Opens the socket within `timeout`, turning OS errors into errors that say
+/// what to do.
+fn open_socket(addr: &Address, timeout: Duration) -> Result<Socket> {
+    match addr.endpoint() {
+        Endpoint::Path(path) => {
+            let ua = UnixAddr::new(path.as_path())
+                .map_err(|e| Error::io(format!("socket path {}", path.display()), e.into()))?;
+            connect_unix(&ua, timeout).map_err(|e| unix_connect_error(addr, Some(path), e))
+        }
+        Endpoint::Abstract(name) => {
+            let ua = UnixAddr::new_abstract(name.as_bytes())
+                .map_err(|e| Error::io(format!("abstract socket @{name}"), e.into()))?;
+            connect_unix(&ua, timeout).map_err(|e| unix_connect_error(addr, None, e))
+        }
+        Endpoint::Tcp { host, port } => connect_tcp(addr, host, *port, timeout),
+    }
+}
+
+/// A Unix-socket connect never blocks for long except on a full listen
+/// backlog, where a non-blocking connect says EAGAIN: retry until `timeout`.
+fn connect_unix(ua: &UnixAddr, timeout: Duration) -> std::result::Result<Socket, ConnectFailure> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let fd = nixsock::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(ConnectFailure::Os)?;
+        match nixsock::connect(fd.as_raw_fd(), ua) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false).map_err(|e| {
+                    ConnectFailure::Os(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+                })?;
+                return Ok(Socket::Unix(stream));
+            }
+            Err(Errno::EAGAIN) if Instant::now() < deadline => {
+                thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(Errno::EAGAIN) => return Err(ConnectFailure::BacklogFull(timeout)),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(ConnectFailure::Os(e)),
+        }
+    }
+}
+
+enum ConnectFailure {
+    Os(Errno),
+    BacklogFull(Duration),
+}
+
+fn unix_connect_error(addr: &Address, path: Option<&Path>, failure: ConnectFailure) -> Error {
+    let shown = addr.endpoint_display();
+    match failure {
+        ConnectFailure::BacklogFull(after) => Error::Busy {
+            addr: shown,
+            detail: format!("its queue of pending connections stayed full for {after:?}"),
+        },
+        ConnectFailure::Os(Errno::ENOENT) => match path {
+            Some(p) => Error::SocketNotFound { path: p.to_path_buf() },
+            None => Error::ConnectionRefused { addr: shown },
+        },
+        ConnectFailure::Os(Errno::ECONNREFUSED) => Error::ConnectionRefused { addr: shown },
+        ConnectFailure::Os(Errno::EACCES | Errno::EPERM) => Error::PermissionDenied {
+            path: path.map_or_else(|| shown.clone().into(), Path::to_path_buf),
+            detail: path.map_or_else(
+                || "the kernel refused the connection".to_string(),
+                permission_detail,
+            ),
+        },
+        ConnectFailure::Os(Errno::ENOTSOCK | Errno::ENOTDIR) => Error::Config(format!(
+            "{shown} is not a socket: is the path right? (a server creates it with `unixws serve {shown}`)"
+        )),
+        ConnectFailure::Os(e) => Error::io(format!("connecting to {shown}"), io::Error::from(e)),
+    }
+}
+
+/// "the socket is mode 0660 owned by root:app; run as root or a member of group app".
+fn permission_detail(path: &Path) -> String {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) => {
+            return format!(
+                "a directory on the way to it is not searchable by uid {}; ask for access to the directory or use a socket in a shared directory",
+                nix::unistd::getuid()
+            )
+        }
+    };
+    let mode = meta.mode() & 0o7777;
+    let user = nix::unistd::User::from_uid(meta.uid().into())
+        .ok()
+        .flatten()
+        .map_or_else(|| meta.uid().to_string(), |u| u.name);
+    let group = nix::unistd::Group::from_gid(meta.gid().into())
+        .ok()
+        .flatten()
+        .map_or_else(|| meta.gid().to_string(), |g| g.name);
+    let mut who = vec![format!("user {user}")];
+    if mode & 0o020 != 0 {
+        who.push(format!("a member of group {group}"));
+    }
+    format!(
+        "the socket is mode {mode:04o} owned by {user}:{group}; run as {} (this process is uid {}), or have the server started with a looser --mode",
+        who.join(" or "),
+        nix::unistd::getuid()
+    )
+}
+
+fn connect_tcp(addr: &Address, host: &str, port: u16, timeout: Duration) -> Result<Socket> {
+    let shown = addr.endpoint_display();
+    let targets: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving {shown}"), e))?
+        .collect();
+    let mut last = None;
+    for target in &targets {
+        match TcpStream::connect_timeout(target, timeout) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(Socket::Tcp(s));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Error::ConnectionRefused { addr: shown }
+        }
+        Some(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+            Error::Timeout {
+                operation: "connect",
+                addr: shown,
+                after: timeout,
+            }
+        }
+        Some(e) => Error::io(format!("connecting to {shown}"), e),
+        None => Error::Config(format!("{shown} resolves to no address")),
+    })
+}

@@ -1,0 +1,444 @@
+//! An open WebSocket connection (client or server side) with what
+//! production needs around tungstenite's `WebSocket`: close codes for
+//! protocol and size errors (1002, 1007, 1009), keepalive pings, idle and
+//! close timeouts, shutdown with 1001, and an [`Outbox`] through which other
+//! threads queue messages with a bound.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::http::HeaderMap;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::peer::Peer;
+use crate::stream::{Interrupt, Stream, Waker};
+
+/// What is known about a connection once its handshake is done.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The other end: credentials of a Unix-socket peer, or a TCP address.
+    pub peer: Peer,
+    /// The request path, e.g. `/chat`.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// The request headers (server side) or response headers (client side).
+    pub headers: HeaderMap,
+    /// The negotiated subprotocol, if any.
+    pub subprotocol: Option<String>,
+}
+
+/// How the connection ended, as the peer said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerClose {
+    /// The close code (1000 normal, 1001 going away, 1009 too big, ...).
+    pub code: u16,
+    /// The reason text.
+    pub reason: String,
+}
+
+/// A handle for other threads to queue messages on a connection.
+///
+/// The queue is bounded ([`Limits::send_queue`]). [`Outbox::send`] waits for
+/// room; [`Outbox::try_send`] never waits and, when the queue is full, has
+/// the connection closed with 1013 (a slow consumer must not make the
+/// sender's memory grow).
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: SyncSender<Message>,
+    waker: Waker,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    /// The connection is gone.
+    #[error("the connection is closed")]
+    Closed,
+    /// The queue was full; the connection is being closed with 1013.
+    #[error("the connection's send queue is full; it is being closed as too slow")]
+    Full,
+}
+
+impl Outbox {
+    /// Queue `message`, waiting while the queue is full. A `Message::Close`
+    /// makes the connection start its closing handshake.
+    pub fn send(&self, message: Message) -> Result<(), OutboxError> {
+        self.tx.send(message).map_err(|_| OutboxError::Closed)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Queue `message` if there is room; otherwise mark the connection as a
+    /// slow consumer, to be closed with 1013.
+    pub fn try_send(&self, message: Message) -> Result<(), OutboxError> {
+        match self.tx.try_send(message) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::SeqCst);
+                self.waker.wake();
+                Err(OutboxError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(OutboxError::Closed),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OutboxReceiver {
+    rx: Receiver<Message>,
+    overflowed: Arc<AtomicBool>,
+    handle: Outbox,
+}
+
+/// An open WebSocket connection.
+///
+/// [`recv`](Connection::recv) returns data messages; pings, pongs and the
+/// closing handshake are handled inside. It returns `Ok(None)` once the
+/// connection has closed cleanly (see [`peer_close`](Connection::peer_close)
+/// for the peer's code).
+#[derive(Debug)]
+pub struct Connection {
+    ws: WebSocket<Stream>,
+    info: ConnectionInfo,
+    limits: Limits,
+    read_timeout: Option<Duration>,
+    outbox: Option<OutboxReceiver>,
+    last_heard: Instant,
+    last_data: Instant,
+    ping_sent: Option<Instant>,
+    closing_since: Option<Instant>,
+    peer_close: Option<PeerClose>,
+}
+
+enum Deadline {
+    CloseTimeout,
+    PongTimeout,
+    PingDue,
+    Idle,
+    ReadTimeout,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        ws: WebSocket<Stream>,
+        info: ConnectionInfo,
+        limits: Limits,
+        read_timeout: Option<Duration>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ws,
+            info,
+            limits,
+            read_timeout,
+            outbox: None,
+            last_heard: now,
+            last_data: now,
+            ping_sent: None,
+            closing_since: None,
+            peer_close: None,
+        }
+    }
+
+    /// What is known about the peer and the request.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// The peer's close code and reason, once it sent one.
+    pub fn peer_close(&self) -> Option<&PeerClose> {
+        self.peer_close.as_ref()
+    }
+
+    /// tungstenite's `WebSocket`, for what this type does not cover. Reading
+    /// from it directly bypasses keepalive and close-code handling.
+    pub fn websocket_mut(&mut self) -> &mut WebSocket<Stream> {
+        &mut self.ws
+    }
+
+    /// A handle through which other threads queue messages for this
+    /// connection; [`recv`](Connection::recv) sends them as they arrive.
+    pub fn outbox(&mut self) -> Result<Outbox> {
+        if let Some(o) = &self.outbox {
+            return Ok(o.handle.clone());
+        }
+        let (waker, read_end) =
+            Waker::pair().map_err(|e| Error::io("creating the outbox wake-up pipe", e))?;
+        self.ws.get_mut().set_wake(read_end);
+        let (tx, rx) = mpsc::sync_channel(self.limits.send_queue.max(1));
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let handle = Outbox {
+            tx,
+            waker,
+            overflowed: overflowed.clone(),
+        };
+        self.outbox = Some(OutboxReceiver {
+            rx,
+            overflowed,
+            handle: handle.clone(),
+        });
+        Ok(handle)
+    }
+
+    /// Send one message and flush it.
+    pub fn send(&mut self, message: Message) -> Result<()> {
+        if message.is_text() || message.is_binary() {
+            self.last_data = Instant::now();
+        }
+        let result = self.ws.send(message);
+        result.map_err(|e| self.write_error(e))
+    }
+
+    /// Receive the next text or binary message; `Ok(None)` once closed.
+    pub fn recv(&mut self) -> Result<Option<Message>> {
+        let started = Instant::now();
+        loop {
+            self.drain_outbox()?;
+            let (deadline, _) = self.next_deadline(started);
+            self.ws.get_mut().set_deadline(deadline);
+            match self.ws.read() {
+                Ok(message) => {
+                    let now = Instant::now();
+                    self.last_heard = now;
+                    self.ping_sent = None;
+                    match message {
+                        Message::Text(_) | Message::Binary(_) => {
+                            self.last_data = now;
+                            return Ok(Some(message));
+                        }
+                        Message::Close(frame) => {
+                            self.peer_close = Some(match frame {
+                                Some(f) => PeerClose {
+                                    code: u16::from(f.code),
+                                    reason: f.reason.to_string(),
+                                },
+                                None => PeerClose {
+                                    code: 1005,
+                                    reason: String::new(),
+                                },
+                            });
+                            self.closing_since.get_or_insert(now);
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return Ok(None),
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match self.ws.get_mut().take_interrupt() {
+                        Some(Interrupt::Wake) => {}
+                        Some(Interrupt::Shutdown) => {
+                            self.ws.get_mut().set_shutdown(None);
+                            self.start_close(CloseCode::Away, "server shutting down")?;
+                        }
+                        Some(Interrupt::Deadline) => {
+                            if let Some(done) = self.on_deadline(started)? {
+                                return Ok(done);
+                            }
+                        }
+                        Some(Interrupt::BudgetExhausted) | None => {
+                            return Err(Error::io("reading from the connection", e))
+                        }
+                    }
+                }
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+    }
+
+    /// Start the closing handshake with `code` and `reason`, and wait (at
+    /// most [`Limits::close_timeout`]) for the peer's answer. Data messages
+    /// that arrive meanwhile are discarded.
+    pub fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.start_close(CloseCode::from(code), reason)?;
+        while self.recv()?.is_some() {}
+        Ok(())
+    }
+
+    /// Close normally unless already closing, then wait for the end. Used by
+    /// the server after a handler returns.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if self.ws.can_write() {
+            self.start_close(CloseCode::Normal, "")?;
+        }
+        while self.recv()?.is_some() {}
+        Ok(())
+    }
+
+    fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        if !self.ws.can_write() {
+            return Ok(());
+        }
+        self.closing_since = Some(Instant::now());
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_string().into(),
+        };
+        match self.ws.close(Some(frame)) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    fn drain_outbox(&mut self) -> Result<()> {
+        let Some(outbox) = &self.outbox else {
+            return Ok(());
+        };
+        if outbox.overflowed.swap(false, Ordering::SeqCst) {
+            tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
+            return self.start_close(CloseCode::Again, "send queue full: reading too slowly");
+        }
+        let mut wrote = false;
+        while self.ws.can_write() {
+            let message = match self.outbox.as_ref().map(|o| o.rx.try_recv()) {
+                Some(Ok(m)) => m,
+                Some(Err(TryRecvError::Empty | TryRecvError::Disconnected)) | None => break,
+            };
+            if let Message::Close(frame) = message {
+                let (code, reason) = frame.map_or((CloseCode::Normal, String::new()), |f| {
+                    (f.code, f.reason.to_string())
+                });
+                return self.start_close(code, &reason);
+            }
+            if message.is_text() || message.is_binary() {
+                self.last_data = Instant::now();
+            }
+            let result = self.ws.write(message);
+            result.map_err(|e| self.write_error(e))?;
+            wrote = true;
+        }
+        if wrote {
+            let result = self.ws.flush();
+            result.map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self, started: Instant) -> (Option<Instant>, Option<Deadline>) {
+        let mut best: (Option<Instant>, Option<Deadline>) = (None, None);
+        let mut consider = |at: Instant, which: Deadline| {
+            if best.0.is_none_or(|b| at < b) {
+                best = (Some(at), Some(which));
+            }
+        };
+        if let Some(since) = self.closing_since {
+            consider(since + self.limits.close_timeout, Deadline::CloseTimeout);
+            return best;
+        }
+        match (self.ping_sent, self.limits.ping_interval) {
+            (Some(sent), _) => consider(sent + self.limits.pong_timeout, Deadline::PongTimeout),
+            (None, Some(every)) => consider(self.last_heard + every, Deadline::PingDue),
+            (None, None) => {}
+        }
+        if let Some(idle) = self.limits.idle_timeout {
+            consider(self.last_data + idle, Deadline::Idle);
+        }
+        if let Some(t) = self.read_timeout {
+            consider(started + t, Deadline::ReadTimeout);
+        }
+        best
+    }
+
+    /// Acts on the deadline that passed; `Some(None)` ends `recv`.
+    fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
+        let (at, which) = self.next_deadline(started);
+        if at.is_some_and(|at| at > Instant::now()) {
+            return Ok(None);
+        }
+        match which {
+            Some(Deadline::CloseTimeout) => {
+                tracing::debug!(peer = %self.info.peer, "peer did not finish the closing handshake in time; dropping it");
+                self.abort();
+                Ok(Some(None))
+            }
+            Some(Deadline::PongTimeout) => {
+                tracing::info!(peer = %self.info.peer, "peer did not answer a ping; closing");
+                self.abort();
+                Err(Error::KeepaliveTimeout {
+                    after: self.limits.pong_timeout,
+                })
+            }
+            Some(Deadline::PingDue) => {
+                self.ping_sent = Some(Instant::now());
+                let result = self.ws.send(Message::Ping(Default::default()));
+                result.map_err(|e| self.write_error(e))?;
+                Ok(None)
+            }
+            Some(Deadline::Idle) => {
+                tracing::info!(peer = %self.info.peer, "idle timeout; closing with 1001");
+                self.start_close(CloseCode::Away, "idle timeout")?;
+                Ok(None)
+            }
+            Some(Deadline::ReadTimeout) => Err(Error::Timeout {
+                operation: "read",
+                addr: self.info.peer.to_string(),
+                after: self.read_timeout.unwrap_or_default(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn abort(&mut self) {
+        let _ = self
+            .ws
+            .get_ref()
+            .socket()
+            .shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Sends the close code that fits `e` (1002, 1007, 1009) before giving up
+    /// on the connection: tungstenite itself only returns the error.
+    fn read_error(&mut self, e: WsError) -> Error {
+        let (code, reason) = match &e {
+            WsError::Capacity(_) => (CloseCode::Size, "message too big"),
+            WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+            WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+            _ => return Error::from(e),
+        };
+        tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
+        if self.ws.can_write() {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = self.ws.close(Some(frame));
+            let _ = self.ws.flush();
+        }
+        self.abort();
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                Error::MessageTooLarge {
+                    size,
+                    max: max_size,
+                }
+            }
+            other => Error::Protocol {
+                code: code.into(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    fn write_error(&self, e: WsError) -> Error {
+        match e {
+            WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Error::Timeout {
+                operation: "write",
+                addr: self.info.peer.to_string(),
+                after: self.limits.write_timeout.unwrap_or_default(),
+            },
+            other => Error::from(other),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! # unixws — WebSocket over Unix domain sockets, production-grade
+//!
+//! [tungstenite] speaks WebSocket over any stream; unixws owns everything
+//! around the stream that a real deployment needs: addresses
+//! (`ws+unix:///run/app.sock:/chat`), safe binding (stale sockets, file
+//! modes with no window, cleanup of only our own file), kernel-verified
+//! peer credentials and an access policy, limits, timeouts, retries,
+//! keepalive and graceful shutdown.
+//!
+//! ```no_run
+//! use unixws::{Message, Server};
+//!
+//! // Server: echo every message, on its own thread per connection.
+//! let server = Server::bind("/tmp/demo.sock")?;
+//! std::thread::spawn(move || server.serve(|conn| {
+//!     while let Some(message) = conn.recv()? {
+//!         conn.send(message)?;
+//!     }
+//!     Ok(())
+//! }));
+//!
+//! // Client: one call to connect, then send and receive.
+//! let mut conn = unixws::connect("ws+unix:///tmp/demo.sock:/chat")?;
+//! conn.send(Message::text("hello"))?;
+//! assert_eq!(conn.recv()?, Some(Message::text("hello")));
+//! conn.close(1000, "bye")?;
+//! # Ok::<(), unixws::Error>(())
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`addr`]: [`Address`], the one parser for every address form.
+//! - [`listen`]: binding, permissions, stale-socket handling, cleanup.
+//! - [`peer`]: [`PeerCredentials`] of a Unix-socket peer.
+//! - [`policy`]: [`AccessPolicy`], who may connect.
+//! - [`config`]: [`Limits`], every limit and timeout with its default.
+//! - [`stream`]: the socket under a WebSocket, with interruptible reads.
+//! - [`connection`]: [`Connection`], an open WebSocket with close codes,
+//!   keepalive and a bounded [`Outbox`].
+//! - [`client`]: [`connect`] and [`ClientBuilder`] (retry, timeouts, headers).
+//! - [`server`]: the blocking [`Server`], a thread per connection.
+//! - [`error`]: [`Error`], whose messages say what to do.
+//!
+//! [tungstenite]: https://docs.rs/tungstenite
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod listen;
+pub mod peer;
+pub mod policy;
+pub mod server;
+pub mod stream;
+
+pub use addr::{Address, Endpoint, ToAddress};
+pub use client::{connect, ClientBuilder, RetryPolicy};
+pub use config::Limits;
+pub use connection::{Connection, ConnectionInfo, Outbox, OutboxError, PeerClose};
+pub use error::{Error, Result};
+pub use listen::{BindOptions, Listener};
+pub use peer::{Peer, PeerCredentials};
+pub use policy::AccessPolicy;
+pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use stream::{ShutdownSignal, Socket, Stream};
+/// tungstenite itself, for types unixws does not wrap.
+pub use tungstenite;
+/// The message type, re-exported from tungstenite.
+pub use tungstenite::Message;

@@ -1,0 +1,443 @@
+//! Binding a server socket the way trusted daemons do.
+//!
+//! For a socket file:
+//! - an existing socket is probed with a connect: refused means stale (it is
+//!   replaced), accepted means another server is live ("address in use");
+//! - anything else at the path (regular file, directory, symbolic link) is
+//!   never removed;
+//! - the socket is bound under a temporary name in the same directory, given
+//!   its mode and owner, and only then put into `listen` state and renamed
+//!   into place, so no client can ever connect under looser permissions than
+//!   asked (the process umask is never touched);
+//! - on drop the file is removed, but only if the path still holds the inode
+//!   this listener created, so a newer server's socket survives.
+//!
+//! Abstract-namespace sockets have no file and no permissions; pair them with
+//! an [`AccessPolicy`](crate::AccessPolicy).
+
+use std::fs;
+use std::io;
+use std::net::{TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{self as nixsock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+use crate::addr::{Address, Endpoint, MAX_UNIX_PATH_LEN};
+use crate::error::{Error, Result};
+use crate::peer::Peer;
+use crate::stream::Socket;
+
+/// How to create a socket file. Ignored fields keep the OS defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BindOptions {
+    /// Permission bits of the socket file, e.g. `0o660` [umask default].
+    /// Connecting needs write permission on the socket.
+    pub mode: Option<u32>,
+    /// Owner uid of the socket file [the process's]. Changing it needs root.
+    pub owner: Option<u32>,
+    /// Group gid of the socket file [the process's].
+    pub group: Option<u32>,
+    /// Length of the kernel's queue of not-yet-accepted connections [1024].
+    pub backlog: i32,
+}
+
+impl Default for BindOptions {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            owner: None,
+            group: None,
+            backlog: 1024,
+        }
+    }
+}
+
+impl BindOptions {
+    /// Options with the OS defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the file mode.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Set the owner uid.
+    pub fn owner(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
+    }
+
+    /// Set the group gid.
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self
+    }
+
+    fn touches_file(&self) -> bool {
+        self.mode.is_some() || self.owner.is_some() || self.group.is_some()
+    }
+}
+
+/// A bound, listening server socket (Unix path, abstract, or TCP).
+#[derive(Debug)]
+pub struct Listener {
+    kind: ListenerKind,
+    addr: Address,
+    // Declared after `kind` so that the socket closes before its file goes.
+    file: Option<SocketFile>,
+}
+
+#[derive(Debug)]
+enum ListenerKind {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Bind and listen on `addr`.
+    pub fn bind(addr: &Address, options: &BindOptions) -> Result<Self> {
+        match addr.endpoint() {
+            Endpoint::Path(path) => {
+                let (listener, file) = bind_path(addr, path, options)?;
+                Ok(Self {
+                    kind: ListenerKind::Unix(listener),
+                    addr: addr.clone(),
+                    file: Some(file),
+                })
+            }
+            Endpoint::Abstract(name) => {
+                no_file_options(addr, options, "abstract sockets have no file")?;
+                let sa = UnixSocketAddr::from_abstract_name(name.as_bytes())
+                    .map_err(|e| bind_error(addr, e))?;
+                let listener = UnixListener::bind_addr(&sa).map_err(|e| bind_error(addr, e))?;
+                Ok(Self {
+                    kind: ListenerKind::Unix(listener),
+                    addr: addr.clone(),
+                    file: None,
+                })
+            }
+            Endpoint::Tcp { host, port } => {
+                no_file_options(addr, options, "TCP sockets have no file")?;
+                let listener =
+                    TcpListener::bind((host.as_str(), *port)).map_err(|e| bind_error(addr, e))?;
+                // Port 0 is refused by the parser, but a resolved wildcard is
+                // still worth reporting precisely.
+                let local = listener.local_addr().map_err(|e| bind_error(addr, e))?;
+                let addr = Address::new(
+                    Endpoint::Tcp {
+                        host: local.ip().to_string(),
+                        port: local.port(),
+                    },
+                    addr.resource(),
+                )?;
+                Ok(Self {
+                    kind: ListenerKind::Tcp(listener),
+                    addr,
+                    file: None,
+                })
+            }
+        }
+    }
+
+    /// Bind TCP on `host` with a port the OS picks (for tests and tools).
+    pub fn bind_tcp_ephemeral(host: &str) -> Result<Self> {
+        let target = format!("{host}:0");
+        let display = Address::new(
+            Endpoint::Tcp {
+                host: host.to_string(),
+                port: 1,
+            },
+            "/",
+        )?;
+        let sock = target
+            .to_socket_addrs()
+            .map_err(|e| bind_error(&display, e))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("`{host}` resolves to no address")))?;
+        let listener = TcpListener::bind(sock).map_err(|e| bind_error(&display, e))?;
+        let local = listener.local_addr().map_err(|e| bind_error(&display, e))?;
+        Ok(Self {
+            kind: ListenerKind::Tcp(listener),
+            addr: Address::new(
+                Endpoint::Tcp {
+                    host: local.ip().to_string(),
+                    port: local.port(),
+                },
+                "/",
+            )?,
+            file: None,
+        })
+    }
+
+    /// The address this listener serves (for TCP, with the real port).
+    pub fn local_addr(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Accept one connection and find out who it is.
+    pub fn accept(&self) -> io::Result<(Socket, Peer)> {
+        let socket = match &self.kind {
+            ListenerKind::Unix(l) => Socket::Unix(l.accept()?.0),
+            ListenerKind::Tcp(l) => Socket::Tcp(l.accept()?.0),
+        };
+        let peer = socket.peer()?;
+        Ok((socket, peer))
+    }
+
+    /// Switch non-blocking mode on the listening socket.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match &self.kind {
+            ListenerKind::Unix(l) => l.set_nonblocking(on),
+            ListenerKind::Tcp(l) => l.set_nonblocking(on),
+        }
+    }
+
+    /// True when the path still holds this listener's socket file (false for
+    /// abstract and TCP listeners).
+    pub fn owns_socket_file(&self) -> bool {
+        self.file.as_ref().is_some_and(SocketFile::still_ours)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.kind {
+            ListenerKind::Unix(l) => l.as_fd(),
+            ListenerKind::Tcp(l) => l.as_fd(),
+        }
+    }
+}
+
+fn bind_error(addr: &Address, source: io::Error) -> Error {
+    let hint = match source.kind() {
+        io::ErrorKind::PermissionDenied => {
+            "; the directory is not writable by this user: pick a directory you own or run as its owner"
+                .to_string()
+        }
+        io::ErrorKind::AddrInUse => {
+            "; another server uses it: stop it or pick another address".to_string()
+        }
+        io::ErrorKind::NotFound => "; the directory does not exist: create it first".to_string(),
+        _ => String::new(),
+    };
+    Error::Bind {
+        addr: addr.endpoint_display(),
+        source,
+        hint,
+    }
+}
+
+fn no_file_options(addr: &Address, options: &BindOptions, why: &str) -> Result<()> {
+    if options.touches_file() {
+        return Err(Error::Config(format!(
+            "cannot apply --mode/--owner/--group to {}: {why}; restrict access with --allow-uid/--allow-gid instead",
+            addr.endpoint_display()
+        )));
+    }
+    Ok(())
+}
+
+/// Remembers which inode this listener created, to remove only that one.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn still_ours(&self) -> bool {
+        fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino && m.file_type().is_socket())
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.still_ours() {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket file");
+            }
+        } else {
+            tracing::info!(path = %self.path.display(), "socket file was replaced or removed by someone else; leaving it alone");
+        }
+    }
+}
+
+/// What is at the bind path before we bind.
+enum Existing {
+    Nothing,
+    StaleSocket,
+}
+
+fn inspect_existing(addr: &Address, path: &Path) -> Result<Existing> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(bind_error(addr, e)),
+    };
+    let ft = meta.file_type();
+    let kind = if ft.is_socket() {
+        return match UnixStream::connect(path) {
+            Ok(_) => Err(Error::AddressInUse {
+                path: path.to_path_buf(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Existing::StaleSocket),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+            // A full backlog (EAGAIN) still means someone is listening.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::AddressInUse {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(bind_error(addr, e)),
+        };
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device or other special file"
+    };
+    Err(Error::NotASocket {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+fn bind_path(
+    addr: &Address,
+    path: &Path,
+    options: &BindOptions,
+) -> Result<(UnixListener, SocketFile)> {
+    let existing = inspect_existing(addr, path)?;
+    let staging = staging_path(path);
+    let fd = nixsock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| bind_error(addr, e.into()))?;
+
+    // Bind under the staging name when it fits in sun_path; otherwise bind
+    // the final name directly (after removing a stale file), which is still
+    // safe: nobody can connect before listen().
+    let bound_at = match &staging {
+        Some(tmp) => tmp.as_path(),
+        None => {
+            if matches!(existing, Existing::StaleSocket) {
+                remove_stale(addr, path)?;
+            }
+            path
+        }
+    };
+    let ua = UnixAddr::new(bound_at).map_err(|e| bind_error(addr, e.into()))?;
+    nixsock::bind(fd.as_raw_fd(), &ua).map_err(|e| bind_error(addr, e.into()))?;
+    // From here on the file at `bound_at` is ours: remove it if a later step fails.
+    let result = (|| {
+        apply_file_options(addr, bound_at, options)?;
+        let backlog = Backlog::new(options.backlog).unwrap_or(Backlog::MAXCONN);
+        nixsock::listen(&fd, backlog).map_err(|e| bind_error(addr, e.into()))?;
+        if let Some(tmp) = &staging {
+            // Look again: another server may have started since the probe.
+            inspect_existing(addr, path)?;
+            fs::rename(tmp, path).map_err(|e| bind_error(addr, e))?;
+        }
+        let meta = fs::symlink_metadata(path).map_err(|e| bind_error(addr, e))?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    })();
+    match result {
+        Ok(file) => Ok((UnixListener::from(fd), file)),
+        Err(e) => {
+            let _ = fs::remove_file(bound_at);
+            Err(e)
+        }
+    }
+}
+
+fn remove_stale(addr: &Address, path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bind_error(addr, e)),
+    }
+}
+
+/// `dir/.name.XXXXXX` next to `path`, or `None` if it would not fit in sun_path.
+fn staging_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_string_lossy();
+    let tag: String = (0..6).map(|_| fastrand::alphanumeric()).collect();
+    let staged = path.with_file_name(format!(".{name}.{tag}"));
+    (staged.as_os_str().len() <= MAX_UNIX_PATH_LEN).then_some(staged)
+}
+
+fn apply_file_options(addr: &Address, path: &Path, options: &BindOptions) -> Result<()> {
+    if options.owner.is_some() || options.group.is_some() {
+        std::os::unix::fs::chown(path, options.owner, options.group).map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+                "; changing the owner needs root, and the group must be one this user belongs to"
+            } else {
+                ""
+            };
+            Error::Bind {
+                addr: addr.endpoint_display(),
+                source: e,
+                hint: format!("{hint} (while setting --owner/--group)"),
+            }
+        })?;
+    }
+    if let Some(mode) = options.mode {
+        if mode > 0o7777 {
+            return Err(Error::Config(format!(
+                "mode {mode:o} is not a file mode; use octal digits like 660 or 0600"
+            )));
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::Bind {
+            addr: addr.endpoint_display(),
+            source: e,
+            hint: " (while setting --mode)".to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The uid of a user name or numeric id (as given to `--owner`).
+pub fn resolve_user(name: &str) -> Result<u32> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(Error::Config(format!(
+            "unknown user `{name}`: no such entry in the user database; give a user name or a numeric uid"
+        ))),
+    }
+}
+
+/// The gid of a group name or numeric id (as given to `--group`).
+pub fn resolve_group(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(Error::Config(format!(
+            "unknown group `{name}`: no such entry in the group database; give a group name or a numeric gid"
+        ))),
+    }
+}
