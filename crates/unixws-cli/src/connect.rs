@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     binary: bool,
 
-    /// Connect and handshake timeout, e.g. 2s [5s connect, 10s handshake].
+    /// Connect and handshake timeout, e.g. 2s (default: 5s connect, 10s handshake).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     timeout: Option<Duration>,
 
@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     retry: u32,
 
-    /// Host header [localhost over a Unix socket].
+    /// Host header (default: localhost over a Unix socket).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
 }

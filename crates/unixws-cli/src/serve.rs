@@ -69,15 +69,15 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     idle_timeout: Option<Duration>,
 
-    /// Ping silent peers this often to detect dead ones; 0 disables [30s].
+    /// Ping silent peers this often to detect dead ones; 0 disables (default: 30s).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     ping_interval: Option<Duration>,
 
-    /// Time a new connection has to send its upgrade request [10s].
+    /// Time a new connection has to send its upgrade request (default: 10s).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     handshake_timeout: Option<Duration>,
 
-    /// On shutdown, how long connections may take to close [10s].
+    /// On shutdown, how long connections may take to close (default: 10s).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     drain_timeout: Option<Duration>,
 }

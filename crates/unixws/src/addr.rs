@@ -162,6 +162,27 @@ impl ToAddress for &String {
     }
 }
 
+/// A path is always a Unix socket file, never parsed as a URL.
+impl ToAddress for &Path {
+    fn to_address(self) -> Result<Address, Error> {
+        Address::unix(self)
+    }
+}
+
+/// A path is always a Unix socket file, never parsed as a URL.
+impl ToAddress for PathBuf {
+    fn to_address(self) -> Result<Address, Error> {
+        Address::unix(self)
+    }
+}
+
+/// A path is always a Unix socket file, never parsed as a URL.
+impl ToAddress for &PathBuf {
+    fn to_address(self) -> Result<Address, Error> {
+        Address::unix(self.as_path())
+    }
+}
+
 fn bracket_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
@@ -389,7 +410,7 @@ fn parse_ws_tcp(input: &str, rest: &str) -> Result<Address, Error> {
     Address::new(endpoint, resource).map_err(|e| rename_input(e, input))
 }
 
-/// Parses `host:port[/path?query]`; `default_port` is used when the port is
+/// Parses `host:port` then an optional `/path?query`; `default_port` is used when the port is
 /// absent (only the `ws://` form has one).
 fn parse_host_port(
     input: &str,

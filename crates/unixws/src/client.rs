@@ -39,11 +39,11 @@ pub fn connect(addr: impl ToAddress) -> Result<Connection> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Extra attempts after the first [0: no retry].
+    /// Extra attempts after the first (default: 0, no retry).
     pub attempts: u32,
-    /// Delay before the first retry; doubled each time [100 ms].
+    /// Delay before the first retry; doubled each time (default: 100 ms).
     pub base_delay: Duration,
-    /// Largest delay between attempts [5 s].
+    /// Largest delay between attempts (default: 5 s).
     pub max_delay: Duration,
 }
 
@@ -67,7 +67,7 @@ impl RetryPolicy {
     }
 
     /// The delay before retry number `retry` (0-based): exponential, capped,
-    /// with jitter in [50%, 100%] so that many clients do not retry in step.
+    /// with jitter between 50% and 100% so that many clients do not retry in step.
     pub fn delay(&self, retry: u32) -> Duration {
         let exp = self
             .base_delay
@@ -109,25 +109,25 @@ impl ClientBuilder {
         self
     }
 
-    /// How long connecting to the socket may take [5 s].
+    /// How long connecting to the socket may take (default: 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.limits.connect_timeout = timeout;
         self
     }
 
-    /// How long the server may take to answer the upgrade [10 s].
+    /// How long the server may take to answer the upgrade (default: 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.limits.handshake_timeout = timeout;
         self
     }
 
-    /// Fail [`Connection::recv`] when no message arrives for this long [none].
+    /// Fail [`Connection::recv`] when no message arrives for this long (default: none).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = Some(timeout);
         self
     }
 
-    /// Fail a send that blocks longer than this [30 s].
+    /// Fail a send that blocks longer than this (default: 30 s).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.limits.write_timeout = Some(timeout);
         self

@@ -235,7 +235,12 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return Ok(None),
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    // tungstenite leaves the socket open; the peer (Node `ws`
+                    // for one) waits for our end before it reports the close.
+                    self.abort();
+                    return Ok(None);
+                }
                 Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     match self.ws.get_mut().take_interrupt() {
                         Some(Interrupt::Wake) => {}

@@ -35,14 +35,14 @@ use crate::stream::Socket;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BindOptions {
-    /// Permission bits of the socket file, e.g. `0o660` [umask default].
+    /// Permission bits of the socket file, e.g. `0o660` (default: umask default).
     /// Connecting needs write permission on the socket.
     pub mode: Option<u32>,
-    /// Owner uid of the socket file [the process's]. Changing it needs root.
+    /// Owner uid of the socket file (default: the process's). Changing it needs root.
     pub owner: Option<u32>,
-    /// Group gid of the socket file [the process's].
+    /// Group gid of the socket file (default: the process's).
     pub group: Option<u32>,
-    /// Length of the kernel's queue of not-yet-accepted connections [1024].
+    /// Length of the kernel's queue of not-yet-accepted connections (default: 1024).
     pub backlog: i32,
 }
 

@@ -7,7 +7,7 @@
 //! signal fires first, the read returns `WouldBlock`, which tungstenite treats
 //! as "try again later" without losing state, and the owner of the stream
 //! (a [`Connection`](crate::Connection) or the handshake) asks
-//! [`Stream::take_interrupt`] what happened.
+//! the stream what happened.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};

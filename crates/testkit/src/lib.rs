@@ -1,0 +1,214 @@
+//! Helpers shared by the unixws integration tests: locating and running the
+//! real interop peers (Python `websockets`, Node `ws`) as processes, temp
+//! directories other uids can enter, and running children as another uid.
+//!
+//! A peer that is not installed fails the test with a message saying how to
+//! install it; nothing here skips a test.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The unprivileged uid/gid tests switch to ("nobody"/"nogroup").
+pub const NOBODY: u32 = 65534;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Where `scripts/test` installs the interop peers.
+pub fn interop_dir() -> PathBuf {
+    std::env::var_os("UNIXWS_INTEROP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".interop"))
+}
+
+/// A script from `tests/peers/`.
+pub fn peer_script(name: &str) -> PathBuf {
+    repo_root().join("tests/peers").join(name)
+}
+
+/// `python script args..` with the venv that has `websockets`.
+pub fn python(script: &str) -> Command {
+    let py = interop_dir().join("venv/bin/python");
+    assert!(
+        py.exists(),
+        "Python `websockets` is not installed ({} is missing): run ./scripts/test, which installs it into .interop/venv",
+        py.display()
+    );
+    let mut cmd = Command::new(py);
+    cmd.arg(peer_script(script));
+    cmd
+}
+
+/// `node script args..` with `ws` on the module path.
+pub fn node(script: &str) -> Command {
+    let modules = interop_dir().join("node/node_modules");
+    assert!(
+        modules.join("ws/package.json").exists(),
+        "Node `ws` is not installed (no {}/ws): run ./scripts/test, which installs it into .interop/node",
+        modules.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(peer_script(script)).env("NODE_PATH", modules);
+    cmd
+}
+
+/// A temp dir that every uid may enter (tempfile makes them 0700), for
+/// tests where a child runs as another uid.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("uws")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod temp dir");
+    dir
+}
+
+/// Fails the test unless it runs as root, saying why root is needed.
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test must run as root: {why}");
+}
+
+/// Makes `cmd` run as uid/gid 65534 (needs root; see [`require_root`]).
+pub fn as_nobody(cmd: &mut Command) -> &mut Command {
+    // std drops supplementary groups itself when root sets a uid.
+    cmd.uid(NOBODY).gid(NOBODY)
+}
+
+/// A running child whose stdout lines are collected as they come.
+pub struct Process {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Spawns `cmd` with stdout piped (stderr inherited, for the test log).
+    pub fn spawn(cmd: &mut Command) -> Process {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line equal to `want`; panics with what was seen.
+    pub fn wait_for_line(&mut self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        if self.seen.iter().any(|l| l == want) {
+            return;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line == want;
+                    self.seen.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no line `{want}` within {timeout:?}; stdout so far: {:?}",
+                        self.seen
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait();
+                    panic!(
+                        "process ended ({status:?}) before printing `{want}`; stdout: {:?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit (killing it after `timeout`) and
+    /// returns its success and every stdout line.
+    pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait().expect("wait") {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        let ok = match status {
+            Some(s) => s.success(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                false
+            }
+        };
+        self.seen.extend(self.lines.iter());
+        (ok, std::mem::take(&mut self.seen))
+    }
+
+    /// Sends SIGTERM, then collects as [`finish`](Process::finish) does.
+    pub fn terminate(self, timeout: Duration) -> (bool, Vec<String>) {
+        // SAFETY: kill with a pid we spawned and still own.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.finish(timeout)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}

@@ -1,0 +1,163 @@
+//! Interop over real Unix sockets with real peers in their own processes:
+//! Python `websockets` and Node `ws`, as client and as server. Each pair
+//! exchanges text, binary, an empty message and a 1 MiB message, and a
+//! close with code 4000 and a reason in each direction (see tests/peers/).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use unixws::{Connection, Message, PeerClose, Server};
+use unixws_testkit::{node, python, Process};
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the peers' protocol (echo; `close:REASON` → close 4000 REASON)
+/// and records the path and the close each client sent.
+fn serve_peer_protocol(
+    path: &Path,
+) -> (
+    unixws::ShutdownHandle,
+    Arc<Mutex<Vec<(String, Option<PeerClose>)>>>,
+    thread::JoinHandle<unixws::Result<()>>,
+) {
+    let server = Server::bind(path).expect("bind");
+    let shutdown = server.shutdown_handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let join = thread::spawn(move || {
+        server.serve(move |conn: &mut Connection| {
+            let result = peer_protocol(conn);
+            let info = conn.info();
+            let request = match &info.query {
+                Some(q) => format!("{}?{q}", info.path),
+                None => info.path.clone(),
+            };
+            record
+                .lock()
+                .unwrap()
+                .push((request, conn.peer_close().cloned()));
+            result
+        })
+    });
+    (shutdown, seen, join)
+}
+
+fn peer_protocol(conn: &mut Connection) -> unixws::Result<()> {
+    while let Some(message) = conn.recv()? {
+        if let Message::Text(text) = &message {
+            if let Some(reason) = text.strip_prefix("close:") {
+                return conn.close(4000, reason);
+            }
+        }
+        conn.send(message)?;
+    }
+    Ok(())
+}
+
+fn big_message() -> Vec<u8> {
+    (0..1usize << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// The client half of the peers' protocol, with the unixws client.
+fn unixws_client_exchange(socket: &Path) {
+    let url = format!("ws+unix://{}:/interop?x=1", socket.display());
+    let mut conn = unixws::connect(url.as_str()).expect("connect");
+    let messages = [
+        Message::text("hello ✓"),
+        Message::binary((0..=255u8).collect::<Vec<_>>()),
+        Message::text(""),
+        Message::binary(big_message()),
+    ];
+    for m in messages {
+        conn.send(m.clone()).expect("send");
+        assert_eq!(conn.recv().expect("recv"), Some(m));
+    }
+    conn.close(4000, "client-bye").expect("close");
+
+    let mut conn = unixws::connect(url.as_str()).expect("connect again");
+    conn.send(Message::text("close:server-bye")).expect("send");
+    assert_eq!(conn.recv().expect("recv until close"), None);
+    assert_eq!(
+        conn.peer_close(),
+        Some(&PeerClose {
+            code: 4000,
+            reason: "server-bye".into()
+        })
+    );
+}
+
+fn assert_server_saw(lines: &[String]) {
+    assert!(
+        lines.iter().any(|l| l == "path /interop?x=1"),
+        "peer server output: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "closed 4000 client-bye"),
+        "peer server output: {lines:?}"
+    );
+}
+
+fn assert_unixws_server_saw(seen: &Mutex<Vec<(String, Option<PeerClose>)>>) {
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|(path, _)| path == "/interop?x=1"),
+        "{seen:?}"
+    );
+    let client_bye = PeerClose {
+        code: 4000,
+        reason: "client-bye".into(),
+    };
+    assert!(
+        seen.iter().any(|(_, c)| c.as_ref() == Some(&client_bye)),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn unixws_client_to_python_websockets_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("py.sock");
+    let mut server = Process::spawn(python("py_server.py").arg(&sock));
+    server.wait_for_line("ready", PEER_TIMEOUT);
+    unixws_client_exchange(&sock);
+    let (_, lines) = server.terminate(PEER_TIMEOUT);
+    assert_server_saw(&lines);
+}
+
+#[test]
+fn python_websockets_client_to_unixws_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("uws.sock");
+    let (shutdown, seen, join) = serve_peer_protocol(&sock);
+    let (ok, lines) = Process::spawn(python("py_client.py").arg(&sock)).finish(PEER_TIMEOUT);
+    shutdown.shutdown();
+    join.join().unwrap().unwrap();
+    assert!(ok && lines == ["ok"], "python client output: {lines:?}");
+    assert_unixws_server_saw(&seen);
+}
+
+#[test]
+fn node_ws_client_to_unixws_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("uws.sock");
+    let (shutdown, seen, join) = serve_peer_protocol(&sock);
+    let (ok, lines) = Process::spawn(node("node_client.js").arg(&sock)).finish(PEER_TIMEOUT);
+    shutdown.shutdown();
+    join.join().unwrap().unwrap();
+    assert!(ok && lines == ["ok"], "node client output: {lines:?}");
+    assert_unixws_server_saw(&seen);
+}
+
+#[test]
+fn unixws_client_to_node_ws_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("node.sock");
+    let mut server = Process::spawn(node("node_server.js").arg(&sock));
+    server.wait_for_line("ready", PEER_TIMEOUT);
+    unixws_client_exchange(&sock);
+    let (_, lines) = server.terminate(PEER_TIMEOUT);
+    assert_server_saw(&lines);
+}
