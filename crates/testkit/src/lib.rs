@@ -212,3 +212,80 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A unixws server running on its own thread; shut down and joined on drop.
+pub struct RunningServer {
+    addr: unixws::Address,
+    shutdown: unixws::ShutdownHandle,
+    join: Option<std::thread::JoinHandle<unixws::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Binds `builder` and serves `handler` on a thread.
+    pub fn start<H>(builder: unixws::ServerBuilder, handler: H) -> RunningServer
+    where
+        H: Fn(&mut unixws::Connection) -> unixws::Result<()> + Send + Sync + 'static,
+    {
+        let server = builder.bind().expect("bind test server");
+        let addr = server.local_addr().clone();
+        let shutdown = server.shutdown_handle();
+        let join = std::thread::spawn(move || server.serve(handler));
+        RunningServer {
+            addr,
+            shutdown,
+            join: Some(join),
+        }
+    }
+
+    /// An echo server on `addr` with `limits`.
+    pub fn echo(addr: impl unixws::ToAddress, limits: unixws::Limits) -> RunningServer {
+        let builder = unixws::Server::builder(addr)
+            .expect("address")
+            .limits(limits);
+        Self::start(builder, echo)
+    }
+
+    /// The address it serves.
+    pub fn addr(&self) -> &unixws::Address {
+        &self.addr
+    }
+
+    /// Shuts down and waits for `serve` to return.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shutdown.shutdown();
+        if let Some(join) = self.join.take() {
+            join.join().expect("server thread").expect("serve");
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop_inner();
+        } else {
+            self.shutdown.shutdown();
+        }
+    }
+}
+
+/// The echo handler: every message goes back to its sender.
+pub fn echo(conn: &mut unixws::Connection) -> unixws::Result<()> {
+    while let Some(message) = conn.recv()? {
+        conn.send(message)?;
+    }
+    Ok(())
+}
+
+/// Sends `text` on `conn` and asserts it comes back.
+pub fn assert_echo(conn: &mut unixws::Connection, text: &str) {
+    conn.send(unixws::Message::text(text)).expect("send");
+    assert_eq!(
+        conn.recv().expect("recv"),
+        Some(unixws::Message::text(text))
+    );
+}

@@ -258,6 +258,12 @@ impl Connection {
                         }
                     }
                 }
+                Err(WsError::Io(_)) if self.peer_close.is_some() => {
+                    // The peer closed first and dropped the socket before our
+                    // reply got out: the close handshake is as done as it gets.
+                    self.abort();
+                    return Ok(None);
+                }
                 Err(e) => return Err(self.read_error(e)),
             }
         }
@@ -403,8 +409,9 @@ impl Connection {
             .shutdown(std::net::Shutdown::Both);
     }
 
-    /// Sends the close code that fits `e` (1002, 1007, 1009) before giving up
-    /// on the connection: tungstenite itself only returns the error.
+    /// Sends the close code that fits `e` (1002, 1007, 1009): tungstenite
+    /// itself only returns the error. The peer's answer is awaited by
+    /// [`close`](Connection::close) or the server, within the close timeout.
     fn read_error(&mut self, e: WsError) -> Error {
         let (code, reason) = match &e {
             WsError::Capacity(_) => (CloseCode::Size, "message too big"),
@@ -420,8 +427,8 @@ impl Connection {
             };
             let _ = self.ws.close(Some(frame));
             let _ = self.ws.flush();
+            self.closing_since = Some(Instant::now());
         }
-        self.abort();
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 Error::MessageTooLarge {

@@ -1,0 +1,182 @@
+//! Binding rules of DESIGN.md over real files in temp dirs: stale sockets
+//! are replaced, live ones refused, non-sockets never removed, modes applied
+//! before anyone can connect, and only our own socket file removed.
+
+use std::fs;
+use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::thread;
+
+use unixws::{Address, BindOptions, Error, Listener, Message, Server};
+
+fn addr(path: &std::path::Path) -> Address {
+    Address::unix(path).unwrap()
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listens
+    assert!(UnixStream::connect(&path).is_err(), "precondition: stale");
+    let listener =
+        Listener::bind(&addr(&path), &BindOptions::new()).expect("stale socket replaced");
+    assert!(UnixStream::connect(&path).is_ok(), "new listener accepts");
+    assert!(listener.owns_socket_file());
+}
+
+#[test]
+fn live_socket_gives_address_in_use_and_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.sock");
+    let _first = Listener::bind(&addr(&path), &BindOptions::new()).unwrap();
+    let err = Listener::bind(&addr(&path), &BindOptions::new()).unwrap_err();
+    assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("address in use: {}", path.display())),
+        "{err}"
+    );
+    assert!(
+        UnixStream::connect(&path).is_ok(),
+        "the live server still accepts"
+    );
+}
+
+#[test]
+fn regular_file_directory_and_symlink_are_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.txt");
+    fs::write(&file, b"precious").unwrap();
+    let sub = dir.path().join("subdir");
+    fs::create_dir(&sub).unwrap();
+    let link = dir.path().join("link.sock");
+    let target = dir.path().join("target.sock");
+    let _target_listener = UnixListener::bind(&target).unwrap();
+    drop(_target_listener);
+    symlink(&target, &link).unwrap();
+
+    for (path, kind) in [
+        (&file, "a regular file"),
+        (&sub, "a directory"),
+        (&link, "a symbolic link"),
+    ] {
+        let err = Listener::bind(&addr(path), &BindOptions::new()).unwrap_err();
+        match &err {
+            Error::NotASocket { kind: k, .. } => assert_eq!(*k, kind),
+            other => panic!("{}: {other:?}", path.display()),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("never removes it"),
+            "{msg}"
+        );
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"precious");
+    assert!(sub.is_dir());
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // Nothing else was left behind (no staging files).
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+}
+
+#[test]
+fn mode_is_applied_and_no_staging_file_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o600, 0o660, 0o666] {
+        let path = dir.path().join(format!("m{mode:o}.sock"));
+        let _l = Listener::bind(&addr(&path), &BindOptions::new().mode(mode)).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, mode);
+    }
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "staging files left: {names:?}"
+    );
+}
+
+#[test]
+fn mode_on_abstract_or_tcp_is_a_clear_error() {
+    for text in ["@unixws-test-mode", "127.0.0.1:1"] {
+        let err =
+            Listener::bind(&text.parse().unwrap(), &BindOptions::new().mode(0o600)).unwrap_err();
+        assert!(err.to_string().contains("--allow-uid"), "{err}");
+    }
+}
+
+#[test]
+fn socket_file_is_gone_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone.sock");
+    let server = Server::bind(&path).unwrap();
+    let shutdown = server.shutdown_handle();
+    let join = thread::spawn(move || server.serve(|_| Ok(())));
+    assert!(path.exists());
+    shutdown.shutdown();
+    join.join().unwrap().unwrap();
+    assert!(!path.exists(), "socket file left behind");
+}
+
+#[test]
+fn second_servers_socket_survives_the_first_listener_dropping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.sock");
+    let first = Listener::bind(&addr(&path), &BindOptions::new()).unwrap();
+    // An operator removes the file and a second server takes the path.
+    fs::remove_file(&path).unwrap();
+    let second = Listener::bind(&addr(&path), &BindOptions::new()).unwrap();
+    assert!(!first.owns_socket_file());
+    drop(first);
+    assert!(
+        path.exists(),
+        "the first listener removed the second server's socket"
+    );
+    assert!(UnixStream::connect(&path).is_ok());
+    drop(second);
+    assert!(!path.exists());
+}
+
+#[test]
+fn abstract_socket_serves_without_a_file() {
+    let name = format!("@unixws-test-{}", std::process::id());
+    let server = Server::bind(name.as_str()).unwrap();
+    let shutdown = server.shutdown_handle();
+    let join = thread::spawn(move || {
+        server.serve(|conn| {
+            while let Some(m) = conn.recv()? {
+                conn.send(m)?;
+            }
+            Ok(())
+        })
+    });
+    let mut conn = unixws::connect(name.as_str()).unwrap();
+    conn.send(Message::text("abstract")).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(Message::text("abstract")));
+    conn.close(1000, "").unwrap();
+    shutdown.shutdown();
+    join.join().unwrap().unwrap();
+}
+
+#[test]
+fn path_too_long_is_refused_before_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("x".repeat(120));
+    let err = Server::bind(long.to_str().unwrap()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("107-byte") && msg.contains(long.to_str().unwrap()),
+        "{msg}"
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}

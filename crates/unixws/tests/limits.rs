@@ -1,0 +1,152 @@
+//! Server limits, each crossed over a real socket: message size (1009),
+//! connection count (503), handshake timeout, header bytes (431).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use unixws::{Error, Limits, Message};
+use unixws_testkit::{assert_echo, RunningServer};
+
+fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+#[test]
+fn message_over_max_closes_with_1009_and_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(
+        dir.path().join("l.sock"),
+        limits(|l| l.max_message_size = 1024),
+    );
+    let mut bystander = unixws::connect(server.addr()).unwrap();
+    let mut offender = unixws::connect(server.addr()).unwrap();
+    assert_echo(&mut offender, "small is fine");
+    offender.send(Message::binary(vec![7u8; 2000])).unwrap();
+    assert_eq!(
+        offender.recv().unwrap(),
+        None,
+        "the server closes the connection"
+    );
+    assert_eq!(offender.peer_close().map(|c| c.code), Some(1009));
+    assert_echo(&mut bystander, "still here");
+    let mut newcomer = unixws::connect(server.addr()).unwrap();
+    assert_echo(&mut newcomer, "and accepting");
+}
+
+#[test]
+fn reassembled_fragments_count_towards_max_message() {
+    use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use unixws::tungstenite::protocol::frame::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(
+        dir.path().join("f.sock"),
+        limits(|l| l.max_message_size = 1024),
+    );
+    let mut conn = unixws::connect(server.addr()).unwrap();
+    let ws = conn.websocket_mut();
+    ws.write(Message::Frame(Frame::message(
+        vec![1u8; 600],
+        OpCode::Data(Data::Binary),
+        false,
+    )))
+    .unwrap();
+    ws.write(Message::Frame(Frame::message(
+        vec![1u8; 600],
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .unwrap();
+    ws.flush().unwrap();
+    assert_eq!(conn.recv().unwrap(), None);
+    assert_eq!(conn.peer_close().map(|c| c.code), Some(1009));
+}
+
+#[test]
+fn connection_over_max_connections_gets_503_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(dir.path().join("c.sock"), limits(|l| l.max_connections = 2));
+    let mut a = unixws::connect(server.addr()).unwrap();
+    let mut b = unixws::connect(server.addr()).unwrap();
+    assert_echo(&mut a, "a");
+    let err = unixws::connect(server.addr()).unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_echo(&mut a, "a again");
+    assert_echo(&mut b, "b");
+    a.close(1000, "").unwrap();
+    drop(a);
+    // The slot is free again once the first connection is gone.
+    let mut c = unixws_testkit_retry(server.addr());
+    assert_echo(&mut c, "c");
+}
+
+fn unixws_testkit_retry(addr: &unixws::Address) -> unixws::Connection {
+    unixws::ClientBuilder::new(addr)
+        .unwrap()
+        .retry(unixws::RetryPolicy::attempts(20))
+        .connect()
+        .expect("a freed slot is usable")
+}
+
+#[test]
+fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(300);
+    let server = RunningServer::echo(
+        dir.path().join("t.sock"),
+        limits(|l| l.handshake_timeout = timeout),
+    );
+    let path = server.addr().unix_path().unwrap().to_path_buf();
+    let started = Instant::now();
+    let mut silent = UnixStream::connect(&path).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = silent
+        .read(&mut buf)
+        .expect("the server closes, not our read timeout");
+    assert_eq!(n, 0, "no response is sent to a silent client");
+    assert!(started.elapsed() >= timeout, "dropped before the timeout");
+    let mut ok = unixws::connect(server.addr()).unwrap();
+    assert_echo(&mut ok, "after");
+}
+
+#[test]
+fn oversized_handshake_gets_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(
+        dir.path().join("h.sock"),
+        limits(|l| l.max_header_bytes = 1024),
+    );
+    let path = server.addr().unix_path().unwrap().to_path_buf();
+    let mut raw = UnixStream::connect(&path).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "a".repeat(4096)
+    );
+    // The server may stop reading half-way; a write error then is expected.
+    let _ = raw.write_all(request.as_bytes());
+    let mut response = String::new();
+    let _ = raw.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
+}
+
+#[test]
+fn bad_version_gets_426_with_the_supported_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(dir.path().join("v.sock"), Limits::default());
+    let mut raw = UnixStream::connect(server.addr().unix_path().unwrap()).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n").unwrap();
+    let mut response = String::new();
+    raw.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 426"), "{response:?}");
+    assert!(
+        response.contains("Sec-WebSocket-Version: 13"),
+        "{response:?}"
+    );
+}
