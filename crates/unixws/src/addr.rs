@@ -12,7 +12,8 @@
 //!
 //! [`Address`] implements [`FromStr`] and [`Display`]; displaying an address
 //! and parsing the text again gives the same value. In the `ws+unix://`
-//! form, `%`, `:`, `?` and `#` inside the socket path are percent-encoded so
+//! form, `%`, `:`, `?`, `#` and white space inside the socket path are
+//! percent-encoded so
 //! that the path and the request part can always be told apart.
 
 use std::fmt::{self, Display, Write as _};
@@ -199,27 +200,32 @@ impl Display for Address {
             }
             Endpoint::Path(path) => {
                 f.write_str("ws+unix://")?;
-                let text = path.to_string_lossy();
-                for c in text.chars() {
-                    match c {
-                        '%' | ':' | '?' | '#' => write!(f, "%{:02X}", c as u32)?,
-                        c => f.write_char(c)?,
-                    }
-                }
+                write_escaped(f, &path.to_string_lossy())?;
                 self.fmt_resource_suffix(f)
             }
             Endpoint::Abstract(name) => {
                 f.write_str("ws+unix://@")?;
-                for c in name.chars() {
-                    match c {
-                        '%' | ':' | '?' | '#' => write!(f, "%{:02X}", c as u32)?,
-                        c => f.write_char(c)?,
-                    }
-                }
+                write_escaped(f, name)?;
                 self.fmt_resource_suffix(f)
             }
         }
     }
+}
+
+/// Percent-encodes what would end or confuse the socket part of a
+/// `ws+unix://` URL: `%`, `:`, `?`, `#`, white space and control characters.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if matches!(c, '%' | ':' | '?' | '#') || c.is_whitespace() || c.is_control() {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                write!(f, "%{b:02X}")?;
+            }
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 impl Address {
@@ -480,14 +486,12 @@ fn parse_host_port(
 
 fn parse_port(input: &str, text: &str) -> Result<u16, Error> {
     match text.parse::<u16>() {
-        Ok(0) => Err(bad(
-            input,
-            "port 0 cannot be connected to; pick a port from 1 to 65535",
-        )),
         Ok(p) => Ok(p),
         Err(_) => Err(bad(
             input,
-            format!("bad port `{text}`: a port is a number from 1 to 65535"),
+            format!(
+                "bad port `{text}`: a port is a number from 1 to 65535 (0 lets a server pick one)"
+            ),
         )),
     }
 }
@@ -528,15 +532,9 @@ fn validate_endpoint(endpoint: &Endpoint, input: &str) -> Result<(), Error> {
                 ));
             }
         }
-        Endpoint::Tcp { host, port } => {
+        Endpoint::Tcp { host, .. } => {
             if host.is_empty() {
                 return Err(bad(input, "the host is empty"));
-            }
-            if *port == 0 {
-                return Err(bad(
-                    input,
-                    "port 0 cannot be connected to; pick a port from 1 to 65535",
-                ));
             }
             if host
                 .chars()

@@ -58,6 +58,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Retry up to `attempts` times, waiting `base_delay` doubled each time,
+    /// at most `max_delay`.
+    pub fn new(attempts: u32, base_delay: Duration, max_delay: Duration) -> Self {
+        Self {
+            attempts,
+            base_delay,
+            max_delay,
+        }
+    }
+
     /// Retry up to `attempts` times with the default delays.
     pub fn attempts(attempts: u32) -> Self {
         Self {
@@ -435,6 +445,11 @@ fn permission_detail(path: &Path) -> String {
 
 fn connect_tcp(addr: &Address, host: &str, port: u16, timeout: Duration) -> Result<Socket> {
     let shown = addr.endpoint_display();
+    if port == 0 {
+        return Err(Error::Config(format!(
+            "cannot connect to {shown}: port 0 only means \"any port\" to a server; give the port the server printed"
+        )));
+    }
     let targets: Vec<_> = (host, port)
         .to_socket_addrs()
         .map_err(|e| Error::io(format!("resolving {shown}"), e))?

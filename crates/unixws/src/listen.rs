@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::io;
-use std::net::{TcpListener, ToSocketAddrs};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -128,8 +128,7 @@ impl Listener {
                 no_file_options(addr, options, "TCP sockets have no file")?;
                 let listener =
                     TcpListener::bind((host.as_str(), *port)).map_err(|e| bind_error(addr, e))?;
-                // Port 0 is refused by the parser, but a resolved wildcard is
-                // still worth reporting precisely.
+                // Report the real port when the OS picked one (port 0).
                 let local = listener.local_addr().map_err(|e| bind_error(addr, e))?;
                 let addr = Address::new(
                     Endpoint::Tcp {
@@ -145,36 +144,6 @@ impl Listener {
                 })
             }
         }
-    }
-
-    /// Bind TCP on `host` with a port the OS picks (for tests and tools).
-    pub fn bind_tcp_ephemeral(host: &str) -> Result<Self> {
-        let target = format!("{host}:0");
-        let display = Address::new(
-            Endpoint::Tcp {
-                host: host.to_string(),
-                port: 1,
-            },
-            "/",
-        )?;
-        let sock = target
-            .to_socket_addrs()
-            .map_err(|e| bind_error(&display, e))?
-            .next()
-            .ok_or_else(|| Error::Config(format!("`{host}` resolves to no address")))?;
-        let listener = TcpListener::bind(sock).map_err(|e| bind_error(&display, e))?;
-        let local = listener.local_addr().map_err(|e| bind_error(&display, e))?;
-        Ok(Self {
-            kind: ListenerKind::Tcp(listener),
-            addr: Address::new(
-                Endpoint::Tcp {
-                    host: local.ip().to_string(),
-                    port: local.port(),
-                },
-                "/",
-            )?,
-            file: None,
-        })
     }
 
     /// The address this listener serves (for TCP, with the real port).
