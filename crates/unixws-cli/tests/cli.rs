@@ -1,0 +1,348 @@
+//! The `unixws` binary as users run it: real processes, real sockets, the
+//! stdin/stdout/exit-code contract of DESIGN.md, one-line errors, and the
+//! checks that need a second uid (file modes, peer credentials), which run
+//! the client as uid 65534 and so need root.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use unixws::{Message, PeerCredentials, Server};
+use unixws_testkit::{
+    as_nobody, require_root, shared_tempdir, wait_until, Process, RunningServer, NOBODY,
+};
+
+const T: Duration = Duration::from_secs(20);
+
+fn unixws() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_unixws"))
+}
+
+/// Starts `unixws serve ARGS..` and waits for its socket file.
+fn serve(socket: &Path, args: &[&str]) -> Process {
+    let mut cmd = unixws();
+    cmd.arg("serve").args(args).arg(socket);
+    let p = Process::spawn(&mut cmd);
+    assert!(
+        wait_until(T, || socket.exists()),
+        "unixws serve did not create {}",
+        socket.display()
+    );
+    p
+}
+
+/// Runs `unixws connect ARGS..` with `input` on stdin.
+fn connect(args: &[&str], input: &str, nobody: bool) -> Output {
+    let mut cmd = unixws();
+    cmd.arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if nobody {
+        as_nobody(&mut cmd);
+    }
+    let mut child = cmd.spawn().expect("start unixws connect");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed `connect`: exit 1 and exactly one line on stderr containing `want`.
+fn assert_one_line_error(o: &Output, want: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
+    assert!(
+        err.starts_with("unixws: ") && err.contains(want),
+        "wanted `{want}` in {err:?}"
+    );
+}
+
+fn ws_unix(path: &Path) -> String {
+    format!("ws+unix://{}", path.display())
+}
+
+#[test]
+fn connect_round_trips_lines_through_serve_echo_over_uds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("echo.sock");
+    let _server = serve(&sock, &["--echo"]);
+    let out = connect(&[&ws_unix(&sock)], "hello\nworld ✓\n\nlast\n", false);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello\nworld ✓\n\nlast\n");
+    // EOF right away is a normal close too.
+    let out = connect(&[&ws_unix(&sock)], "", false);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn connect_round_trips_binary_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("bin.sock");
+    let _server = serve(&sock, &["--echo"]);
+    let out = connect(&[&ws_unix(&sock), "--binary"], "raw\n", false);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "raw\n");
+}
+
+#[test]
+fn connect_round_trips_lines_through_serve_echo_over_tcp() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = unixws();
+    cmd.args(["serve", "--echo", &addr]);
+    let _server = Process::spawn(&mut cmd);
+    let url = format!("ws://{addr}/");
+    let out = connect(&[&url, "--retry", "50"], "over tcp\n", false);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "over tcp\n");
+}
+
+#[test]
+fn errors_are_one_line_with_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    assert_one_line_error(&connect(&[&ws_unix(&missing)], "", false), "no socket at");
+
+    let stale = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    assert_one_line_error(
+        &connect(&[&ws_unix(&stale)], "", false),
+        "connection refused",
+    );
+
+    let mute = dir.path().join("mute.sock");
+    let _mute = UnixListener::bind(&mute).unwrap();
+    assert_one_line_error(
+        &connect(&[&ws_unix(&mute), "--timeout", "200ms"], "", false),
+        "timed out after 200ms",
+    );
+
+    assert_one_line_error(&connect(&["nonsense.sock"], "", false), "./nonsense.sock");
+    assert_one_line_error(&connect(&["wss://h:1/"], "", false), "wss://");
+    assert_one_line_error(
+        &connect(&["ws+unix:///x.sock", "-H", "NoColon"], "", false),
+        "'Name: value'",
+    );
+}
+
+#[test]
+fn serve_refuses_bad_addresses_and_non_sockets_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = unixws()
+        .args(["serve", "--echo"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "it is a regular file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    let out = unixws()
+        .args(["serve", "--echo", "--mode", "999", "./x.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap usage error: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("not an octal file mode"));
+
+    let out = unixws().args(["serve", "./x.sock"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--echo or --broadcast is required"
+    );
+}
+
+#[test]
+fn help_shows_examples() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["connect", "--help"],
+    ] {
+        let out = unixws().args(args).output().unwrap();
+        let text = stdout(&out);
+        assert!(
+            out.status.success() && text.contains("Examples:") && text.contains("unixws "),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+/// Needs root: the client runs as uid 65534 so that the socket's mode, not
+/// root's override, decides.
+#[test]
+fn mode_0600_keeps_another_uid_out_and_0666_lets_it_in() {
+    require_root("the client must run as uid 65534 to be judged by the socket's mode");
+    let dir = shared_tempdir();
+    let private = dir.path().join("private.sock");
+    let _p = serve(&private, &["--echo", "--mode", "600"]);
+    let out = connect(&[&ws_unix(&private)], "hi\n", true);
+    assert_one_line_error(&out, "permission denied on");
+    assert!(
+        stderr(&out).contains("mode 0600 owned by root:root"),
+        "{}",
+        stderr(&out)
+    );
+
+    let open = dir.path().join("open.sock");
+    let _o = serve(&open, &["--echo", "--mode", "666"]);
+    let out = connect(&[&ws_unix(&open)], "hi\n", true);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hi\n");
+}
+
+/// Needs root: the client runs as uid 65534, which the allow list excludes.
+#[test]
+fn allow_uid_rejects_others_with_403() {
+    require_root("the rejected client runs as uid 65534");
+    let dir = shared_tempdir();
+    let sock = dir.path().join("policy.sock");
+    let _s = serve(&sock, &["--echo", "--mode", "666", "--allow-uid", "root"]);
+    let out = connect(&[&ws_unix(&sock)], "hi\n", true);
+    assert_one_line_error(&out, "HTTP 403");
+    assert!(
+        stderr(&out).contains("--allow-uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    let out = connect(&[&ws_unix(&sock)], "root may\n", false);
+    assert_eq!(stdout(&out), "root may\n", "stderr: {}", stderr(&out));
+}
+
+/// Needs root: the child runs as uid/gid 65534 so its credentials differ
+/// from the test's.
+#[test]
+fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
+    require_root("the child runs as uid/gid 65534");
+    let dir = shared_tempdir();
+    let sock = dir.path().join("creds.sock");
+    let seen: Arc<Mutex<Vec<PeerCredentials>>> = Arc::default();
+    let record = seen.clone();
+    let builder = Server::builder(&sock)
+        .unwrap()
+        .bind_options(unixws::BindOptions::new().mode(0o666));
+    let server = RunningServer::start(builder, move |conn| {
+        if let Some(c) = conn.info().peer.credentials() {
+            record.lock().unwrap().push(*c);
+        }
+        unixws_testkit::echo(conn)
+    });
+    let mut cmd = unixws();
+    cmd.arg("connect")
+        .arg(ws_unix(&sock))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    as_nobody(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"who am i\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    drop(server);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.as_slice(),
+        &[PeerCredentials {
+            uid: NOBODY,
+            gid: NOBODY,
+            pid
+        }]
+    );
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("term.sock");
+    let server = serve(&sock, &["--echo"]);
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = unixws::connect(&sock).unwrap();
+            unixws_testkit::assert_echo(&mut c, "before");
+            std::thread::spawn(move || {
+                assert_eq!(c.recv().unwrap(), None);
+                c.peer_close().map(|p| p.code)
+            })
+        })
+        .collect();
+    let (ok, _) = server.terminate(T);
+    assert!(ok, "unixws serve exits 0 on SIGTERM");
+    assert!(!sock.exists(), "socket file removed");
+    for r in readers {
+        assert_eq!(r.join().unwrap(), Some(1001));
+    }
+}
+
+#[test]
+fn broadcast_relays_to_all_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock: PathBuf = dir.path().join("chat.sock");
+    let _server = serve(&sock, &["--broadcast"]);
+    let client = || {
+        unixws::ClientBuilder::new(&sock)
+            .unwrap()
+            .read_timeout(Duration::from_millis(500))
+            .connect()
+            .unwrap()
+    };
+    let (mut a, mut b, mut c) = (client(), client(), client());
+    // The server registers a client just after its handshake: repeat a
+    // message from c until both a and b have been registered and got it.
+    let mut synced = [false, false];
+    for round in 0..100 {
+        c.send(Message::text(format!("sync {round}"))).unwrap();
+        for (done, conn) in synced.iter_mut().zip([&mut a, &mut b]) {
+            if !*done {
+                *done = conn.recv().is_ok_and(|m| m.is_some());
+            }
+        }
+        if synced == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(synced, [true, true], "a and b never got c's messages");
+    // Drain the extra sync messages each of them may still have queued.
+    for conn in [&mut a, &mut b] {
+        while let Ok(Some(_)) = conn.recv() {}
+    }
+    a.send(Message::text("from a")).unwrap();
+    assert_eq!(b.recv().unwrap(), Some(Message::text("from a")));
+    assert_eq!(c.recv().unwrap(), Some(Message::text("from a")));
+    // a did not get its own message: the next thing a sees is b's.
+    b.send(Message::text("from b")).unwrap();
+    assert_eq!(a.recv().unwrap(), Some(Message::text("from b")));
+}
