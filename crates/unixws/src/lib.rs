@@ -67,5 +67,10 @@ pub use server::{Server, ServerBuilder, ShutdownHandle};
 pub use stream::{ShutdownSignal, Socket, Stream};
 /// tungstenite itself, for types unixws does not wrap.
 pub use tungstenite;
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 /// The message type, re-exported from tungstenite.
 pub use tungstenite::Message;
