@@ -116,48 +116,45 @@ fn assert_unixws_server_saw(seen: &Mutex<Vec<(String, Option<PeerClose>)>>) {
     );
 }
 
-#[test]
-fn unixws_client_to_python_websockets_server() {
+/// The unixws client against a peer server started by `server`.
+fn unixws_client_against(server: &mut std::process::Command) {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("py.sock");
-    let mut server = Process::spawn(python("py_server.py").arg(&sock));
+    let sock = dir.path().join("peer.sock");
+    let mut server = Process::spawn(server.arg(&sock));
     server.wait_for_line("ready", PEER_TIMEOUT);
     unixws_client_exchange(&sock);
     let (_, lines) = server.terminate(PEER_TIMEOUT);
     assert_server_saw(&lines);
+}
+
+/// A peer client started by `client` against the unixws server.
+fn unixws_server_against(client: &mut std::process::Command) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("uws.sock");
+    let (shutdown, seen, join) = serve_peer_protocol(&sock);
+    let (ok, lines) = Process::spawn(client.arg(&sock)).finish(PEER_TIMEOUT);
+    shutdown.shutdown();
+    join.join().unwrap().unwrap();
+    assert!(ok && lines == ["ok"], "peer client output: {lines:?}");
+    assert_unixws_server_saw(&seen);
+}
+
+#[test]
+fn unixws_client_to_python_websockets_server() {
+    unixws_client_against(&mut python("py_server.py"));
 }
 
 #[test]
 fn python_websockets_client_to_unixws_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("uws.sock");
-    let (shutdown, seen, join) = serve_peer_protocol(&sock);
-    let (ok, lines) = Process::spawn(python("py_client.py").arg(&sock)).finish(PEER_TIMEOUT);
-    shutdown.shutdown();
-    join.join().unwrap().unwrap();
-    assert!(ok && lines == ["ok"], "python client output: {lines:?}");
-    assert_unixws_server_saw(&seen);
+    unixws_server_against(&mut python("py_client.py"));
 }
 
 #[test]
 fn node_ws_client_to_unixws_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("uws.sock");
-    let (shutdown, seen, join) = serve_peer_protocol(&sock);
-    let (ok, lines) = Process::spawn(node("node_client.js").arg(&sock)).finish(PEER_TIMEOUT);
-    shutdown.shutdown();
-    join.join().unwrap().unwrap();
-    assert!(ok && lines == ["ok"], "node client output: {lines:?}");
-    assert_unixws_server_saw(&seen);
+    unixws_server_against(&mut node("node_client.js"));
 }
 
 #[test]
 fn unixws_client_to_node_ws_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("node.sock");
-    let mut server = Process::spawn(node("node_server.js").arg(&sock));
-    server.wait_for_line("ready", PEER_TIMEOUT);
-    unixws_client_exchange(&sock);
-    let (_, lines) = server.terminate(PEER_TIMEOUT);
-    assert_server_saw(&lines);
+    unixws_client_against(&mut node("node_server.js"));
 }

@@ -115,6 +115,23 @@ fn silent_client_is_dropped_after_the_handshake_timeout() {
     assert_echo(&mut ok, "after");
 }
 
+/// Sends `request` on a raw socket and returns all the server answers.
+fn raw_exchange(server: &RunningServer, request: &str) -> String {
+    let mut raw = UnixStream::connect(server.addr().unix_path().unwrap()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may stop reading half-way; a write error then is expected.
+    let _ = raw.write_all(request.as_bytes());
+    let mut response = String::new();
+    let _ = raw.read_to_string(&mut response);
+    response
+}
+
+fn upgrade_request(version: u8, extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+}
+
 #[test]
 fn oversized_handshake_gets_431() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,17 +139,8 @@ fn oversized_handshake_gets_431() {
         dir.path().join("h.sock"),
         limits(|l| l.max_header_bytes = 1024),
     );
-    let path = server.addr().unix_path().unwrap().to_path_buf();
-    let mut raw = UnixStream::connect(&path).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        "a".repeat(4096)
-    );
-    // The server may stop reading half-way; a write error then is expected.
-    let _ = raw.write_all(request.as_bytes());
-    let mut response = String::new();
-    let _ = raw.read_to_string(&mut response);
+    let big = format!("X-Big: {}\r\n", "a".repeat(4096));
+    let response = raw_exchange(&server, &upgrade_request(13, &big));
     assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
 }
 
@@ -140,13 +148,19 @@ fn oversized_handshake_gets_431() {
 fn bad_version_gets_426_with_the_supported_version() {
     let dir = tempfile::tempdir().unwrap();
     let server = RunningServer::echo(dir.path().join("v.sock"), Limits::default());
-    let mut raw = UnixStream::connect(server.addr().unix_path().unwrap()).unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n").unwrap();
-    let mut response = String::new();
-    raw.read_to_string(&mut response).unwrap();
+    let response = raw_exchange(&server, &upgrade_request(8, ""));
     assert!(response.starts_with("HTTP/1.1 426"), "{response:?}");
     assert!(
         response.contains("Sec-WebSocket-Version: 13"),
         "{response:?}"
     );
+}
+
+#[test]
+fn too_many_header_lines_get_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::echo(dir.path().join("n.sock"), limits(|l| l.max_headers = 10));
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = raw_exchange(&server, &upgrade_request(13, &many));
+    assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
 }
