@@ -1,0 +1,127 @@
+//! What the handshake carries (subprotocol, headers, Host, path and query)
+//! and what keeps connections honest afterwards: keepalive pings that close
+//! a silent peer, and the idle timeout.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use unixws::{ClientBuilder, ConnectionInfo, Limits, Server};
+use unixws_testkit::{assert_echo, RunningServer};
+
+fn recording_server(
+    builder: unixws::ServerBuilder,
+) -> (RunningServer, Arc<Mutex<Vec<ConnectionInfo>>>) {
+    let seen: Arc<Mutex<Vec<ConnectionInfo>>> = Arc::default();
+    let record = seen.clone();
+    let server = RunningServer::start(builder, move |conn| {
+        record.lock().unwrap().push(conn.info().clone());
+        unixws_testkit::echo(conn)
+    });
+    (server, seen)
+}
+
+#[test]
+fn subprotocol_headers_host_path_and_query_reach_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = Server::builder(dir.path().join("h.sock"))
+        .unwrap()
+        .subprotocols(["chat.v2", "chat.v1"]);
+    let (server, seen) = recording_server(builder);
+    let url = server.addr().with_resource("/room/7?user=ann").unwrap();
+    let mut conn = ClientBuilder::new(&url)
+        .unwrap()
+        .header("Authorization", "Bearer s3cret")
+        .subprotocol("chat.v1")
+        .subprotocol("chat.v2")
+        .connect()
+        .unwrap();
+    assert_eq!(
+        conn.info().subprotocol.as_deref(),
+        Some("chat.v2"),
+        "the server's preference wins"
+    );
+    assert_echo(&mut conn, "hi");
+    conn.close(1000, "").unwrap();
+
+    let mut overridden = ClientBuilder::new(server.addr())
+        .unwrap()
+        .host("app.internal")
+        .connect()
+        .unwrap();
+    assert_echo(&mut overridden, "hi");
+    overridden.close(1000, "").unwrap();
+    drop(server);
+
+    let seen = seen.lock().unwrap();
+    let first = &seen[0];
+    assert_eq!(first.path, "/room/7");
+    assert_eq!(first.query.as_deref(), Some("user=ann"));
+    assert_eq!(first.subprotocol.as_deref(), Some("chat.v2"));
+    assert_eq!(first.headers["authorization"], "Bearer s3cret");
+    assert_eq!(
+        first.headers["host"], "localhost",
+        "the default Host over a Unix socket"
+    );
+    assert_eq!(seen[1].headers["host"], "app.internal");
+    assert_eq!(seen[1].subprotocol, None);
+}
+
+#[test]
+fn a_peer_that_stops_answering_is_closed_after_ping_interval_plus_pong_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limits = Limits::default();
+    limits.ping_interval = Some(Duration::from_millis(200));
+    limits.pong_timeout = Duration::from_millis(200);
+    let server = RunningServer::echo(dir.path().join("k.sock"), limits);
+    let path = server.addr().unix_path().unwrap().to_path_buf();
+
+    // Complete the handshake, then never read or answer again.
+    let stream = UnixStream::connect(&path).unwrap();
+    let (ws, _) = unixws::tungstenite::client("ws://localhost/", stream).unwrap();
+    let started = Instant::now();
+    let mut raw = ws.into_inner();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Reading the raw bytes (a ping frame, then EOF) does not answer the ping.
+    let mut bytes = Vec::new();
+    raw.read_to_end(&mut bytes)
+        .expect("the server closes the silent peer");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        bytes.first(),
+        Some(&0x89),
+        "the server pinged first: {bytes:?}"
+    );
+
+    // A peer that answers pings (any unixws client does, inside recv) stays.
+    let mut live = ClientBuilder::new(server.addr())
+        .unwrap()
+        .read_timeout(Duration::from_millis(900))
+        .connect()
+        .unwrap();
+    assert!(
+        matches!(live.recv(), Err(unixws::Error::Timeout { .. })),
+        "no data, but still open"
+    );
+    assert_echo(&mut live, "still alive after several pings");
+}
+
+#[test]
+fn idle_connections_are_closed_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limits = Limits::default();
+    limits.idle_timeout = Some(Duration::from_millis(300));
+    let server = RunningServer::echo(dir.path().join("i.sock"), limits);
+    let mut conn = unixws::connect(server.addr()).unwrap();
+    assert_echo(&mut conn, "active");
+    let started = Instant::now();
+    assert_eq!(conn.recv().unwrap(), None);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let close = conn.peer_close().unwrap();
+    assert_eq!((close.code, close.reason.as_str()), (1001, "idle timeout"));
+}
