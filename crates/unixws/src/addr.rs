@@ -13,8 +13,8 @@
 //! [`Address`] implements [`FromStr`] and [`Display`]; displaying an address
 //! and parsing the text again gives the same value. In the `ws+unix://`
 //! form, `%`, `:`, `?`, `#` and white space inside the socket path are
-//! percent-encoded so
-//! that the path and the request part can always be told apart.
+//! percent-encoded so that the path and the request part can always be told
+//! apart.
 
 use std::fmt::{self, Display, Write as _};
 use std::path::{Path, PathBuf};

@@ -64,7 +64,7 @@ pub use listen::{BindOptions, Listener};
 pub use peer::{Peer, PeerCredentials};
 pub use policy::AccessPolicy;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
-pub use stream::{ShutdownSignal, Socket, Stream};
+pub use stream::{Socket, Stream};
 /// tungstenite itself, for types unixws does not wrap.
 pub use tungstenite;
 

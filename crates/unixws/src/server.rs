@@ -178,11 +178,6 @@ impl Server {
         }
     }
 
-    /// Number of connections past their handshake right now.
-    pub fn active_connections(&self) -> Arc<AtomicUsize> {
-        self.ctx.active.clone()
-    }
-
     /// Accept connections until shut down, running `handler` for each on
     /// its own thread. When the handler returns, the connection is closed
     /// (1000) if it is still open.

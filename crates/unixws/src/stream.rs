@@ -112,7 +112,7 @@ impl AsRawFd for Socket {
 /// A one-way, level-triggered signal that any number of blocked streams can
 /// wait on: once [`raise`](ShutdownSignal::raise)d, it stays raised.
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     inner: Arc<SignalInner>,
 }
 
@@ -126,7 +126,7 @@ struct SignalInner {
 
 impl ShutdownSignal {
     /// A signal that is not raised yet.
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let (read_end, write_end) = UnixStream::pair()?;
         write_end.set_nonblocking(true)?;
         Ok(Self {
@@ -139,7 +139,7 @@ impl ShutdownSignal {
     }
 
     /// Raise the signal; every waiter wakes up. Raising twice is harmless.
-    pub fn raise(&self) {
+    pub(crate) fn raise(&self) {
         if !self.inner.raised.swap(true, Ordering::SeqCst) {
             // A full buffer already means readable, so an error here is moot.
             let _ = (&self.inner.write_end).write(&[1]);
@@ -147,7 +147,7 @@ impl ShutdownSignal {
     }
 
     /// Has it been raised?
-    pub fn is_raised(&self) -> bool {
+    pub(crate) fn is_raised(&self) -> bool {
         self.inner.raised.load(Ordering::SeqCst)
     }
 
