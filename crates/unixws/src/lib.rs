@@ -49,6 +49,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;
+mod handshake;
 pub mod listen;
 pub mod peer;
 pub mod policy;

@@ -9,7 +9,7 @@
 //! timeout and removes the socket file.
 
 use std::cell::RefCell;
-use std::io::{self, Write};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -18,15 +18,17 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::os::fd::AsFd;
-use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::error::Error as WsError;
+use tungstenite::handshake::server::{Request, Response};
 use tungstenite::handshake::HandshakeError;
-use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::addr::{Address, Endpoint, ToAddress};
 use crate::config::Limits;
-use crate::connection::{Connection, ConnectionInfo};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::handshake::{
+    check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
+};
 use crate::listen::{BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
@@ -89,38 +91,42 @@ impl ServerBuilder {
 
     /// Bind the socket. The server does not accept until [`Server::serve`].
     pub fn bind(self) -> Result<Server> {
-        let ctx = ServerContext {
-            limits: self.limits,
-            policy: self.policy,
-            subprotocols: self.subprotocols,
-            shutdown: ShutdownSignal::new()
-                .map_err(|e| Error::io("creating the shutdown signal", e))?,
-            active: Arc::new(AtomicUsize::new(0)),
-        };
-        if !self.addr.is_unix() && !ctx.policy.is_open() {
+        let (listener, rules, limits) = self.bind_parts()?;
+        let shutdown =
+            ShutdownSignal::new().map_err(|e| Error::io("creating the shutdown signal", e))?;
+        Ok(Server {
+            listener,
+            ctx: Arc::new(ServerContext {
+                rules,
+                limits,
+                shutdown,
+            }),
+        })
+    }
+
+    /// Checks the settings, binds, and splits into what every server front
+    /// end (blocking or tokio) needs.
+    pub(crate) fn bind_parts(self) -> Result<(Listener, HandshakeRules, Limits)> {
+        if !self.addr.is_unix() && !self.policy.is_open() {
             return Err(Error::Config(format!(
                 "an access policy (--allow-uid/--allow-gid) needs a Unix socket: TCP peers on {} have no credentials",
                 self.addr.endpoint_display()
             )));
         }
         let listener = Listener::bind(&self.addr, &self.bind)?;
-        if matches!(self.addr.endpoint(), Endpoint::Abstract(_)) && ctx.policy.is_open() {
+        if matches!(self.addr.endpoint(), Endpoint::Abstract(_)) && self.policy.is_open() {
             tracing::warn!(addr = %self.addr, "abstract socket without an access policy: any local process can connect; add --allow-uid/--allow-gid");
         }
-        Ok(Server {
-            listener,
-            ctx: Arc::new(ctx),
-        })
+        let rules = HandshakeRules::new(&self.limits, self.policy, self.subprotocols);
+        Ok((listener, rules, self.limits))
     }
 }
 
 #[derive(Debug)]
 struct ServerContext {
+    rules: HandshakeRules,
     limits: Limits,
-    policy: AccessPolicy,
-    subprotocols: Vec<String>,
     shutdown: ShutdownSignal,
-    active: Arc<AtomicUsize>,
 }
 
 /// A bound blocking WebSocket server.
@@ -318,24 +324,6 @@ impl AcceptBackoff {
     }
 }
 
-/// Decrements the active-connection count when the connection ends.
-struct ActiveSlot(Arc<AtomicUsize>);
-
-impl Drop for ActiveSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What the upgrade callback learned, handed out of tungstenite's `FnOnce`.
-struct Accepted {
-    slot: ActiveSlot,
-    path: String,
-    query: Option<String>,
-    headers: tungstenite::http::HeaderMap,
-    subprotocol: Option<String>,
-}
-
 fn serve_connection<H>(ctx: &ServerContext, socket: Socket, peer: Peer, handler: &H)
 where
     H: Fn(&mut Connection) -> Result<()>,
@@ -357,11 +345,7 @@ where
     let accepted: RefCell<Option<Accepted>> = RefCell::new(None);
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let result = check_request(ctx, &peer, request, response);
-        if let Ok((_, a)) = &result {
-            tracing::debug!(%peer, path = %a.path, "handshake accepted");
-        }
-        result.map(|(response, a)| {
+        check_request(&ctx.rules, &peer, request, response).map(|(response, a)| {
             *accepted.borrow_mut() = Some(a);
             response
         })
@@ -398,147 +382,12 @@ where
     };
     ws.get_mut().set_deadline(None);
     ws.get_mut().set_read_budget(None);
-    let info = ConnectionInfo {
-        peer,
-        path: accepted.path,
-        query: accepted.query,
-        headers: accepted.headers,
-        subprotocol: accepted.subprotocol,
-    };
+    let (info, _slot) = accepted.into_info(peer);
     let mut conn = Connection::new(ws, info, limits.clone(), None);
-    let _slot = accepted.slot;
     if let Err(e) = handler(&mut conn) {
         tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
     }
     if let Err(e) = conn.finish() {
         tracing::debug!(peer = %conn.info().peer, error = %e, "error while closing");
     }
-}
-
-// The error type is fixed by tungstenite's `Callback`.
-#[allow(clippy::result_large_err)]
-fn check_request(
-    ctx: &ServerContext,
-    peer: &Peer,
-    request: &Request,
-    mut response: Response,
-) -> std::result::Result<(Response, Accepted), ErrorResponse> {
-    if request.headers().len() > ctx.limits.max_headers {
-        return Err(error_response(431, "too many header lines"));
-    }
-    if !ctx.policy.allows_peer(peer) {
-        match peer.credentials() {
-            Some(c) => tracing::warn!(
-                uid = c.uid,
-                gid = c.gid,
-                pid = c.pid,
-                "peer rejected by the access policy (403)"
-            ),
-            None => tracing::warn!(%peer, "peer rejected by the access policy (403)"),
-        }
-        let body = match peer.credentials() {
-            Some(c) => format!(
-                "uid {} is not allowed by this server's access policy",
-                c.uid
-            ),
-            None => "this peer is not allowed by this server's access policy".to_string(),
-        };
-        return Err(error_response(403, &body));
-    }
-    let slot = ActiveSlot(ctx.active.clone());
-    if ctx.active.fetch_add(1, Ordering::SeqCst) >= ctx.limits.max_connections {
-        drop(slot);
-        tracing::warn!(%peer, max = ctx.limits.max_connections, "max connections reached (503)");
-        let mut r = error_response(503, "too many connections; try again later");
-        r.headers_mut()
-            .insert("Retry-After", HeaderValue::from_static("1"));
-        return Err(r);
-    }
-    let subprotocol = choose_subprotocol(&ctx.subprotocols, request);
-    if let Some(p) = &subprotocol {
-        if let Ok(v) = HeaderValue::from_str(p) {
-            response.headers_mut().insert("Sec-WebSocket-Protocol", v);
-        }
-    }
-    let uri = request.uri();
-    Ok((
-        response,
-        Accepted {
-            slot,
-            path: uri.path().to_string(),
-            query: uri.query().map(str::to_string),
-            headers: request.headers().clone(),
-            subprotocol,
-        },
-    ))
-}
-
-fn choose_subprotocol(ours: &[String], request: &Request) -> Option<String> {
-    let offered: Vec<&str> = request
-        .headers()
-        .get_all("Sec-WebSocket-Protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    ours.iter().find(|p| offered.contains(&p.as_str())).cloned()
-}
-
-fn error_response(status: u16, body: &str) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(format!("{body}\n")));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    let headers = r.headers_mut();
-    headers.insert(
-        "Content-Type",
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert("Connection", HeaderValue::from_static("close"));
-    if let Ok(len) = HeaderValue::from_str(&(body.len() + 1).to_string()) {
-        headers.insert("Content-Length", len);
-    }
-    r
-}
-
-/// Answers a request tungstenite could not accept: 426 for a wrong version,
-/// 431 for too many headers, 400 otherwise; nothing for I/O errors.
-fn refuse_bad_request(raw: Socket, peer: &Peer, e: &WsError) {
-    let (status, extra): (u16, &[(&str, &str)]) = match e {
-        WsError::Protocol(ProtocolError::MissingSecWebSocketVersionHeader) => {
-            (426, &[("Sec-WebSocket-Version", "13")])
-        }
-        WsError::Capacity(CapacityError::TooManyHeaders) => (431, &[]),
-        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            tracing::debug!(%peer, error = %e, "connection lost during the handshake");
-            return;
-        }
-        WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
-            tracing::debug!(%peer, "peer closed before completing the handshake");
-            return;
-        }
-        _ => (400, &[]),
-    };
-    tracing::info!(%peer, error = %e, status, "bad handshake request");
-    write_plain_response(raw, status, &e.to_string(), extra);
-}
-
-fn write_plain_response(mut raw: Socket, status: u16, body: &str, extra: &[(&str, &str)]) {
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-        body.len() + 1
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = raw.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = raw
-        .write_all(head.as_bytes())
-        .and_then(|_| raw.write_all(body.as_bytes()))
-        .and_then(|_| raw.write_all(b"\n"));
-    let _ = raw.shutdown(std::net::Shutdown::Write);
 }

@@ -5,29 +5,23 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use unixws::{Connection, Message, PeerClose, Server};
-use unixws_testkit::{node, python, Process};
+use unixws_testkit::{node, python, Process, RunningServer};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
+type Seen = Arc<Mutex<Vec<(String, Option<PeerClose>)>>>;
+
 /// Serves the peers' protocol (echo; `close:REASON` → close 4000 REASON)
 /// and records the path and the close each client sent.
-fn serve_peer_protocol(
-    path: &Path,
-) -> (
-    unixws::ShutdownHandle,
-    Arc<Mutex<Vec<(String, Option<PeerClose>)>>>,
-    thread::JoinHandle<unixws::Result<()>>,
-) {
-    let server = Server::bind(path).expect("bind");
-    let shutdown = server.shutdown_handle();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+fn serve_peer_protocol(path: &Path) -> (RunningServer, Seen) {
+    let seen = Seen::default();
     let record = seen.clone();
-    let join = thread::spawn(move || {
-        server.serve(move |conn: &mut Connection| {
+    let server = RunningServer::start(
+        Server::builder(path).unwrap(),
+        move |conn: &mut Connection| {
             let result = peer_protocol(conn);
             let info = conn.info();
             let request = match &info.query {
@@ -39,9 +33,9 @@ fn serve_peer_protocol(
                 .unwrap()
                 .push((request, conn.peer_close().cloned()));
             result
-        })
-    });
-    (shutdown, seen, join)
+        },
+    );
+    (server, seen)
 }
 
 fn peer_protocol(conn: &mut Connection) -> unixws::Result<()> {
@@ -131,10 +125,9 @@ fn unixws_client_against(server: &mut std::process::Command) {
 fn unixws_server_against(client: &mut std::process::Command) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("uws.sock");
-    let (shutdown, seen, join) = serve_peer_protocol(&sock);
+    let (server, seen) = serve_peer_protocol(&sock);
     let (ok, lines) = Process::spawn(client.arg(&sock)).finish(PEER_TIMEOUT);
-    shutdown.shutdown();
-    join.join().unwrap().unwrap();
+    server.stop();
     assert!(ok && lines == ["ok"], "peer client output: {lines:?}");
     assert_unixws_server_saw(&seen);
 }

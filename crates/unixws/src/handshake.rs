@@ -1,0 +1,208 @@
+//! The parts of the WebSocket upgrade that do not depend on how bytes move:
+//! the server's checks before the upgrade (header count, access policy,
+//! connection limit, subprotocol choice) and its refusals (403, 431, 426,
+//! 400, 503), shared by the blocking and the tokio servers.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::config::Limits;
+use crate::connection::ConnectionInfo;
+use crate::peer::Peer;
+use crate::policy::AccessPolicy;
+use crate::stream::Socket;
+
+/// What a server checks before it upgrades a connection.
+#[derive(Debug)]
+pub(crate) struct HandshakeRules {
+    pub(crate) max_headers: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) policy: AccessPolicy,
+    pub(crate) subprotocols: Vec<String>,
+    /// Connections past their handshake right now.
+    pub(crate) active: Arc<AtomicUsize>,
+}
+
+impl HandshakeRules {
+    pub(crate) fn new(limits: &Limits, policy: AccessPolicy, subprotocols: Vec<String>) -> Self {
+        Self {
+            max_headers: limits.max_headers,
+            max_connections: limits.max_connections,
+            policy,
+            subprotocols,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// Decrements the active-connection count when the connection ends.
+pub(crate) struct ActiveSlot(Arc<AtomicUsize>);
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the upgrade callback learned, handed out of tungstenite's `FnOnce`.
+pub(crate) struct Accepted {
+    slot: ActiveSlot,
+    path: String,
+    query: Option<String>,
+    headers: tungstenite::http::HeaderMap,
+    subprotocol: Option<String>,
+}
+
+impl Accepted {
+    /// The connection's info, and the slot that counts it until dropped.
+    pub(crate) fn into_info(self, peer: Peer) -> (ConnectionInfo, ActiveSlot) {
+        let info = ConnectionInfo {
+            peer,
+            path: self.path,
+            query: self.query,
+            headers: self.headers,
+            subprotocol: self.subprotocol,
+        };
+        (info, self.slot)
+    }
+}
+
+// The error type is fixed by tungstenite's `Callback`.
+#[allow(clippy::result_large_err)]
+pub(crate) fn check_request(
+    rules: &HandshakeRules,
+    peer: &Peer,
+    request: &Request,
+    mut response: Response,
+) -> std::result::Result<(Response, Accepted), ErrorResponse> {
+    if request.headers().len() > rules.max_headers {
+        return Err(error_response(431, "too many header lines"));
+    }
+    if !rules.policy.allows_peer(peer) {
+        match peer.credentials() {
+            Some(c) => tracing::warn!(
+                uid = c.uid,
+                gid = c.gid,
+                pid = c.pid,
+                "peer rejected by the access policy (403)"
+            ),
+            None => tracing::warn!(%peer, "peer rejected by the access policy (403)"),
+        }
+        let body = match peer.credentials() {
+            Some(c) => format!(
+                "uid {} is not allowed by this server's access policy",
+                c.uid
+            ),
+            None => "this peer is not allowed by this server's access policy".to_string(),
+        };
+        return Err(error_response(403, &body));
+    }
+    let slot = ActiveSlot(rules.active.clone());
+    if rules.active.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
+        drop(slot);
+        tracing::warn!(%peer, max = rules.max_connections, "max connections reached (503)");
+        let mut r = error_response(503, "too many connections; try again later");
+        r.headers_mut()
+            .insert("Retry-After", HeaderValue::from_static("1"));
+        return Err(r);
+    }
+    let subprotocol = choose_subprotocol(&rules.subprotocols, request);
+    if let Some(p) = &subprotocol {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            response.headers_mut().insert("Sec-WebSocket-Protocol", v);
+        }
+    }
+    let uri = request.uri();
+    tracing::debug!(%peer, path = %uri.path(), "handshake accepted");
+    Ok((
+        response,
+        Accepted {
+            slot,
+            path: uri.path().to_string(),
+            query: uri.query().map(str::to_string),
+            headers: request.headers().clone(),
+            subprotocol,
+        },
+    ))
+}
+
+fn choose_subprotocol(ours: &[String], request: &Request) -> Option<String> {
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    ours.iter().find(|p| offered.contains(&p.as_str())).cloned()
+}
+
+fn error_response(status: u16, body: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(format!("{body}\n")));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let headers = r.headers_mut();
+    headers.insert(
+        "Content-Type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("Connection", HeaderValue::from_static("close"));
+    if let Ok(len) = HeaderValue::from_str(&(body.len() + 1).to_string()) {
+        headers.insert("Content-Length", len);
+    }
+    r
+}
+
+/// Answers a request tungstenite could not accept: 426 for a wrong version,
+/// 431 for too many headers, 400 otherwise; nothing for I/O errors.
+pub(crate) fn refuse_bad_request(raw: Socket, peer: &Peer, e: &WsError) {
+    let (status, extra): (u16, &[(&str, &str)]) = match e {
+        WsError::Protocol(ProtocolError::MissingSecWebSocketVersionHeader) => {
+            (426, &[("Sec-WebSocket-Version", "13")])
+        }
+        WsError::Capacity(CapacityError::TooManyHeaders) => (431, &[]),
+        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            tracing::debug!(%peer, error = %e, "connection lost during the handshake");
+            return;
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
+            tracing::debug!(%peer, "peer closed before completing the handshake");
+            return;
+        }
+        _ => (400, &[]),
+    };
+    tracing::info!(%peer, error = %e, status, "bad handshake request");
+    write_plain_response(raw, status, &e.to_string(), extra);
+}
+
+pub(crate) fn write_plain_response(
+    mut raw: Socket,
+    status: u16,
+    body: &str,
+    extra: &[(&str, &str)],
+) {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        body.len() + 1
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = raw.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = raw
+        .write_all(head.as_bytes())
+        .and_then(|_| raw.write_all(body.as_bytes()))
+        .and_then(|_| raw.write_all(b"\n"));
+    let _ = raw.shutdown(std::net::Shutdown::Write);
+}
