@@ -17,6 +17,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
+use crate::keepalive::{Deadline, Timers};
 use crate::peer::Peer;
 use crate::stream::{Interrupt, Stream, Waker};
 
@@ -114,21 +115,9 @@ pub struct Connection {
     ws: WebSocket<Stream>,
     info: ConnectionInfo,
     limits: Limits,
-    read_timeout: Option<Duration>,
+    timers: Timers,
     outbox: Option<OutboxReceiver>,
-    last_heard: Instant,
-    last_data: Instant,
-    ping_sent: Option<Instant>,
-    closing_since: Option<Instant>,
     peer_close: Option<PeerClose>,
-}
-
-enum Deadline {
-    CloseTimeout,
-    PongTimeout,
-    PingDue,
-    Idle,
-    ReadTimeout,
 }
 
 impl Connection {
@@ -138,17 +127,12 @@ impl Connection {
         limits: Limits,
         read_timeout: Option<Duration>,
     ) -> Self {
-        let now = Instant::now();
         Self {
             ws,
             info,
+            timers: Timers::new(&limits, read_timeout),
             limits,
-            read_timeout,
             outbox: None,
-            last_heard: now,
-            last_data: now,
-            ping_sent: None,
-            closing_since: None,
             peer_close: None,
         }
     }
@@ -196,7 +180,7 @@ impl Connection {
     /// Send one message and flush it.
     pub fn send(&mut self, message: Message) -> Result<()> {
         if message.is_text() || message.is_binary() {
-            self.last_data = Instant::now();
+            self.timers.sent_data();
         }
         let result = self.ws.send(message);
         result.map_err(|e| self.write_error(e))
@@ -207,32 +191,18 @@ impl Connection {
         let started = Instant::now();
         loop {
             self.drain_outbox()?;
-            let (deadline, _) = self.next_deadline(started);
+            let deadline = self.timers.next(started).map(|(at, _)| at);
             self.ws.get_mut().set_deadline(deadline);
             match self.ws.read() {
                 Ok(message) => {
-                    let now = Instant::now();
-                    self.last_heard = now;
-                    self.ping_sent = None;
-                    match message {
-                        Message::Text(_) | Message::Binary(_) => {
-                            self.last_data = now;
-                            return Ok(Some(message));
-                        }
-                        Message::Close(frame) => {
-                            self.peer_close = Some(match frame {
-                                Some(f) => PeerClose {
-                                    code: u16::from(f.code),
-                                    reason: f.reason.to_string(),
-                                },
-                                None => PeerClose {
-                                    code: 1005,
-                                    reason: String::new(),
-                                },
-                            });
-                            self.closing_since.get_or_insert(now);
-                        }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    let data = message.is_text() || message.is_binary();
+                    self.timers.heard(data);
+                    if data {
+                        return Ok(Some(message));
+                    }
+                    if let Message::Close(frame) = message {
+                        self.peer_close = Some(PeerClose::from_frame(frame));
+                        self.timers.closing();
                     }
                 }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -292,7 +262,7 @@ impl Connection {
         if !self.ws.can_write() {
             return Ok(());
         }
-        self.closing_since = Some(Instant::now());
+        self.timers.closing();
         let frame = CloseFrame {
             code,
             reason: reason.to_string().into(),
@@ -324,7 +294,7 @@ impl Connection {
                 return self.start_close(code, &reason);
             }
             if message.is_text() || message.is_binary() {
-                self.last_data = Instant::now();
+                self.timers.sent_data();
             }
             let result = self.ws.write(message);
             result.map_err(|e| self.write_error(e))?;
@@ -337,38 +307,9 @@ impl Connection {
         Ok(())
     }
 
-    fn next_deadline(&self, started: Instant) -> (Option<Instant>, Option<Deadline>) {
-        let mut best: (Option<Instant>, Option<Deadline>) = (None, None);
-        let mut consider = |at: Instant, which: Deadline| {
-            if best.0.is_none_or(|b| at < b) {
-                best = (Some(at), Some(which));
-            }
-        };
-        if let Some(since) = self.closing_since {
-            consider(since + self.limits.close_timeout, Deadline::CloseTimeout);
-            return best;
-        }
-        match (self.ping_sent, self.limits.ping_interval) {
-            (Some(sent), _) => consider(sent + self.limits.pong_timeout, Deadline::PongTimeout),
-            (None, Some(every)) => consider(self.last_heard + every, Deadline::PingDue),
-            (None, None) => {}
-        }
-        if let Some(idle) = self.limits.idle_timeout {
-            consider(self.last_data + idle, Deadline::Idle);
-        }
-        if let Some(t) = self.read_timeout {
-            consider(started + t, Deadline::ReadTimeout);
-        }
-        best
-    }
-
-    /// Acts on the deadline that passed; `Some(None)` ends `recv`.
+    /// Acts on the clock that ran out; `Some(None)` ends `recv`.
     fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
-        let (at, which) = self.next_deadline(started);
-        if at.is_some_and(|at| at > Instant::now()) {
-            return Ok(None);
-        }
-        match which {
+        match self.timers.expired(started) {
             Some(Deadline::CloseTimeout) => {
                 tracing::debug!(peer = %self.info.peer, "peer did not finish the closing handshake in time; dropping it");
                 self.abort();
@@ -378,11 +319,11 @@ impl Connection {
                 tracing::info!(peer = %self.info.peer, "peer did not answer a ping; closing");
                 self.abort();
                 Err(Error::KeepaliveTimeout {
-                    after: self.limits.pong_timeout,
+                    after: self.timers.pong_timeout(),
                 })
             }
             Some(Deadline::PingDue) => {
-                self.ping_sent = Some(Instant::now());
+                self.timers.pinged();
                 let result = self.ws.send(Message::Ping(Default::default()));
                 result.map_err(|e| self.write_error(e))?;
                 Ok(None)
@@ -395,7 +336,7 @@ impl Connection {
             Some(Deadline::ReadTimeout) => Err(Error::Timeout {
                 operation: "read",
                 addr: self.info.peer.to_string(),
-                after: self.read_timeout.unwrap_or_default(),
+                after: self.timers.read_timeout(),
             }),
             None => Ok(None),
         }
@@ -413,11 +354,8 @@ impl Connection {
     /// itself only returns the error. The peer's answer is awaited by
     /// [`close`](Connection::close) or the server, within the close timeout.
     fn read_error(&mut self, e: WsError) -> Error {
-        let (code, reason) = match &e {
-            WsError::Capacity(_) => (CloseCode::Size, "message too big"),
-            WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
-            WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
-            _ => return Error::from(e),
+        let Some((code, reason)) = close_code_for(&e) else {
+            return Error::from(e);
         };
         tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
         if self.ws.can_write() {
@@ -427,20 +365,9 @@ impl Connection {
             };
             let _ = self.ws.close(Some(frame));
             let _ = self.ws.flush();
-            self.closing_since = Some(Instant::now());
+            self.timers.closing();
         }
-        match e {
-            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                Error::MessageTooLarge {
-                    size,
-                    max: max_size,
-                }
-            }
-            other => Error::Protocol {
-                code: code.into(),
-                detail: other.to_string(),
-            },
-        }
+        error_after_close(e, code)
     }
 
     fn write_error(&self, e: WsError) -> Error {
@@ -452,5 +379,48 @@ impl Connection {
             },
             other => Error::from(other),
         }
+    }
+}
+
+impl PeerClose {
+    pub(crate) fn from_frame(frame: Option<CloseFrame>) -> Self {
+        match frame {
+            Some(f) => PeerClose {
+                code: u16::from(f.code),
+                reason: f.reason.to_string(),
+            },
+            // RFC 6455: a close frame without a code reads as 1005.
+            None => PeerClose {
+                code: 1005,
+                reason: String::new(),
+            },
+        }
+    }
+}
+
+/// The close code owed to a peer whose input caused `e`, if any:
+/// 1009 for size, 1007 for bad UTF-8, 1002 for protocol violations.
+pub(crate) fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        _ => None,
+    }
+}
+
+/// The error to report once `code` has been sent for `e`.
+pub(crate) fn error_after_close(e: WsError, code: CloseCode) -> Error {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Error::MessageTooLarge {
+                size,
+                max: max_size,
+            }
+        }
+        other => Error::Protocol {
+            code: code.into(),
+            detail: other.to_string(),
+        },
     }
 }

@@ -50,6 +50,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 mod handshake;
+mod keepalive;
 pub mod listen;
 pub mod peer;
 pub mod policy;

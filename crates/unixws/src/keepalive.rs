@@ -1,0 +1,159 @@
+//! The clocks of an open connection — keepalive ping and pong, idle time,
+//! close handshake, read timeout — as plain state with no I/O, so that the
+//! blocking and the tokio connections decide the same way and differ only
+//! in how they wait.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+
+/// Which clock ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The peer did not answer our close frame in time: drop it.
+    CloseTimeout,
+    /// The peer did not answer our ping in time: drop it.
+    PongTimeout,
+    /// Time to ping a silent peer.
+    PingDue,
+    /// No data message for the idle timeout: close with 1001.
+    Idle,
+    /// The caller's read timeout passed.
+    ReadTimeout,
+}
+
+/// When each clock runs out, from what has happened so far.
+#[derive(Debug, Clone)]
+pub(crate) struct Timers {
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    close_timeout: Duration,
+    read_timeout: Option<Duration>,
+    last_heard: Instant,
+    last_data: Instant,
+    ping_sent: Option<Instant>,
+    closing_since: Option<Instant>,
+}
+
+impl Timers {
+    pub(crate) fn new(limits: &Limits, read_timeout: Option<Duration>) -> Self {
+        let now = Instant::now();
+        Self {
+            ping_interval: limits.ping_interval,
+            pong_timeout: limits.pong_timeout,
+            idle_timeout: limits.idle_timeout,
+            close_timeout: limits.close_timeout,
+            read_timeout,
+            last_heard: now,
+            last_data: now,
+            ping_sent: None,
+            closing_since: None,
+        }
+    }
+
+    /// A frame arrived (any frame proves the peer alive); `data` for text or binary.
+    pub(crate) fn heard(&mut self, data: bool) {
+        let now = Instant::now();
+        self.last_heard = now;
+        self.ping_sent = None;
+        if data {
+            self.last_data = now;
+        }
+    }
+
+    /// We sent a data message (it counts against the idle timeout).
+    pub(crate) fn sent_data(&mut self) {
+        self.last_data = Instant::now();
+    }
+
+    /// We sent a ping and now wait for any frame.
+    pub(crate) fn pinged(&mut self) {
+        self.ping_sent = Some(Instant::now());
+    }
+
+    /// The closing handshake started (by either side); the first call counts.
+    pub(crate) fn closing(&mut self) {
+        self.closing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The earliest clock to run out for a read that started at `started`.
+    pub(crate) fn next(&self, started: Instant) -> Option<(Instant, Deadline)> {
+        if let Some(since) = self.closing_since {
+            // While closing, only the close timeout matters.
+            return Some((since + self.close_timeout, Deadline::CloseTimeout));
+        }
+        let candidates = [
+            self.ping_sent
+                .map(|sent| (sent + self.pong_timeout, Deadline::PongTimeout)),
+            match (self.ping_sent, self.ping_interval) {
+                (None, Some(every)) => Some((self.last_heard + every, Deadline::PingDue)),
+                _ => None,
+            },
+            self.idle_timeout
+                .map(|idle| (self.last_data + idle, Deadline::Idle)),
+            self.read_timeout
+                .map(|t| (started + t, Deadline::ReadTimeout)),
+        ];
+        candidates.into_iter().flatten().min_by_key(|(at, _)| *at)
+    }
+
+    /// The clock that has run out by now, if any.
+    pub(crate) fn expired(&self, started: Instant) -> Option<Deadline> {
+        self.next(started)
+            .filter(|(at, _)| *at <= Instant::now())
+            .map(|(_, which)| which)
+    }
+
+    pub(crate) fn pong_timeout(&self) -> Duration {
+        self.pong_timeout
+    }
+
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.read_timeout.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        let mut l = Limits::default();
+        l.ping_interval = Some(Duration::from_secs(30));
+        l.pong_timeout = Duration::from_secs(10);
+        l.idle_timeout = Some(Duration::from_secs(60));
+        l
+    }
+
+    #[test]
+    fn ping_then_pong_then_close_take_turns() {
+        let mut t = Timers::new(&limits(), None);
+        let now = Instant::now();
+        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PingDue));
+        t.pinged();
+        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PongTimeout));
+        t.heard(false);
+        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PingDue));
+        t.closing();
+        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::CloseTimeout));
+        assert_eq!(t.expired(now), None);
+    }
+
+    #[test]
+    fn read_timeout_and_idle_compete_by_time() {
+        let t = Timers::new(&limits(), Some(Duration::from_millis(1)));
+        assert_eq!(
+            t.next(Instant::now()).map(|d| d.1),
+            Some(Deadline::ReadTimeout)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            t.expired(Instant::now() - Duration::from_millis(2)),
+            Some(Deadline::ReadTimeout)
+        );
+        let mut no_ping = Limits::default();
+        no_ping.ping_interval = None;
+        assert_eq!(Timers::new(&no_ping, None).next(Instant::now()), None);
+    }
+}
