@@ -90,13 +90,13 @@ impl RetryPolicy {
 /// Options for a client connection.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    addr: Address,
-    limits: Limits,
-    read_timeout: Option<Duration>,
+    pub(crate) addr: Address,
+    pub(crate) limits: Limits,
+    pub(crate) read_timeout: Option<Duration>,
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     host: Option<String>,
-    retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl ClientBuilder {
@@ -204,22 +204,29 @@ impl ClientBuilder {
                 Ok(pair) => pair,
                 Err(HandshakeError::Interrupted(mut mid)) => {
                     return Err(match mid.get_mut().get_mut().take_interrupt() {
-                        Some(Interrupt::BudgetExhausted) => Error::Config(format!(
-                        "the handshake response from {} is larger than max_header_bytes ({} bytes)",
-                        self.addr.endpoint_display(),
-                        self.limits.max_header_bytes
-                    )),
-                        _ => Error::Timeout {
-                            operation: "handshake",
-                            addr: self.addr.endpoint_display(),
-                            after: self.limits.handshake_timeout,
-                        },
+                        Some(Interrupt::BudgetExhausted) => self.response_too_large(),
+                        _ => self.handshake_timed_out(),
                     })
                 }
                 Err(HandshakeError::Failure(e)) => return Err(self.handshake_error(e)),
             };
         ws.get_mut().set_deadline(None);
         ws.get_mut().set_read_budget(None);
+        let info = self.response_info(peer, &response);
+        Ok(Connection::new(
+            ws,
+            info,
+            self.limits.clone(),
+            self.read_timeout,
+        ))
+    }
+
+    /// What the client learned from the handshake.
+    pub(crate) fn response_info(
+        &self,
+        peer: crate::peer::Peer,
+        response: &tungstenite::handshake::client::Response,
+    ) -> ConnectionInfo {
         let subprotocol = response
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -229,22 +236,32 @@ impl ClientBuilder {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (self.addr.resource().to_string(), None),
         };
-        let info = ConnectionInfo {
+        ConnectionInfo {
             peer,
             path,
             query,
             headers: response.headers().clone(),
             subprotocol,
-        };
-        Ok(Connection::new(
-            ws,
-            info,
-            self.limits.clone(),
-            self.read_timeout,
+        }
+    }
+
+    pub(crate) fn handshake_timed_out(&self) -> Error {
+        Error::Timeout {
+            operation: "handshake",
+            addr: self.addr.endpoint_display(),
+            after: self.limits.handshake_timeout,
+        }
+    }
+
+    pub(crate) fn response_too_large(&self) -> Error {
+        Error::Config(format!(
+            "the handshake response from {} is larger than max_header_bytes ({} bytes)",
+            self.addr.endpoint_display(),
+            self.limits.max_header_bytes
         ))
     }
 
-    fn request(&self) -> Result<tungstenite::handshake::client::Request> {
+    pub(crate) fn request(&self) -> Result<tungstenite::handshake::client::Request> {
         let host = self
             .host
             .clone()
@@ -277,7 +294,7 @@ impl ClientBuilder {
         Ok(request)
     }
 
-    fn handshake_error(&self, e: tungstenite::Error) -> Error {
+    pub(crate) fn handshake_error(&self, e: tungstenite::Error) -> Error {
         let addr = self.addr.endpoint_display();
         match e {
             tungstenite::Error::Http(response) => {
@@ -333,7 +350,7 @@ impl ClientBuilder {
 
 /// Opens the socket within `timeout`, turning OS errors into errors that say
 /// what to do.
-fn open_socket(addr: &Address, timeout: Duration) -> Result<Socket> {
+pub(crate) fn open_socket(addr: &Address, timeout: Duration) -> Result<Socket> {
     match addr.endpoint() {
         Endpoint::Path(path) => {
             let ua = UnixAddr::new(path.as_path())

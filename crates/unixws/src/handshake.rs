@@ -42,6 +42,7 @@ impl HandshakeRules {
 }
 
 /// Decrements the active-connection count when the connection ends.
+#[derive(Debug)]
 pub(crate) struct ActiveSlot(Arc<AtomicUsize>);
 
 impl Drop for ActiveSlot {

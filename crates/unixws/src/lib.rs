@@ -56,6 +56,8 @@ pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use addr::{Address, Endpoint, ToAddress};
 pub use client::{connect, ClientBuilder, RetryPolicy};

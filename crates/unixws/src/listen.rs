@@ -23,6 +23,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self as nixsock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
@@ -173,6 +174,67 @@ impl Listener {
     /// abstract and TCP listeners).
     pub fn owns_socket_file(&self) -> bool {
         self.file.as_ref().is_some_and(SocketFile::still_ours)
+    }
+}
+
+/// A [`Listener`] moved onto a tokio runtime; it keeps the socket file
+/// guard, so dropping it removes the file just the same.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(crate) struct AsyncListener {
+    kind: AsyncListenerKind,
+    addr: Address,
+    _file: Option<SocketFile>,
+}
+
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+enum AsyncListenerKind {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+#[cfg(feature = "tokio")]
+impl Listener {
+    /// Moves the listener onto the current tokio runtime.
+    pub(crate) fn into_async(self) -> io::Result<AsyncListener> {
+        self.set_nonblocking(true)?;
+        let kind = match self.kind {
+            ListenerKind::Unix(l) => {
+                AsyncListenerKind::Unix(tokio::net::UnixListener::from_std(l)?)
+            }
+            ListenerKind::Tcp(l) => AsyncListenerKind::Tcp(tokio::net::TcpListener::from_std(l)?),
+        };
+        Ok(AsyncListener {
+            kind,
+            addr: self.addr,
+            _file: self.file,
+        })
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncListener {
+    pub(crate) fn local_addr(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Accept one connection and find out who it is.
+    pub(crate) async fn accept(&self) -> io::Result<(crate::tokio::AsyncSocket, Peer)> {
+        use crate::peer::PeerCredentials;
+        use crate::tokio::AsyncSocket;
+        match &self.kind {
+            AsyncListenerKind::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                let peer = Peer::Unix(PeerCredentials::of(&s)?);
+                Ok((AsyncSocket::Unix(s), peer))
+            }
+            AsyncListenerKind::Tcp(l) => {
+                let (s, addr) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((AsyncSocket::Tcp(s), Peer::Tcp(addr)))
+            }
+        }
     }
 }
 
@@ -383,6 +445,43 @@ fn apply_file_options(addr: &Address, path: &Path, options: &BindOptions) -> Res
         })?;
     }
     Ok(())
+}
+
+/// Backs off on accept errors such as EMFILE so the loop never spins, and
+/// logs at most once a second.
+#[derive(Default)]
+pub(crate) struct AcceptBackoff {
+    pause: Option<Duration>,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    pub(crate) fn reset(&mut self) {
+        self.pause = None;
+    }
+
+    pub(crate) fn on_error(&mut self, e: &io::Error) -> Option<Duration> {
+        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+            return None;
+        }
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed; backing off (raise `ulimit -n` if descriptors run out)");
+            self.last_log = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        let next = self.pause.map_or(Duration::from_millis(10), |p| {
+            (p * 2).min(Duration::from_secs(1))
+        });
+        self.pause = Some(next);
+        Some(next)
+    }
 }
 
 /// The uid of a user name or numeric id (as given to `--owner`).

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 
 use nix::sys::socket::{getsockopt, sockopt};
 
@@ -21,8 +21,9 @@ pub struct PeerCredentials {
 }
 
 impl PeerCredentials {
-    /// The credentials of the process at the other end of `stream`.
-    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+    /// The credentials of the process at the other end of a connected Unix
+    /// socket (a std or tokio `UnixStream`, or any descriptor of one).
+    pub fn of(stream: &impl AsFd) -> io::Result<Self> {
         let cred = getsockopt(stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
         Ok(Self {
             uid: cred.uid(),

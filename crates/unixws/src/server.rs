@@ -9,7 +9,6 @@
 //! timeout and removes the socket file.
 
 use std::cell::RefCell;
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -29,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::handshake::{
     check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
 };
-use crate::listen::{BindOptions, Listener};
+use crate::listen::{AcceptBackoff, BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
@@ -154,6 +153,10 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    pub(crate) fn new(signal: ShutdownSignal) -> Self {
+        Self { signal }
+    }
+
     /// Stop accepting, close every connection with 1001, remove the socket
     /// file; [`Server::serve`] returns once connections have drained.
     pub fn shutdown(&self) {
@@ -284,43 +287,6 @@ impl Server {
                 }
             }
         }
-    }
-}
-
-/// Backs off on accept errors such as EMFILE so the loop never spins, and
-/// logs at most once a second.
-#[derive(Default)]
-struct AcceptBackoff {
-    pause: Option<Duration>,
-    last_log: Option<Instant>,
-    suppressed: u64,
-}
-
-impl AcceptBackoff {
-    fn reset(&mut self) {
-        self.pause = None;
-    }
-
-    fn on_error(&mut self, e: &io::Error) -> Option<Duration> {
-        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-            return None;
-        }
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|t| now - t >= Duration::from_secs(1))
-        {
-            tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed; backing off (raise `ulimit -n` if descriptors run out)");
-            self.last_log = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-        let next = self.pause.map_or(Duration::from_millis(10), |p| {
-            (p * 2).min(Duration::from_secs(1))
-        });
-        self.pause = Some(next);
-        Some(next)
     }
 }
 

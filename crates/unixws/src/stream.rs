@@ -122,6 +122,9 @@ struct SignalInner {
     // Readable once raised: a byte is written and never drained.
     read_end: UnixStream,
     write_end: UnixStream,
+    // The same signal for tasks.
+    #[cfg(feature = "tokio")]
+    watch: tokio::sync::watch::Sender<bool>,
 }
 
 impl ShutdownSignal {
@@ -134,6 +137,8 @@ impl ShutdownSignal {
                 raised: AtomicBool::new(false),
                 read_end,
                 write_end,
+                #[cfg(feature = "tokio")]
+                watch: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -143,7 +148,15 @@ impl ShutdownSignal {
         if !self.inner.raised.swap(true, Ordering::SeqCst) {
             // A full buffer already means readable, so an error here is moot.
             let _ = (&self.inner.write_end).write(&[1]);
+            #[cfg(feature = "tokio")]
+            self.inner.watch.send_replace(true);
         }
+    }
+
+    /// A receiver whose value turns true when the signal is raised.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.watch.subscribe()
     }
 
     /// Has it been raised?

@@ -1,0 +1,37 @@
+//! The async API on tokio (feature `tokio`): [`connect`],
+//! [`ClientBuilder::connect_async`](crate::ClientBuilder::connect_async),
+//! [`Server`] (from [`ServerBuilder::bind_async`](crate::ServerBuilder::bind_async))
+//! and [`Connection`], on tokio-tungstenite.
+//!
+//! It shares the transport core with the blocking API — addresses, binding,
+//! peer credentials, access policy, limits, the upgrade checks, the
+//! keepalive clocks and the close-code rules — and differs only in how it
+//! waits.
+//!
+//! ```no_run
+//! use unixws::{Message, Server};
+//!
+//! # async fn demo() -> unixws::Result<()> {
+//! let server = Server::builder("/tmp/demo.sock")?.bind_async()?;
+//! tokio::spawn(server.serve(|mut conn| async move {
+//!     while let Some(message) = conn.recv().await? {
+//!         conn.send(message).await?;
+//!     }
+//!     Ok(())
+//! }));
+//! let mut conn = unixws::tokio::connect("ws+unix:///tmp/demo.sock").await?;
+//! conn.send(Message::text("hello")).await?;
+//! assert_eq!(conn.recv().await?, Some(Message::text("hello")));
+//! conn.close(1000, "bye").await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod connection;
+mod io;
+mod server;
+
+pub use client::connect;
+pub use connection::{Connection, Outbox};
+pub use io::{AsyncSocket, AsyncStream};
+pub use server::Server;

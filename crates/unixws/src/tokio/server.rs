@@ -1,0 +1,241 @@
+//! The tokio server: one task per connection, the same checks and
+//! refusals as the blocking server (shared in `handshake.rs`), and graceful
+//! shutdown: stop accepting, flush what each connection had queued, close
+//! with 1001, wait at most the drain timeout, remove the socket file.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tungstenite::error::Error as WsError;
+use tungstenite::handshake::server::{Request, Response};
+
+use crate::addr::Address;
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::handshake::{
+    check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
+};
+use crate::listen::{AcceptBackoff, AsyncListener};
+use crate::peer::Peer;
+use crate::server::{ServerBuilder, ShutdownHandle};
+use crate::stream::{ShutdownSignal, Socket};
+use crate::tokio::io::{is_header_too_large, AsyncSocket, AsyncStream};
+use crate::tokio::Connection;
+
+/// Connections beyond `max_connections` that may still be in their
+/// handshake (to be answered 503) before new ones are dropped unanswered.
+const REFUSAL_SLACK: usize = 256;
+
+/// A bound tokio WebSocket server.
+///
+/// ```no_run
+/// # async fn demo() -> unixws::Result<()> {
+/// let server = unixws::Server::builder("/tmp/echo.sock")?.bind_async()?;
+/// server.serve(|mut conn| async move {
+///     while let Some(message) = conn.recv().await? {
+///         conn.send(message).await?;
+///     }
+///     Ok(())
+/// }).await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: AsyncListener,
+    ctx: Arc<Context>,
+}
+
+#[derive(Debug)]
+struct Context {
+    rules: HandshakeRules,
+    limits: Limits,
+    shutdown: ShutdownSignal,
+    /// Connection tasks still running (in handshake or in the handler).
+    tasks: AtomicUsize,
+}
+
+impl ServerBuilder {
+    /// Bind the socket for the tokio server (call inside a tokio runtime).
+    pub fn bind_async(self) -> Result<Server> {
+        let (listener, rules, limits) = self.bind_parts()?;
+        let listener = listener.into_async().map_err(|e| {
+            Error::io(
+                "registering the listener with tokio (is a runtime running?)",
+                e,
+            )
+        })?;
+        let shutdown =
+            ShutdownSignal::new().map_err(|e| Error::io("creating the shutdown signal", e))?;
+        Ok(Server {
+            listener,
+            ctx: Arc::new(Context {
+                rules,
+                limits,
+                shutdown,
+                tasks: AtomicUsize::new(0),
+            }),
+        })
+    }
+}
+
+impl Server {
+    /// The address being served (for TCP, with the real port).
+    pub fn local_addr(&self) -> &Address {
+        self.listener.local_addr()
+    }
+
+    /// A handle that shuts the server down (the same type as the blocking server's).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.ctx.shutdown.clone())
+    }
+
+    /// Accept connections until shut down, running `handler` on its own task
+    /// for each. A connection the handler drops while open is closed (1000).
+    pub async fn serve<H, F>(self, handler: H) -> Result<()>
+    where
+        H: Fn(Connection) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut shutdown = self.ctx.shutdown.subscribe();
+        let mut backoff = AcceptBackoff::default();
+        tracing::info!(addr = %self.local_addr(), "listening");
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|raised| *raised) => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => {
+                    backoff.reset();
+                    pair
+                }
+                Err(e) => {
+                    if let Some(pause) = backoff.on_error(&e) {
+                        // Wait out descriptor exhaustion, but wake for shutdown.
+                        tokio::select! {
+                            _ = shutdown.wait_for(|raised| *raised) => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                    continue;
+                }
+            };
+            let ctx = self.ctx.clone();
+            if ctx.tasks.load(Ordering::SeqCst) >= ctx.limits.max_connections + REFUSAL_SLACK {
+                tracing::warn!(%peer, "connection flood: dropping a connection unanswered");
+                continue;
+            }
+            ctx.tasks.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                serve_connection(&ctx, socket, peer, &*handler).await;
+                ctx.tasks.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        let Server { listener, ctx } = self;
+        // Dropping the listener stops accepting and removes the socket file.
+        drop(listener);
+        let deadline = Instant::now() + ctx.limits.drain_timeout;
+        let busy = || ctx.tasks.load(Ordering::SeqCst) + ctx.rules.active.load(Ordering::SeqCst);
+        while busy() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if busy() > 0 {
+            tracing::warn!(
+                left = busy(),
+                "drain timeout passed with connections still open; leaving them"
+            );
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+async fn serve_connection<H, F>(ctx: &Context, socket: AsyncSocket, peer: Peer, handler: &H)
+where
+    H: Fn(Connection) -> F,
+    F: Future<Output = Result<()>>,
+{
+    let limits = &ctx.limits;
+    // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
+    let raw = match socket_dup(&socket) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot duplicate the socket; dropping the connection");
+            return;
+        }
+    };
+    let stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
+    let accepted: Mutex<Option<Accepted>> = Mutex::new(None);
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        check_request(&ctx.rules, &peer, request, response).map(|(response, a)| {
+            *accepted.lock().unwrap_or_else(PoisonError::into_inner) = Some(a);
+            response
+        })
+    };
+    let mut shutdown = ctx.shutdown.subscribe();
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(limits.websocket_config()),
+    );
+    let result = tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|raised| *raised) => {
+            tracing::debug!(%peer, "shutdown during the handshake");
+            return;
+        }
+        result = tokio::time::timeout(limits.handshake_timeout, handshake) => result,
+    };
+    let mut ws = match result {
+        Ok(Ok(ws)) => ws,
+        Err(_) => {
+            tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
+            return;
+        }
+        Ok(Err(WsError::Http(response))) => {
+            tracing::debug!(%peer, status = %response.status(), "handshake refused");
+            return;
+        }
+        Ok(Err(WsError::Io(e))) if is_header_too_large(&e) => {
+            tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
+            write_plain_response(raw, 431, "request header too large", &[]);
+            return;
+        }
+        Ok(Err(e)) => {
+            refuse_bad_request(raw, &peer, &e);
+            return;
+        }
+    };
+    drop(raw);
+    let Some(accepted) = accepted
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    else {
+        tracing::error!(%peer, "handshake finished without passing the callback; dropping");
+        return;
+    };
+    ws.get_mut().end_budget();
+    let (info, slot) = accepted.into_info(peer);
+    let conn = Connection::new(ws, info, limits.clone(), None).serving(shutdown, slot);
+    if let Err(e) = handler(conn).await {
+        tracing::info!(error = %e, "connection ended with an error");
+    }
+}
+
+fn socket_dup(socket: &AsyncSocket) -> std::io::Result<Socket> {
+    use std::os::fd::AsFd;
+    let fd = match socket {
+        AsyncSocket::Unix(s) => s.as_fd().try_clone_to_owned()?,
+        AsyncSocket::Tcp(s) => s.as_fd().try_clone_to_owned()?,
+    };
+    Ok(match socket {
+        AsyncSocket::Unix(_) => Socket::Unix(std::os::unix::net::UnixStream::from(fd)),
+        AsyncSocket::Tcp(_) => Socket::Tcp(std::net::TcpStream::from(fd)),
+    })
+}
