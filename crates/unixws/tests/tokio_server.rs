@@ -1,1 +1,337 @@
+//! The tokio server over real sockets: limits, keepalive, graceful shutdown
+//! that flushes queued messages, bounded queues that close a slow consumer
+//! without slowing the others, and 2,000 concurrent connections.
 
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use unixws::tokio::{Connection, Outbox};
+use unixws::{Error, Limits, Message, OutboxError, Server, ShutdownHandle};
+
+struct TestServer {
+    shutdown: ShutdownHandle,
+    task: JoinHandle<unixws::Result<()>>,
+}
+
+impl TestServer {
+    async fn stop(self) {
+        self.shutdown.shutdown();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn echo(mut conn: Connection) -> unixws::Result<()> {
+    while let Some(m) = conn.recv().await? {
+        conn.send(m).await?;
+    }
+    Ok(())
+}
+
+fn start_echo(path: &Path, limits: Limits) -> TestServer {
+    let server = Server::builder(path)
+        .unwrap()
+        .limits(limits)
+        .bind_async()
+        .unwrap();
+    TestServer {
+        shutdown: server.shutdown_handle(),
+        task: tokio::spawn(server.serve(echo)),
+    }
+}
+
+/// A server whose handlers hand their outbox to the test and then just read.
+fn start_outbox_server(path: &Path, limits: Limits) -> (TestServer, Arc<Mutex<Vec<Outbox>>>) {
+    let outboxes: Arc<Mutex<Vec<Outbox>>> = Arc::default();
+    let record = outboxes.clone();
+    let server = Server::builder(path)
+        .unwrap()
+        .limits(limits)
+        .bind_async()
+        .unwrap();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.serve(move |mut conn: Connection| {
+        record.lock().unwrap().push(conn.outbox());
+        async move {
+            while conn.recv().await?.is_some() {}
+            Ok(())
+        }
+    }));
+    (TestServer { shutdown, task }, outboxes)
+}
+
+async fn assert_echo(conn: &mut Connection, text: &str) {
+    conn.send(Message::text(text)).await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), Some(Message::text(text)));
+}
+
+fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+#[tokio::test]
+async fn message_over_max_closes_with_1009_and_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("m.sock");
+    let server = start_echo(&sock, limits(|l| l.max_message_size = 1024));
+    let mut bystander = unixws::tokio::connect(&sock).await.unwrap();
+    let mut offender = unixws::tokio::connect(&sock).await.unwrap();
+    offender
+        .send(Message::binary(vec![1u8; 2000]))
+        .await
+        .unwrap();
+    assert_eq!(offender.recv().await.unwrap(), None);
+    assert_eq!(offender.peer_close().map(|c| c.code), Some(1009));
+    assert_echo(&mut bystander, "unaffected").await;
+    bystander.close(1000, "").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_over_max_gets_503_and_silent_clients_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let server = start_echo(
+        &sock,
+        limits(|l| {
+            l.max_connections = 2;
+            l.handshake_timeout = Duration::from_millis(300);
+        }),
+    );
+    let mut a = unixws::tokio::connect(&sock).await.unwrap();
+    let mut b = unixws::tokio::connect(&sock).await.unwrap();
+    let err = unixws::tokio::connect(&sock).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Busy { .. }) && err.to_string().contains("503"),
+        "{err:?}"
+    );
+    assert_echo(&mut a, "a").await;
+    assert_echo(&mut b, "b").await;
+
+    let path = sock.clone();
+    let (eof, waited) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut silent = UnixStream::connect(&path).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let n = silent
+            .read(&mut [0u8; 16])
+            .expect("closed by the server, not our timeout");
+        (n == 0, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        eof && waited >= Duration::from_millis(300),
+        "{eof} {waited:?}"
+    );
+    a.close(1000, "").await.unwrap();
+    b.close(1000, "").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_closes_a_peer_that_stops_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("k.sock");
+    let server = start_echo(
+        &sock,
+        limits(|l| {
+            l.ping_interval = Some(Duration::from_millis(200));
+            l.pong_timeout = Duration::from_millis(200);
+        }),
+    );
+    let path = sock.clone();
+    let (bytes, waited) = tokio::task::spawn_blocking(move || {
+        let stream = UnixStream::connect(&path).unwrap();
+        let (ws, _) = unixws::tungstenite::client("ws://localhost/", stream).unwrap();
+        let started = Instant::now();
+        let mut raw = ws.into_inner();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut bytes = Vec::new();
+        raw.read_to_end(&mut bytes)
+            .expect("the server drops the silent peer");
+        (bytes, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(bytes.first(), Some(&0x89), "pinged first: {bytes:?}");
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_queued_messages_then_closes_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let (server, outboxes) = start_outbox_server(&sock, Limits::default());
+    let mut client = unixws::tokio::connect(&sock).await.unwrap();
+    let outbox = loop {
+        if let Some(o) = outboxes.lock().unwrap().first().cloned() {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for i in 0..100 {
+        outbox
+            .try_send(Message::text(format!("queued {i}")))
+            .unwrap();
+    }
+    server.shutdown.shutdown();
+    for i in 0..100 {
+        assert_eq!(
+            client.recv().await.unwrap(),
+            Some(Message::text(format!("queued {i}")))
+        );
+    }
+    assert_eq!(client.recv().await.unwrap(), None);
+    assert_eq!(client.peer_close().map(|c| c.code), Some(1001));
+    server.task.await.unwrap().unwrap();
+    assert!(!sock.exists(), "socket file removed");
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_at_its_queue_bound_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("b.sock");
+    let bounded = limits(|l| {
+        l.send_queue = 8;
+        l.close_timeout = Duration::from_millis(500);
+        l.write_timeout = None;
+    });
+    let (server, outboxes) = start_outbox_server(&sock, bounded.clone());
+    let slow = unixws::ClientBuilder::new(&sock)
+        .unwrap()
+        .limits(bounded.clone())
+        .connect_async()
+        .await
+        .unwrap();
+    let mut fast = unixws::ClientBuilder::new(&sock)
+        .unwrap()
+        .limits(bounded)
+        .connect_async()
+        .await
+        .unwrap();
+    while outboxes.lock().unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (slow_box, fast_box) = {
+        let o = outboxes.lock().unwrap();
+        (o[0].clone(), o[1].clone())
+    };
+    // 64 KiB messages fill the slow client's socket buffer, then its queue.
+    let chunk = Message::binary(vec![0u8; 64 << 10]);
+    let started = Instant::now();
+    let mut full = false;
+    for i in 0..10_000 {
+        match slow_box.try_send(chunk.clone()) {
+            Ok(()) => {}
+            Err(OutboxError::Full) => {
+                full = true;
+                break;
+            }
+            Err(OutboxError::Closed) => panic!("closed before the queue filled (after {i})"),
+        }
+        // The fast client keeps getting its messages meanwhile.
+        fast_box
+            .try_send(Message::text(format!("fast {i}")))
+            .unwrap();
+        assert_eq!(
+            fast.recv().await.unwrap(),
+            Some(Message::text(format!("fast {i}")))
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(full, "the slow consumer's queue never filled");
+    // The slow connection goes away within the close timeout.
+    while slow_box.try_send(Message::text("x")) != Err(OutboxError::Closed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "slow consumer never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fast_box.try_send(Message::text("after")).unwrap();
+    assert_eq!(fast.recv().await.unwrap(), Some(Message::text("after")));
+    drop(slow);
+    fast.close(1000, "").await.unwrap();
+    server.stop().await;
+}
+
+/// Raises this process's descriptor limit: 2,000 connections need 4,000+
+/// descriptors here, since both ends live in the test process.
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "cannot raise RLIMIT_NOFILE to {want} (hard limit {})",
+        lim.rlim_max
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_connections_all_get_their_echo() {
+    const N: usize = 2000;
+    raise_nofile(3 * N as u64 + 256);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("many.sock");
+    let server = start_echo(
+        &sock,
+        limits(|l| {
+            l.ping_interval = None;
+            l.max_connections = N;
+        }),
+    );
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let sock = sock.clone();
+        clients.push(tokio::spawn(async move {
+            unixws::ClientBuilder::new(&sock)
+                .unwrap()
+                .retry(unixws::RetryPolicy::attempts(10))
+                .connect_async()
+                .await
+        }));
+    }
+    let mut conns = Vec::with_capacity(N);
+    for c in clients {
+        conns.push(c.await.unwrap().expect("connect"));
+    }
+    // Every connection is open at once; now one message each.
+    let mut echoes = Vec::with_capacity(N);
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        echoes.push(tokio::spawn(async move {
+            let text = format!("message {i}");
+            conn.send(Message::text(text.clone())).await.unwrap();
+            let got = conn.recv().await.unwrap();
+            (got == Some(Message::text(text)), conn)
+        }));
+    }
+    let mut ok = 0;
+    let mut keep = Vec::with_capacity(N);
+    for e in echoes {
+        let (same, conn) = e.await.unwrap();
+        ok += usize::from(same);
+        keep.push(conn);
+    }
+    assert_eq!(ok, N);
+    drop(keep);
+    server.stop().await;
+}

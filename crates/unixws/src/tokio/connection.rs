@@ -211,12 +211,29 @@ impl Connection {
                         .await?;
                 }
                 Event::Overflow => {
-                    tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
-                    self.start_close(CloseCode::Again, "send queue full: reading too slowly")
-                        .await?;
+                    if let Some(done) = self.close_slow_consumer().await {
+                        return done;
+                    }
                 }
                 Event::Outgoing(None) => self.outbox = None,
-                Event::Outgoing(Some(message)) => self.send_queued(message).await?,
+                Event::Outgoing(Some(message)) => {
+                    // A send that stalls because the peer stopped reading must
+                    // give way when the queue behind it overflows.
+                    let overflow = self.outbox.as_ref().map(|o| o.overflow.clone());
+                    let sent = tokio::select! {
+                        biased;
+                        _ = wait_overflow(&overflow) => None,
+                        sent = self.send_queued(message) => Some(sent),
+                    };
+                    match sent {
+                        Some(result) => result?,
+                        None => {
+                            if let Some(done) = self.close_slow_consumer().await {
+                                return done;
+                            }
+                        }
+                    }
+                }
                 Event::Deadline => {
                     if let Some(done) = self.on_deadline(started).await? {
                         return Ok(done);
@@ -288,6 +305,26 @@ impl Connection {
                 self.start_close(code, &reason).await
             }
             message => self.send(message).await,
+        }
+    }
+
+    /// The send queue overflowed: try to say 1013 within the close timeout,
+    /// and drop the connection if even that cannot be written.
+    async fn close_slow_consumer(&mut self) -> Option<Result<Option<Message>>> {
+        tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
+        let bound = self.limits.close_timeout;
+        let closing = self.start_close(CloseCode::Again, "send queue full: reading too slowly");
+        match tokio::time::timeout(bound, closing).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => {
+                self.finished();
+                Some(Err(Error::Timeout {
+                    operation: "write",
+                    addr: self.info.peer.to_string(),
+                    after: self.limits.close_timeout,
+                }))
+            }
         }
     }
 
