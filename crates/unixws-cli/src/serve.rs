@@ -1,15 +1,17 @@
 //! `unixws serve`: an echo or broadcast server on a Unix socket (or TCP),
-//! with file permissions, a peer-credential allow list and limits.
-//! SIGINT/SIGTERM close every connection with 1001 and remove the socket file.
+//! on the tokio server, with file permissions, a peer-credential allow
+//! list, limits and systemd socket activation. SIGINT/SIGTERM close every
+//! connection with 1001 and remove the socket file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use unixws::listen::{resolve_group, resolve_user};
-use unixws::{AccessPolicy, BindOptions, Connection, Limits, Outbox, OutboxError, Server};
+use tokio::signal::unix::{signal, SignalKind};
+use unixws::listen::{from_systemd, notify_ready, resolve_group, resolve_user};
+use unixws::tokio::{Connection, Outbox};
+use unixws::{AccessPolicy, BindOptions, Limits, OutboxError, Server, ServerBuilder};
 
 use crate::units::{parse_duration, parse_mode, parse_size};
 
@@ -18,7 +20,8 @@ Examples:
   unixws serve --echo ./demo.sock
   unixws serve --echo /run/app.sock --mode 660 --group app --allow-gid app
   unixws serve --broadcast @chat --allow-uid 1000
-  unixws serve --echo 127.0.0.1:9001";
+  unixws serve --echo 127.0.0.1:9001
+  unixws serve --echo --systemd        # the socket comes from a .socket unit";
 
 /// Flags of `unixws serve`.
 #[derive(Debug, clap::Args)]
@@ -26,8 +29,13 @@ Examples:
 #[command(group = clap::ArgGroup::new("behaviour").required(true).args(["echo", "broadcast"]))]
 pub struct Args {
     /// Where to listen: a socket path, @abstract, or host:port.
-    #[arg(value_name = "ADDR")]
-    addr: String,
+    #[arg(value_name = "ADDR", required_unless_present = "systemd")]
+    addr: Option<String>,
+
+    /// Serve the socket systemd passes (LISTEN_FDS); its unit sets the file's
+    /// mode and owner (SocketMode=, SocketUser=, SocketGroup=).
+    #[arg(long, conflicts_with_all = ["addr", "mode", "owner", "group"])]
+    systemd: bool,
 
     /// Send every message back to its sender.
     #[arg(long)]
@@ -123,25 +131,46 @@ impl Args {
     }
 }
 
+impl Args {
+    fn builder(&self) -> Result<ServerBuilder, unixws::Error> {
+        let builder = match &self.addr {
+            Some(addr) => Server::builder(addr.as_str())?.bind_options(self.bind_options()?),
+            None => ServerBuilder::from_listener(from_systemd()?.ok_or_else(|| {
+                unixws::Error::Config(
+                    "--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID unset or not for this process); start unixws from a .socket unit or give an ADDR"
+                        .to_string(),
+                )
+            })?),
+        };
+        Ok(builder.policy(self.policy()?).limits(self.limits()))
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: Args) -> Result<(), String> {
-    let server = Server::builder(args.addr.as_str())
-        .and_then(|b| {
-            Ok(b.bind_options(args.bind_options()?)
-                .policy(args.policy()?)
-                .limits(args.limits()))
-        })
-        .and_then(|b| b.bind())
-        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    runtime.block_on(serve(args))
+}
 
+async fn serve(args: Args) -> Result<(), String> {
+    let server = args
+        .builder()
+        .and_then(|b| b.bind_async())
+        .map_err(|e| e.to_string())?;
     let shutdown = server.shutdown_handle();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "shutting down");
-            shutdown.shutdown();
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
         }
+        shutdown.shutdown();
     });
 
     let mode = if args.broadcast { "broadcast" } else { "echo" };
@@ -149,18 +178,26 @@ pub fn run(args: Args) -> Result<(), String> {
         "unixws: serving {} ({mode}); Ctrl-C to stop",
         server.local_addr()
     );
+    if let Err(e) = notify_ready() {
+        tracing::warn!(error = %e, "could not notify systemd (NOTIFY_SOCKET)");
+    }
     let result = if args.broadcast {
         let hub = Arc::new(Hub::default());
-        server.serve(move |conn| hub.serve(conn))
+        server
+            .serve(move |conn| {
+                let hub = hub.clone();
+                async move { hub.serve(conn).await }
+            })
+            .await
     } else {
-        server.serve(echo)
+        server.serve(echo).await
     };
     result.map_err(|e| e.to_string())
 }
 
-fn echo(conn: &mut Connection) -> unixws::Result<()> {
-    while let Some(message) = conn.recv()? {
-        conn.send(message)?;
+async fn echo(mut conn: Connection) -> unixws::Result<()> {
+    while let Some(message) = conn.recv().await? {
+        conn.send(message).await?;
     }
     Ok(())
 }
@@ -173,17 +210,16 @@ struct Hub {
 }
 
 impl Hub {
-    fn serve(&self, conn: &mut Connection) -> unixws::Result<()> {
+    async fn serve(&self, mut conn: Connection) -> unixws::Result<()> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = conn.outbox()?;
-        self.members().insert(id, outbox);
-        let result = self.relay(id, conn);
+        self.members().insert(id, conn.outbox());
+        let result = self.relay(id, &mut conn).await;
         self.members().remove(&id);
         result
     }
 
-    fn relay(&self, id: u64, conn: &mut Connection) -> unixws::Result<()> {
-        while let Some(message) = conn.recv()? {
+    async fn relay(&self, id: u64, conn: &mut Connection) -> unixws::Result<()> {
+        while let Some(message) = conn.recv().await? {
             for (other, outbox) in self.members().iter() {
                 if *other != id {
                     // A full queue closes that slow reader with 1013; the

@@ -285,11 +285,12 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
 }
 
 #[test]
-fn sigterm_closes_every_client_with_1001_and_removes_the_socket() {
+fn sigterm_closes_50_clients_with_1001_exits_0_within_the_drain_bound_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("term.sock");
-    let server = serve(&sock, &["--echo"]);
-    let readers: Vec<_> = (0..20)
+    let drain = Duration::from_secs(5);
+    let server = serve(&sock, &["--echo", "--drain-timeout", "5s"]);
+    let readers: Vec<_> = (0..50)
         .map(|_| {
             let mut c = unixws::connect(&sock).unwrap();
             unixws_testkit::assert_echo(&mut c, "before");
@@ -299,8 +300,14 @@ fn sigterm_closes_every_client_with_1001_and_removes_the_socket() {
             })
         })
         .collect();
+    let signalled = std::time::Instant::now();
     let (ok, _) = server.terminate(T);
     assert!(ok, "unixws serve exits 0 on SIGTERM");
+    assert!(
+        signalled.elapsed() < drain + Duration::from_secs(2),
+        "took {:?}",
+        signalled.elapsed()
+    );
     assert!(!sock.exists(), "socket file removed");
     for r in readers {
         assert_eq!(r.join().unwrap(), Some(1001));
@@ -345,4 +352,66 @@ fn broadcast_relays_to_all_other_clients() {
     // a did not get its own message: the next thing a sees is b's.
     b.send(Message::text("from b")).unwrap();
     assert_eq!(a.recv().unwrap(), Some(Message::text("from b")));
+}
+
+/// systemd socket activation, as systemd does it: the listening socket is
+/// descriptor 3, LISTEN_FDS=1 and LISTEN_PID is the service's pid; READY=1
+/// goes to NOTIFY_SOCKET; the socket file belongs to systemd and stays.
+#[test]
+fn systemd_socket_activation_and_ready_notification() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(T)).unwrap();
+
+    let fd = listener.as_raw_fd();
+    // `exec` keeps the shell's pid, so $$ is the pid unixws will have.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ exec {} serve --systemd --echo",
+            env!("CARGO_BIN_EXE_unixws")
+        ))
+        .env("LISTEN_FDS", "1")
+        .env("NOTIFY_SOCKET", &notify_path);
+    // SAFETY: dup2 is async-signal-safe; it puts the socket at descriptor 3
+    // (without close-on-exec) in the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Process::spawn(&mut cmd);
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from unixws");
+    assert_eq!(&buf[..n], b"READY=1");
+    drop(listener); // only the service holds the socket now
+
+    let out = connect(&[&ws_unix(&sock)], "activated\n", false);
+    assert_eq!(stdout(&out), "activated\n", "stderr: {}", stderr(&out));
+    let (ok, _) = server.terminate(T);
+    assert!(ok);
+    assert!(
+        sock.exists(),
+        "the socket file belongs to systemd and must stay"
+    );
+}
+
+#[test]
+fn systemd_flag_without_a_passed_socket_is_a_clear_error() {
+    let out = unixws()
+        .args(["serve", "--systemd", "--echo"])
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "no socket was passed");
 }

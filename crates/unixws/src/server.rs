@@ -39,9 +39,10 @@ use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
 const REFUSAL_SLACK: usize = 64;
 
 /// Everything a server needs besides the handler.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerBuilder {
     addr: Address,
+    listener: Option<Listener>,
     bind: BindOptions,
     limits: Limits,
     policy: AccessPolicy,
@@ -53,11 +54,25 @@ impl ServerBuilder {
     pub fn new(addr: impl ToAddress) -> Result<Self> {
         Ok(Self {
             addr: addr.to_address()?,
+            listener: None,
             bind: BindOptions::default(),
             limits: Limits::default(),
             policy: AccessPolicy::default(),
             subprotocols: Vec::new(),
         })
+    }
+
+    /// Options for a server on a socket that is already listening, such as
+    /// the one systemd passes ([`listen::from_systemd`](crate::listen::from_systemd)).
+    pub fn from_listener(listener: Listener) -> Self {
+        Self {
+            addr: listener.local_addr().clone(),
+            listener: Some(listener),
+            bind: BindOptions::default(),
+            limits: Limits::default(),
+            policy: AccessPolicy::default(),
+            subprotocols: Vec::new(),
+        }
     }
 
     /// Mode, owner and group of the socket file.
@@ -112,7 +127,10 @@ impl ServerBuilder {
                 self.addr.endpoint_display()
             )));
         }
-        let listener = Listener::bind(&self.addr, &self.bind)?;
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => Listener::bind(&self.addr, &self.bind)?,
+        };
         if matches!(self.addr.endpoint(), Endpoint::Abstract(_)) && self.policy.is_open() {
             tracing::warn!(addr = %self.addr, "abstract socket without an access policy: any local process can connect; add --allow-uid/--allow-gid");
         }
@@ -182,9 +200,7 @@ impl Server {
 
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            signal: self.ctx.shutdown.clone(),
-        }
+        ShutdownHandle::new(self.ctx.shutdown.clone())
     }
 
     /// Accept connections until shut down, running `handler` for each on
