@@ -31,7 +31,9 @@ pub struct ConnectionInfo {
     pub path: String,
     /// The query string without `?`, if any.
     pub query: Option<String>,
-    /// The request headers (server side) or response headers (client side).
+    /// Server side: the request headers, without those of the upgrade
+    /// mechanics (`Upgrade`, `Connection`, `Sec-WebSocket-Key`, `-Version`,
+    /// `-Extensions`). Client side: the response headers.
     pub headers: HeaderMap,
     /// The negotiated subprotocol, if any.
     pub subprotocol: Option<String>,

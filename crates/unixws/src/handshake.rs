@@ -127,7 +127,7 @@ pub(crate) fn check_request(
             slot,
             path: uri.path().to_string(),
             query: uri.query().map(str::to_string),
-            headers: request.headers().clone(),
+            headers: application_headers(request.headers()),
             subprotocol,
         },
     ))
@@ -206,4 +206,26 @@ pub(crate) fn write_plain_response(
         .and_then(|_| raw.write_all(body.as_bytes()))
         .and_then(|_| raw.write_all(b"\n"));
     let _ = raw.shutdown(std::net::Shutdown::Write);
+}
+
+/// The request headers an application may care about: all but the
+/// mechanics of the upgrade itself (`Upgrade`, `Connection`,
+/// `Sec-WebSocket-Key`, `-Version`, `-Extensions`). Every open connection
+/// keeps these, so they are copied into a map of exactly their size.
+fn application_headers(all: &tungstenite::http::HeaderMap) -> tungstenite::http::HeaderMap {
+    use tungstenite::http::header;
+    let mechanics = [
+        header::UPGRADE,
+        header::CONNECTION,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ];
+    let keep = |name: &header::HeaderName| !mechanics.contains(name);
+    let count = all.iter().filter(|(name, _)| keep(name)).count();
+    let mut headers = tungstenite::http::HeaderMap::with_capacity(count);
+    for (name, value) in all.iter().filter(|(name, _)| keep(name)) {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
 }

@@ -3,6 +3,7 @@
 //! blocking code (on tokio's blocking pool), so addresses, timeouts and
 //! every error message are the same.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::client::{open_socket, ClientBuilder};
@@ -73,7 +74,7 @@ impl ClientBuilder {
         Ok(Connection::new(
             ws,
             info,
-            self.limits.clone(),
+            Arc::new(self.limits.clone()),
             self.read_timeout,
         ))
     }

@@ -6,17 +6,30 @@
 //!
 //! Dropping a `Connection` that is still open finishes the closing
 //! handshake (1000) on a background task, bounded by the close timeout.
+//!
+//! Memory: tungstenite gives every connection a read buffer as large as its
+//! read chunk (128 KiB by default) and keeps it, and whatever its buffers
+//! grew to, for the life of the connection. A server connection here starts
+//! with a small buffer ([`SMALL_READS`]), moves to [`LARGE_READS`] after
+//! the first large frame, and when it has been quiet for
+//! [`Limits::release_idle_after`] drops tungstenite altogether ("parks"),
+//! keeping only the socket; the next byte or send rebuilds it. This is safe
+//! because `AsyncStream` follows frame boundaries: a connection parks only
+//! when tungstenite holds no half-read frame, no open fragmented message
+//! and no unsent bytes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::Message;
 
 use crate::config::Limits;
@@ -27,6 +40,17 @@ use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
 use crate::keepalive::{Deadline, Timers};
 use crate::tokio::io::AsyncStream;
+
+/// tungstenite's read chunk for a server connection that has only seen
+/// small frames: also the buffer a busy small-message connection holds.
+pub const SMALL_READS: usize = 1 << 10;
+
+/// tungstenite's read chunk after a large frame: big chunks keep large
+/// messages fast (fewer system calls).
+pub const LARGE_READS: usize = 128 << 10;
+
+/// A frame at least this large moves a connection to [`LARGE_READS`].
+const LARGE_FRAME: u64 = 16 << 10;
 
 /// A handle for other tasks to queue messages on a connection.
 ///
@@ -82,16 +106,33 @@ struct OutboxReceiver {
 /// connection has closed (see [`peer_close`](Connection::peer_close)).
 #[derive(Debug)]
 pub struct Connection {
-    // `None` only after the connection is finished or handed to the closer.
-    ws: Option<WebSocketStream<AsyncStream>>,
+    wire: Wire,
+    role: Role,
+    /// Read in [`LARGE_READS`] chunks (after a large frame) rather than small ones.
+    large_reads: bool,
+    /// A move to large reads could not happen cleanly; wait for more input.
+    regrow_blocked: bool,
     info: ConnectionInfo,
-    limits: Limits,
+    limits: Arc<Limits>,
     timers: Timers,
     outbox: Option<OutboxReceiver>,
     shutdown: Option<watch::Receiver<bool>>,
     peer_close: Option<PeerClose>,
     closing: bool,
     slot: Option<ActiveSlot>,
+}
+
+/// The state of the socket under the connection.
+#[derive(Debug)]
+enum Wire {
+    /// tungstenite is driving the socket, with its buffers (boxed: a
+    /// parked connection should not carry its size).
+    Open(Box<WebSocketStream<AsyncStream>>),
+    /// Idle between messages: tungstenite and its buffers are dropped; they
+    /// are rebuilt when data arrives or something must be sent.
+    Parked(AsyncStream),
+    /// Finished, or handed to the background closer.
+    Gone,
 }
 
 /// What woke `recv` up.
@@ -101,17 +142,22 @@ enum Event {
     Outgoing(Option<Message>),
     Deadline,
     Incoming(Option<Result<Message, WsError>>),
+    Readable,
+    Park,
 }
 
 impl Connection {
     pub(crate) fn new(
         ws: WebSocketStream<AsyncStream>,
         info: ConnectionInfo,
-        limits: Limits,
+        limits: Arc<Limits>,
         read_timeout: Option<std::time::Duration>,
     ) -> Self {
         Self {
-            ws: Some(ws),
+            wire: Wire::Open(Box::new(ws)),
+            role: Role::Client,
+            large_reads: false,
+            regrow_blocked: false,
             info,
             timers: Timers::new(&limits, read_timeout),
             limits,
@@ -126,6 +172,7 @@ impl Connection {
     pub(crate) fn serving(mut self, shutdown: watch::Receiver<bool>, slot: ActiveSlot) -> Self {
         self.shutdown = Some(shutdown);
         self.slot = Some(slot);
+        self.role = Role::Server;
         self
     }
 
@@ -164,22 +211,70 @@ impl Connection {
         if message.is_text() || message.is_binary() {
             self.timers.sent_data();
         }
-        let peer = self.info.peer.to_string();
         let write_timeout = self.limits.write_timeout;
-        let ws = self
-            .ws
-            .as_mut()
-            .ok_or(Error::WebSocket(Box::new(WsError::AlreadyClosed)))?;
-        match write_timeout {
+        let ws = self.open().await?;
+        let result = match write_timeout {
             Some(t) => match tokio::time::timeout(t, ws.send(message)).await {
                 Ok(result) => result.map_err(Error::from),
                 Err(_) => Err(Error::Timeout {
                     operation: "write",
-                    addr: peer,
+                    addr: self.info.peer.to_string(),
                     after: t,
                 }),
             },
             None => ws.send(message).await.map_err(Error::from),
+        };
+        result
+    }
+
+    /// tungstenite's stream, rebuilt first if the connection was parked.
+    async fn open(&mut self) -> Result<&mut WebSocketStream<AsyncStream>> {
+        if let Wire::Parked(_) = self.wire {
+            if let Wire::Parked(stream) = std::mem::replace(&mut self.wire, Wire::Gone) {
+                let config = Some(self.config());
+                // Boxed: rare, and its state would enlarge every caller's future.
+                let rebuilding = boxed_rebuild(stream, self.role, config);
+                self.wire = Wire::Open(Box::new(rebuilding.await));
+            }
+        }
+        match &mut self.wire {
+            Wire::Open(ws) => Ok(ws),
+            _ => Err(Error::WebSocket(Box::new(WsError::AlreadyClosed))),
+        }
+    }
+
+    /// tungstenite's configuration for (re)building this connection's stream.
+    fn config(&self) -> WebSocketConfig {
+        server_config(&self.limits, self.large_reads)
+    }
+
+    /// Drops tungstenite and its buffers if nothing is half-read or
+    /// half-written, then either parks (idle) or rebuilds at once with large
+    /// reads (`regrow`). Called only right after tungstenite found no
+    /// complete frame in its buffer.
+    async fn park(&mut self, regrow: bool) {
+        let Wire::Open(ws) = &mut self.wire else {
+            return;
+        };
+        let flushed = matches!(ws.flush().now_or_never(), Some(Ok(())));
+        if !(flushed && ws.get_ref().at_message_boundary()) {
+            tracing::trace!(peer = %self.info.peer, flushed, "not parking: a frame is half-read or a write is pending");
+            self.regrow_blocked = regrow;
+            return;
+        }
+        if let Wire::Open(ws) = std::mem::replace(&mut self.wire, Wire::Gone) {
+            let stream = (*ws).into_inner();
+            if regrow {
+                self.large_reads = true;
+                let config = Some(self.config());
+                self.wire = Wire::Open(Box::new(
+                    WebSocketStream::from_raw_socket(stream, self.role, config).await,
+                ));
+            } else {
+                tracing::trace!(peer = %self.info.peer, "parking idle connection");
+                self.large_reads = false;
+                self.wire = Wire::Parked(stream);
+            }
         }
     }
 
@@ -187,10 +282,30 @@ impl Connection {
     pub async fn recv(&mut self) -> Result<Option<Message>> {
         let started = Instant::now();
         loop {
-            let Some(ws) = self.ws.as_mut() else {
+            if let Wire::Gone = self.wire {
                 return Ok(None);
+            }
+            // Only a server parks: its tracker has seen every frame byte
+            // (a client may get frames glued to the handshake response).
+            let (park_after, regrow) = match &mut self.wire {
+                Wire::Open(ws) if self.role == Role::Server && !self.closing => {
+                    let large_frame = ws.get_mut().take_largest_frame() >= LARGE_FRAME;
+                    if large_frame && !self.large_reads && !self.regrow_blocked {
+                        (Some(std::time::Duration::ZERO), true)
+                    } else {
+                        (self.limits.release_idle_after, false)
+                    }
+                }
+                _ => (None, false),
             };
+            // One timer: the next keepalive/idle/close deadline, or parking.
             let deadline = self.timers.next(started).map(|(at, _)| at);
+            let park_at = park_after.map(|after| Instant::now() + after);
+            let (wake_at, on_wake) = match (deadline, park_at) {
+                (Some(d), Some(p)) if p < d => (Some(p), Event::Park),
+                (None, Some(p)) => (Some(p), Event::Park),
+                (d, _) => (d, Event::Deadline),
+            };
             let shutdown = &mut self.shutdown;
             let overflow = self.outbox.as_ref().map(|o| o.overflow.clone());
             let outbox = &mut self.outbox;
@@ -200,72 +315,89 @@ impl Connection {
                 _ = wait_true(shutdown), if shutdown.is_some() => Event::Shutdown,
                 _ = wait_overflow(&overflow), if overflow.is_some() => Event::Overflow,
                 m = next_outgoing(outbox), if outbox.is_some() && can_send => Event::Outgoing(m),
-                _ = sleep_until(deadline), if deadline.is_some() => Event::Deadline,
-                m = ws.next() => Event::Incoming(m),
+                event = next_incoming(&mut self.wire) => event,
+                // Polled after `next_incoming`, so when parking is due,
+                // tungstenite has just found no complete frame in its buffer.
+                _ = sleep_until(wake_at), if wake_at.is_some() => on_wake,
             };
-            match event {
-                Event::Shutdown => {
-                    self.shutdown = None;
-                    self.flush_outbox().await?;
-                    self.start_close(CloseCode::Away, "server shutting down")
-                        .await?;
+            if let Event::Incoming(Some(Ok(message))) = event {
+                self.regrow_blocked = false;
+                let data = message.is_text() || message.is_binary();
+                self.timers.heard(data);
+                if data {
+                    return Ok(Some(message));
                 }
-                Event::Overflow => {
-                    if let Some(done) = self.close_slow_consumer().await {
-                        return done;
-                    }
+                if let Message::Close(frame) = message {
+                    self.peer_close = Some(PeerClose::from_frame(frame));
+                    self.closing = true;
+                    self.timers.closing();
                 }
-                Event::Outgoing(None) => self.outbox = None,
-                Event::Outgoing(Some(message)) => {
-                    // A send that stalls because the peer stopped reading must
-                    // give way when the queue behind it overflows.
-                    let overflow = self.outbox.as_ref().map(|o| o.overflow.clone());
-                    let sent = tokio::select! {
-                        biased;
-                        _ = wait_overflow(&overflow) => None,
-                        sent = self.send_queued(message) => Some(sent),
-                    };
-                    match sent {
-                        Some(result) => result?,
-                        None => {
-                            if let Some(done) = self.close_slow_consumer().await {
-                                return done;
-                            }
-                        }
-                    }
-                }
-                Event::Deadline => {
-                    if let Some(done) = self.on_deadline(started).await? {
-                        return Ok(done);
-                    }
-                }
-                Event::Incoming(None) => {
-                    self.finished();
-                    return Ok(None);
-                }
-                Event::Incoming(Some(Ok(message))) => {
-                    let data = message.is_text() || message.is_binary();
-                    self.timers.heard(data);
-                    if data {
-                        return Ok(Some(message));
-                    }
-                    if let Message::Close(frame) = message {
-                        self.peer_close = Some(PeerClose::from_frame(frame));
-                        self.closing = true;
-                        self.timers.closing();
-                    }
-                }
-                Event::Incoming(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
-                    self.finished();
-                    return Ok(None);
-                }
-                Event::Incoming(Some(Err(WsError::Io(_)))) if self.peer_close.is_some() => {
-                    self.finished();
-                    return Ok(None);
-                }
-                Event::Incoming(Some(Err(e))) => return Err(self.read_error(e).await),
+                continue;
+            }
+            // Everything but a message is rare: boxed, so that its state does
+            // not enlarge every idle connection's future.
+            let handling = self.boxed_handle(event, started, regrow);
+            if let Some(done) = handling.await? {
+                return Ok(done);
             }
         }
+    }
+
+    // A plain function: `Box::pin(self.handle(..)).await` would keep room
+    // for the unboxed future in `recv`'s state all the same.
+    fn boxed_handle(&mut self, event: Event, started: Instant, regrow: bool) -> Handling<'_> {
+        Box::pin(self.handle(event, started, regrow))
+    }
+
+    /// Acts on what woke `recv`; `Some(result)` ends `recv` with it.
+    async fn handle(
+        &mut self,
+        event: Event,
+        started: Instant,
+        regrow: bool,
+    ) -> Result<Option<Option<Message>>> {
+        match event {
+            Event::Shutdown => {
+                self.shutdown = None;
+                self.flush_outbox().await?;
+                self.start_close(CloseCode::Away, "server shutting down")
+                    .await?;
+            }
+            Event::Overflow => return self.close_slow_consumer().await.transpose(),
+            Event::Outgoing(None) => self.outbox = None,
+            Event::Outgoing(Some(message)) => {
+                // A send that stalls because the peer stopped reading must
+                // give way when the queue behind it overflows.
+                let overflow = self.outbox.as_ref().map(|o| o.overflow.clone());
+                let sent = tokio::select! {
+                    biased;
+                    _ = wait_overflow(&overflow) => None,
+                    sent = self.send_queued(message) => Some(sent),
+                };
+                match sent {
+                    Some(result) => result?,
+                    None => return self.close_slow_consumer().await.transpose(),
+                }
+            }
+            Event::Deadline => return self.on_deadline(started).await,
+            Event::Park => self.park(regrow).await,
+            Event::Readable => {
+                self.open().await?;
+            }
+            Event::Incoming(Some(Ok(_))) => {}
+            Event::Incoming(
+                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)),
+            ) => {
+                self.finished();
+                return Ok(Some(None));
+            }
+            Event::Incoming(Some(Err(WsError::Io(_)))) if self.peer_close.is_some() => {
+                self.finished();
+                return Ok(Some(None));
+            }
+            Event::Incoming(Some(Err(e))) => return Err(self.read_error(e).await),
+        }
+        Ok(None)
     }
 
     /// Start the closing handshake with `code` and `reason` and wait (at most
@@ -287,7 +419,7 @@ impl Connection {
             code,
             reason: reason.to_string().into(),
         };
-        let Some(ws) = self.ws.as_mut() else {
+        let Ok(ws) = self.open().await else {
             return Ok(());
         };
         match ws.close(Some(frame)).await {
@@ -388,18 +520,20 @@ impl Connection {
 
     /// The connection is over: drop the socket now.
     fn finished(&mut self) {
-        self.ws = None;
+        self.wire = Wire::Gone;
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let Some(mut ws) = self.ws.take() else {
+        let wire = std::mem::replace(&mut self.wire, Wire::Gone);
+        if let Wire::Gone = wire {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (role, config) = (self.role, self.config());
         // Finish the closing handshake without making the dropper wait; the
         // slot (if any) keeps the server's drain waiting for it.
         let slot = self.slot.take();
@@ -407,6 +541,13 @@ impl Drop for Connection {
         let closing = self.closing;
         runtime.spawn(async move {
             let _slot = slot;
+            let mut ws = match wire {
+                Wire::Open(ws) => *ws,
+                Wire::Parked(stream) => {
+                    WebSocketStream::from_raw_socket(stream, role, Some(config)).await
+                }
+                Wire::Gone => return,
+            };
             let _ = tokio::time::timeout(close_timeout, async {
                 if !closing {
                     let frame = CloseFrame {
@@ -422,6 +563,25 @@ impl Drop for Connection {
             .await;
         });
     }
+}
+
+/// `handle`'s future, boxed; `Some(result)` ends `recv`.
+type Handling<'a> = Pin<Box<dyn Future<Output = Result<Option<Option<Message>>>> + Send + 'a>>;
+
+type Rebuild = Pin<Box<dyn Future<Output = WebSocketStream<AsyncStream>> + Send>>;
+
+fn boxed_rebuild(stream: AsyncStream, role: Role, config: Option<WebSocketConfig>) -> Rebuild {
+    Box::pin(WebSocketStream::from_raw_socket(stream, role, config))
+}
+
+/// tungstenite's configuration for a server connection.
+pub(crate) fn server_config(limits: &Limits, large_reads: bool) -> WebSocketConfig {
+    let read = if large_reads {
+        LARGE_READS
+    } else {
+        SMALL_READS
+    };
+    limits.websocket_config().read_buffer_size(read)
 }
 
 async fn wait_true(rx: &mut Option<watch::Receiver<bool>>) {
@@ -453,6 +613,19 @@ async fn next_outgoing(outbox: &mut Option<OutboxReceiver>) -> Option<Message> {
         // The receiver also holds a sender, so `None` never comes from here.
         Some(o) => o.rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The next frame from tungstenite, or readability of a parked socket.
+async fn next_incoming(wire: &mut Wire) -> Event {
+    match wire {
+        Wire::Open(ws) => Event::Incoming(ws.next().await),
+        // An error here shows up again, typed, on the rebuilt stream.
+        Wire::Parked(stream) => {
+            let _ = stream.readable().await;
+            Event::Readable
+        }
+        Wire::Gone => std::future::pending().await,
     }
 }
 

@@ -53,6 +53,7 @@ pub(crate) fn is_header_too_large(e: &io::Error) -> bool {
 pub struct AsyncStream {
     socket: AsyncSocket,
     read_budget: Option<usize>,
+    frames: FrameTracker,
 }
 
 impl AsyncStream {
@@ -60,7 +61,30 @@ impl AsyncStream {
         Self {
             socket,
             read_budget,
+            frames: FrameTracker::default(),
         }
+    }
+
+    /// True when every byte handed to tungstenite belongs to a whole frame
+    /// and no fragmented message is open.
+    pub(crate) fn at_message_boundary(&self) -> bool {
+        self.frames.is_clean()
+    }
+
+    /// The largest frame payload read since the last call.
+    pub(crate) fn take_largest_frame(&mut self) -> u64 {
+        self.frames.take_largest()
+    }
+
+    /// Waits until the socket has something to read (or is closed). Polls
+    /// readiness directly: `readable()` would keep a waiter node in every
+    /// parked connection's future.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| match &self.socket {
+            AsyncSocket::Unix(s) => s.poll_read_ready(cx),
+            AsyncSocket::Tcp(s) => s.poll_read_ready(cx),
+        })
+        .await
     }
 
     /// The socket.
@@ -80,10 +104,15 @@ impl AsyncRead for AsyncStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let Some(budget) = self.read_budget else {
-            return match &mut self.socket {
+            let before = buf.filled().len();
+            let polled = match &mut self.socket {
                 AsyncSocket::Unix(s) => Pin::new(s).poll_read(cx, buf),
                 AsyncSocket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             };
+            if let Poll::Ready(Ok(())) = polled {
+                self.frames.observe(&buf.filled()[before..]);
+            }
+            return polled;
         };
         if budget == 0 {
             return Poll::Ready(Err(io::Error::new(
@@ -146,5 +175,89 @@ impl AsyncWrite for AsyncStream {
             AsyncSocket::Unix(s) => Pin::new(s).poll_shutdown(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Follows frame boundaries in the bytes handed to tungstenite, without
+/// interpreting them (tungstenite does that): enough to know when nothing
+/// is half-read, so that an idle connection can drop tungstenite's buffers
+/// and rebuild its state later without losing a byte.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FrameTracker {
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes still to come in the current frame.
+    remaining: u64,
+    in_payload: bool,
+    /// A fragmented data message has started and not finished.
+    in_fragments: bool,
+    /// The largest frame payload seen since the last `take_largest`.
+    largest: u64,
+}
+
+impl FrameTracker {
+    /// True between frames and outside fragmented messages.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.have == 0 && !self.in_payload && !self.in_fragments
+    }
+
+    /// The largest frame payload seen since the last call.
+    pub(crate) fn take_largest(&mut self) -> u64 {
+        std::mem::take(&mut self.largest)
+    }
+
+    pub(crate) fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.in_payload {
+                let take = (bytes.len() as u64).min(self.remaining);
+                self.remaining -= take;
+                bytes = &bytes[take as usize..];
+                if self.remaining == 0 {
+                    self.in_payload = false;
+                }
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if let Some(len) = self.header_len() {
+                if self.have == len {
+                    self.finish_header();
+                }
+            }
+        }
+    }
+
+    /// The full header length, once the first two bytes are known.
+    fn header_len(&self) -> Option<usize> {
+        if self.have < 2 {
+            return None;
+        }
+        let masked = self.header[1] & 0x80 != 0;
+        let ext = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        Some(2 + ext + if masked { 4 } else { 0 })
+    }
+
+    fn finish_header(&mut self) {
+        let fin = self.header[0] & 0x80 != 0;
+        let opcode = self.header[0] & 0x0f;
+        let len = match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0xff; 8])),
+            n => u64::from(n),
+        };
+        match (opcode, fin) {
+            (1 | 2, false) => self.in_fragments = true,
+            (0, true) => self.in_fragments = false,
+            _ => {}
+        }
+        self.have = 0;
+        self.remaining = len;
+        self.in_payload = len > 0;
+        self.largest = self.largest.max(len);
     }
 }

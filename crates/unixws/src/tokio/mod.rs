@@ -32,6 +32,6 @@ mod io;
 mod server;
 
 pub use client::connect;
-pub use connection::{Connection, Outbox};
+pub use connection::{Connection, Outbox, LARGE_READS, SMALL_READS};
 pub use io::{AsyncSocket, AsyncStream};
 pub use server::Server;

@@ -4,6 +4,7 @@
 //! with 1001, wait at most the drain timeout, remove the socket file.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::listen::{AcceptBackoff, AsyncListener};
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
 use crate::stream::{ShutdownSignal, Socket};
+use crate::tokio::connection::server_config;
 use crate::tokio::io::{is_header_too_large, AsyncSocket, AsyncStream};
 use crate::tokio::Connection;
 
@@ -50,7 +52,7 @@ pub struct Server {
 #[derive(Debug)]
 struct Context {
     rules: HandshakeRules,
-    limits: Limits,
+    limits: Arc<Limits>,
     shutdown: ShutdownSignal,
     /// Connection tasks still running (in handshake or in the handler).
     tasks: AtomicUsize,
@@ -72,7 +74,7 @@ impl ServerBuilder {
             listener,
             ctx: Arc::new(Context {
                 rules,
-                limits,
+                limits: Arc::new(limits),
                 shutdown,
                 tasks: AtomicUsize::new(0),
             }),
@@ -131,10 +133,7 @@ impl Server {
             }
             ctx.tasks.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
-            tokio::spawn(async move {
-                serve_connection(&ctx, socket, peer, &*handler).await;
-                ctx.tasks.fetch_sub(1, Ordering::SeqCst);
-            });
+            tokio::spawn(connection_task(ctx, socket, peer, handler));
         }
         let Server { listener, ctx } = self;
         // Dropping the listener stops accepting and removes the socket file.
@@ -155,18 +154,52 @@ impl Server {
     }
 }
 
-async fn serve_connection<H, F>(ctx: &Context, socket: AsyncSocket, peer: Peer, handler: &H)
+/// One connection's task. Both phases run boxed, so that the task itself
+/// stays a few words: the handshake's state is freed before the handler
+/// runs, and the handler's state is only what it needs.
+async fn connection_task<H, F>(ctx: Arc<Context>, socket: AsyncSocket, peer: Peer, handler: Arc<H>)
+where
+    H: Fn(Connection) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let upgrading = boxed_upgrade(&ctx, socket, peer);
+    // No binding for the connection here: it would keep its room in the
+    // task while the handler runs.
+    let handling = upgrading.await.map(|conn| boxed_handler(&*handler, conn));
+    if let Some(handling) = handling {
+        if let Err(e) = handling.await {
+            tracing::info!(error = %e, "connection ended with an error");
+        }
+    }
+    ctx.tasks.fetch_sub(1, Ordering::SeqCst);
+}
+
+// Plain functions, not `Box::pin(f(..)).await` in the task: a temporary in
+// an awaited expression keeps its space in the task for the whole await.
+fn boxed_upgrade(
+    ctx: &Context,
+    socket: AsyncSocket,
+    peer: Peer,
+) -> Pin<Box<dyn Future<Output = Option<Connection>> + Send + '_>> {
+    Box::pin(upgrade(ctx, socket, peer))
+}
+
+fn boxed_handler<H, F>(handler: &H, conn: Connection) -> Pin<Box<F>>
 where
     H: Fn(Connection) -> F,
-    F: Future<Output = Result<()>>,
 {
-    let limits = &ctx.limits;
+    Box::pin(handler(conn))
+}
+
+/// The upgrade: checks, refusals, handshake timeout; the connection if it succeeded.
+async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Connection> {
+    let limits = &*ctx.limits;
     // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
     let raw = match socket_dup(&socket) {
         Ok(raw) => raw,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot duplicate the socket; dropping the connection");
-            return;
+            return None;
         }
     };
     let stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
@@ -179,16 +212,18 @@ where
         })
     };
     let mut shutdown = ctx.shutdown.subscribe();
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+    // Boxed: the handshake's state is large and must not stay in the
+    // connection task's memory for the life of the connection.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
-        Some(limits.websocket_config()),
-    );
+        Some(server_config(limits, false)),
+    ));
     let result = tokio::select! {
         biased;
         _ = shutdown.wait_for(|raised| *raised) => {
             tracing::debug!(%peer, "shutdown during the handshake");
-            return;
+            return None;
         }
         result = tokio::time::timeout(limits.handshake_timeout, handshake) => result,
     };
@@ -196,20 +231,20 @@ where
         Ok(Ok(ws)) => ws,
         Err(_) => {
             tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
-            return;
+            return None;
         }
         Ok(Err(WsError::Http(response))) => {
             tracing::debug!(%peer, status = %response.status(), "handshake refused");
-            return;
+            return None;
         }
         Ok(Err(WsError::Io(e))) if is_header_too_large(&e) => {
             tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
             write_plain_response(raw, 431, "request header too large", &[]);
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             refuse_bad_request(raw, &peer, &e);
-            return;
+            return None;
         }
     };
     drop(raw);
@@ -218,14 +253,11 @@ where
         .unwrap_or_else(PoisonError::into_inner)
     else {
         tracing::error!(%peer, "handshake finished without passing the callback; dropping");
-        return;
+        return None;
     };
     ws.get_mut().end_budget();
     let (info, slot) = accepted.into_info(peer);
-    let conn = Connection::new(ws, info, limits.clone(), None).serving(shutdown, slot);
-    if let Err(e) = handler(conn).await {
-        tracing::info!(error = %e, "connection ended with an error");
-    }
+    Some(Connection::new(ws, info, ctx.limits.clone(), None).serving(shutdown, slot))
 }
 
 fn socket_dup(socket: &AsyncSocket) -> std::io::Result<Socket> {
