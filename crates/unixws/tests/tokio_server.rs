@@ -335,3 +335,160 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
     drop(keep);
     server.stop().await;
 }
+
+fn quick_release(f: impl FnOnce(&mut Limits)) -> Limits {
+    limits(|l| {
+        l.release_idle_after = Some(Duration::from_millis(20));
+        f(l);
+    })
+}
+
+#[tokio::test]
+async fn an_idle_connection_that_released_its_buffers_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("park.sock");
+    let server = start_echo(&sock, quick_release(|_| {}));
+    let mut conn = unixws::tokio::connect(&sock).await.unwrap();
+    let big = Message::binary(vec![3u8; 1 << 20]);
+    for round in 0..3 {
+        assert_echo(&mut conn, &format!("small {round}")).await;
+        conn.send(big.clone()).await.unwrap();
+        assert_eq!(conn.recv().await.unwrap(), Some(big.clone()));
+        // Long enough for the server connection to park.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    conn.close(1000, "").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
+    use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use unixws::tungstenite::protocol::frame::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("frag.sock");
+    let server = start_echo(&sock, quick_release(|_| {}));
+    let path = sock.clone();
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut conn = unixws::connect(&path).unwrap();
+        let ws = conn.websocket_mut();
+        ws.send(Message::Frame(Frame::message(
+            b"first half, ".to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        ws.send(Message::Frame(Frame::message(
+            b"second half".to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .unwrap();
+        let echoed = conn.recv().unwrap();
+        conn.close(1000, "").unwrap();
+        echoed
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, Some(Message::text("first half, second half")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn parked_connections_keep_answering_pings_and_queued_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ping.sock");
+    let (server, outboxes) = start_outbox_server(
+        &sock,
+        quick_release(|l| {
+            l.ping_interval = Some(Duration::from_millis(100));
+            l.pong_timeout = Duration::from_millis(300);
+        }),
+    );
+    let mut client = unixws::ClientBuilder::new(&sock)
+        .unwrap()
+        .read_timeout(Duration::from_millis(800))
+        .connect_async()
+        .await
+        .unwrap();
+    // Several ping rounds pass while the server side parks in between; the
+    // client answers inside recv, so the server must not give up on it.
+    assert!(matches!(client.recv().await, Err(Error::Timeout { .. })));
+    let outbox = outboxes.lock().unwrap()[0].clone();
+    outbox.try_send(Message::text("while parked")).unwrap();
+    assert_eq!(
+        client.recv().await.unwrap(),
+        Some(Message::text("while parked"))
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.shutdown.shutdown();
+    assert_eq!(client.recv().await.unwrap(), None);
+    assert_eq!(client.peer_close().map(|c| c.code), Some(1001));
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("idle.sock");
+    let server = start_echo(
+        &sock,
+        limits(|l| l.idle_timeout = Some(Duration::from_millis(200))),
+    );
+    let mut conn = unixws::tokio::connect(&sock).await.unwrap();
+    assert_echo(&mut conn, "then silence").await;
+    assert_eq!(conn.recv().await.unwrap(), None);
+    let close = conn.peer_close().unwrap();
+    assert_eq!((close.code, close.reason.as_str()), (1001, "idle timeout"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mute.sock");
+    let server = start_echo(
+        &sock,
+        limits(|l| {
+            l.close_timeout = Duration::from_millis(200);
+            l.drain_timeout = Duration::from_secs(10);
+        }),
+    );
+    let path = sock.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        let stream = UnixStream::connect(&path).unwrap();
+        unixws::tungstenite::client("ws://localhost/", stream)
+            .unwrap()
+            .0
+            .into_inner()
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    server.shutdown.shutdown();
+    server.task.await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "did not wait for the close answer: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the drain waited for a mute peer: {waited:?}"
+    );
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut raw = raw;
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut bytes = Vec::new();
+        raw.read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        &bytes[..4],
+        &[0x88, 0x16, 0x03, 0xe9],
+        "a close frame with 1001 came first"
+    );
+}

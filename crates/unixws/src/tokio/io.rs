@@ -261,3 +261,66 @@ impl FrameTracker {
         self.largest = self.largest.max(len);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FrameTracker;
+
+    fn frame(fin: bool, opcode: u8, masked: bool, len: usize) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match len {
+            0..=125 => f.push(mask_bit | len as u8),
+            126..=0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(0xAA, len));
+        f
+    }
+
+    #[test]
+    fn whole_frames_in_any_split_leave_it_clean() {
+        let bytes: Vec<u8> = [
+            frame(true, 1, true, 5),
+            frame(true, 2, true, 300),
+            frame(true, 2, false, 70_000),
+        ]
+        .concat();
+        for split in [1, 2, 3, 7, 100, bytes.len()] {
+            let mut t = FrameTracker::default();
+            for chunk in bytes.chunks(split) {
+                t.observe(chunk);
+            }
+            assert!(t.is_clean(), "split {split}");
+            assert_eq!(t.take_largest(), 70_000);
+        }
+    }
+
+    #[test]
+    fn half_frames_and_open_fragments_are_not_clean() {
+        let f = frame(true, 1, true, 10);
+        let mut t = FrameTracker::default();
+        t.observe(&f[..1]);
+        assert!(!t.is_clean(), "inside a header");
+        t.observe(&f[1..8]);
+        assert!(!t.is_clean(), "inside a payload");
+        t.observe(&f[8..]);
+        assert!(t.is_clean());
+
+        t.observe(&frame(false, 2, true, 4)); // first fragment
+        assert!(!t.is_clean(), "fragmented message open");
+        t.observe(&frame(true, 9, true, 0)); // a ping in between
+        assert!(!t.is_clean());
+        t.observe(&frame(true, 0, true, 4)); // final continuation
+        assert!(t.is_clean());
+    }
+}
