@@ -415,3 +415,106 @@ fn systemd_flag_without_a_passed_socket_is_a_clear_error() {
         .unwrap();
     assert_one_line_error(&out, "no socket was passed");
 }
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The server runs with a descriptor limit low enough to hit EMFILE: it
+/// must back off instead of spinning, keep serving the connections it has,
+/// and accept again once descriptors are free.
+#[test]
+fn descriptor_exhaustion_backs_off_keeps_serving_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fd.sock");
+    let mut cmd = unixws();
+    cmd.args(["serve", "--echo", "--handshake-timeout", "1s"])
+        .arg(&sock);
+    // SAFETY: setrlimit is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Process::spawn(&mut cmd);
+    assert!(wait_until(T, || sock.exists()));
+    let quick = || {
+        unixws::ClientBuilder::new(&sock)
+            .unwrap()
+            .handshake_timeout(Duration::from_millis(500))
+            .read_timeout(Duration::from_secs(5))
+            .connect()
+    };
+    // Fill the server's descriptor table.
+    let mut held = Vec::new();
+    let exhausted = loop {
+        match quick() {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 100, "the descriptor limit never bit");
+    };
+    assert!(
+        matches!(
+            exhausted,
+            unixws::Error::Timeout {
+                operation: "handshake",
+                ..
+            }
+        ),
+        "{exhausted:?}"
+    );
+    assert!(
+        held.len() > 5,
+        "only {} connections before exhaustion",
+        held.len()
+    );
+
+    // While exhausted (more clients waiting in the backlog), no spinning...
+    let waiting: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let before = cpu_time(server.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_time(server.id()) - before;
+    assert!(
+        used < Duration::from_millis(300),
+        "the accept loop spun: {used:?} of CPU in 1 s"
+    );
+    // ...and the open connections still work.
+    for c in held.iter_mut().take(3) {
+        unixws_testkit::assert_echo(c, "still served");
+    }
+
+    // Free descriptors: the server accepts again.
+    drop(waiting);
+    for mut c in held.drain(..10) {
+        c.close(1000, "").unwrap();
+    }
+    let mut recovered = unixws::ClientBuilder::new(&sock)
+        .unwrap()
+        .retry(unixws::RetryPolicy::new(
+            20,
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+        ))
+        .connect()
+        .expect("accepting again after descriptors were freed");
+    unixws_testkit::assert_echo(&mut recovered, "recovered");
+}

@@ -162,7 +162,7 @@ fn error_response(status: u16, body: &str) -> ErrorResponse {
 
 /// Answers a request tungstenite could not accept: 426 for a wrong version,
 /// 431 for too many headers, 400 otherwise; nothing for I/O errors.
-pub(crate) fn refuse_bad_request(raw: Socket, peer: &Peer, e: &WsError) {
+pub(crate) fn refuse_bad_request(raw: Option<Socket>, peer: &Peer, e: &WsError) {
     let (status, extra): (u16, &[(&str, &str)]) = match e {
         WsError::Protocol(ProtocolError::MissingSecWebSocketVersionHeader) => {
             (426, &[("Sec-WebSocket-Version", "13")])
@@ -179,7 +179,9 @@ pub(crate) fn refuse_bad_request(raw: Socket, peer: &Peer, e: &WsError) {
         _ => (400, &[]),
     };
     tracing::info!(%peer, error = %e, status, "bad handshake request");
-    write_plain_response(raw, status, &e.to_string(), extra);
+    if let Some(raw) = raw {
+        write_plain_response(raw, status, &e.to_string(), extra);
+    }
 }
 
 pub(crate) fn write_plain_response(

@@ -311,13 +311,8 @@ where
     H: Fn(&mut Connection) -> Result<()>,
 {
     let limits = &ctx.limits;
-    let raw = match socket.try_clone() {
-        Ok(raw) => raw,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "cannot duplicate the socket; dropping the connection");
-            return;
-        }
-    };
+    // Without it (descriptors exhausted) a refused request is only dropped.
+    let raw = socket.try_clone().ok();
     let _ = socket.set_write_timeout(limits.write_timeout.or(Some(limits.handshake_timeout)));
     let mut stream = Stream::new(socket);
     stream.set_deadline(Some(Instant::now() + limits.handshake_timeout));
@@ -340,7 +335,9 @@ where
             match mid.get_mut().get_mut().take_interrupt() {
                 Some(Interrupt::BudgetExhausted) => {
                     tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
-                    write_plain_response(raw, 431, "request header too large", &[]);
+                    if let Some(raw) = raw {
+                        write_plain_response(raw, 431, "request header too large", &[]);
+                    }
                 }
                 Some(Interrupt::Deadline) => {
                     tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");

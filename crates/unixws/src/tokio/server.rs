@@ -195,13 +195,8 @@ where
 async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Connection> {
     let limits = &*ctx.limits;
     // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
-    let raw = match socket_dup(&socket) {
-        Ok(raw) => raw,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "cannot duplicate the socket; dropping the connection");
-            return None;
-        }
-    };
+    // Without it (descriptors exhausted) a refused request is only dropped.
+    let raw = socket_dup(&socket).ok();
     let stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
     let accepted: Mutex<Option<Accepted>> = Mutex::new(None);
     #[allow(clippy::result_large_err)]
@@ -239,7 +234,9 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
         }
         Ok(Err(WsError::Io(e))) if is_header_too_large(&e) => {
             tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
-            write_plain_response(raw, 431, "request header too large", &[]);
+            if let Some(raw) = raw {
+                write_plain_response(raw, 431, "request header too large", &[]);
+            }
             return None;
         }
         Ok(Err(e)) => {
