@@ -39,6 +39,7 @@
 //!   keepalive and a bounded [`Outbox`].
 //! - [`client`]: [`connect`] and [`ClientBuilder`] (retry, timeouts, headers).
 //! - [`server`]: the blocking [`Server`], a thread per connection.
+//! - [`tokio`] (feature `tokio`): the async client, server and connection.
 //! - [`error`]: [`Error`], whose messages say what to do.
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
@@ -72,9 +73,10 @@ pub use stream::{Socket, Stream};
 /// tungstenite itself, for types unixws does not wrap.
 pub use tungstenite;
 
-/// The README's examples, compiled as doctests so that they stay true.
+/// The README's examples, compiled as doctests so that they stay true (it
+/// has an async example, hence the feature).
 #[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "tokio"))]
 pub struct ReadmeDoctests;
 /// The message type, re-exported from tungstenite.
 pub use tungstenite::Message;
