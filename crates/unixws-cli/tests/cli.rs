@@ -380,14 +380,21 @@ fn systemd_socket_activation_and_ready_notification() {
         ))
         .env("LISTEN_FDS", "1")
         .env("NOTIFY_SOCKET", &notify_path);
-    // SAFETY: dup2 is async-signal-safe; it puts the socket at descriptor 3
-    // (without close-on-exec) in the child only.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they put the socket at
+    // descriptor 3 without close-on-exec, in the child only. (When it is
+    // descriptor 3 already, dup2 would keep close-on-exec set.)
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) >= 0
+            } else {
+                libc::dup2(fd, 3) >= 0
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
             }
-            Ok(())
         });
     }
     let server = Process::spawn(&mut cmd);
