@@ -289,3 +289,21 @@ pub fn assert_echo(conn: &mut unixws::Connection, text: &str) {
         Some(unixws::Message::text(text))
     );
 }
+
+/// A peer that completes the WebSocket handshake on `socket` and then
+/// never reads through tungstenite nor answers anything: it collects the
+/// raw bytes the server sends until the server closes the socket, and how
+/// long that took from the end of the handshake.
+pub fn silent_peer(socket: &Path) -> (Vec<u8>, Duration) {
+    use std::io::Read;
+    let stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let (ws, _) = unixws::tungstenite::client("ws://localhost/", stream).expect("handshake");
+    let started = Instant::now();
+    let mut raw = ws.into_inner();
+    raw.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut bytes = Vec::new();
+    raw.read_to_end(&mut bytes)
+        .expect("the server closes the silent peer (not our 20 s read timeout)");
+    (bytes, started.elapsed())
+}

@@ -17,7 +17,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::keepalive::{Deadline, Timers};
+use crate::keepalive::{Expiry, Timers};
 use crate::peer::Peer;
 use crate::stream::{Interrupt, Stream, Waker};
 
@@ -311,36 +311,26 @@ impl Connection {
 
     /// Acts on the clock that ran out; `Some(None)` ends `recv`.
     fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
-        match self.timers.expired(started) {
-            Some(Deadline::CloseTimeout) => {
-                tracing::debug!(peer = %self.info.peer, "peer did not finish the closing handshake in time; dropping it");
+        match self.timers.on_expiry(started, &self.info.peer) {
+            Expiry::Nothing => Ok(None),
+            Expiry::Drop => {
                 self.abort();
                 Ok(Some(None))
             }
-            Some(Deadline::PongTimeout) => {
-                tracing::info!(peer = %self.info.peer, "peer did not answer a ping; closing");
+            Expiry::DropWith(e) => {
                 self.abort();
-                Err(Error::KeepaliveTimeout {
-                    after: self.timers.pong_timeout(),
-                })
+                Err(e)
             }
-            Some(Deadline::PingDue) => {
-                self.timers.pinged();
+            Expiry::Ping => {
                 let result = self.ws.send(Message::Ping(Default::default()));
                 result.map_err(|e| self.write_error(e))?;
                 Ok(None)
             }
-            Some(Deadline::Idle) => {
-                tracing::info!(peer = %self.info.peer, "idle timeout; closing with 1001");
-                self.start_close(CloseCode::Away, "idle timeout")?;
+            Expiry::Close(code, reason) => {
+                self.start_close(code, reason)?;
                 Ok(None)
             }
-            Some(Deadline::ReadTimeout) => Err(Error::Timeout {
-                operation: "read",
-                addr: self.info.peer.to_string(),
-                after: self.timers.read_timeout(),
-            }),
-            None => Ok(None),
+            Expiry::Fail(e) => Err(e),
         }
     }
 

@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use tungstenite::protocol::frame::coding::CloseCode;
+
 use crate::config::Limits;
+use crate::error::Error;
+use crate::peer::Peer;
 
 /// Which clock ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +24,23 @@ pub(crate) enum Deadline {
     Idle,
     /// The caller's read timeout passed.
     ReadTimeout,
+}
+
+/// What a connection must do because a clock ran out.
+#[derive(Debug)]
+pub(crate) enum Expiry {
+    /// Nothing ran out after all (an early wake-up).
+    Nothing,
+    /// Drop the socket; the connection is over.
+    Drop,
+    /// Drop the socket and report this error.
+    DropWith(Error),
+    /// Send a ping.
+    Ping,
+    /// Start the closing handshake with this code and reason.
+    Close(CloseCode, &'static str),
+    /// Report this error; the connection stays as it is.
+    Fail(Error),
 }
 
 /// When each clock runs out, from what has happened so far.
@@ -105,12 +126,34 @@ impl Timers {
             .map(|(_, which)| which)
     }
 
-    pub(crate) fn pong_timeout(&self) -> Duration {
-        self.pong_timeout
-    }
-
-    pub(crate) fn read_timeout(&self) -> Duration {
-        self.read_timeout.unwrap_or_default()
+    /// Decides, and logs, what the clock that ran out means for the connection.
+    pub(crate) fn on_expiry(&mut self, started: Instant, peer: &Peer) -> Expiry {
+        match self.expired(started) {
+            None => Expiry::Nothing,
+            Some(Deadline::CloseTimeout) => {
+                tracing::debug!(%peer, "peer did not finish the closing handshake in time; dropping it");
+                Expiry::Drop
+            }
+            Some(Deadline::PongTimeout) => {
+                tracing::info!(%peer, "peer did not answer a ping; closing");
+                Expiry::DropWith(Error::KeepaliveTimeout {
+                    after: self.pong_timeout,
+                })
+            }
+            Some(Deadline::PingDue) => {
+                self.pinged();
+                Expiry::Ping
+            }
+            Some(Deadline::Idle) => {
+                tracing::info!(%peer, "idle timeout; closing with 1001");
+                Expiry::Close(CloseCode::Away, "idle timeout")
+            }
+            Some(Deadline::ReadTimeout) => Expiry::Fail(Error::Timeout {
+                operation: "read",
+                addr: peer.to_string(),
+                after: self.read_timeout.unwrap_or_default(),
+            }),
+        }
     }
 }
 

@@ -78,19 +78,10 @@ fn a_peer_that_stops_answering_is_closed_after_ping_interval_plus_pong_timeout()
     let path = server.addr().unix_path().unwrap().to_path_buf();
 
     // Complete the handshake, then never read or answer again.
-    let stream = UnixStream::connect(&path).unwrap();
-    let (ws, _) = unixws::tungstenite::client("ws://localhost/", stream).unwrap();
-    let started = Instant::now();
-    let mut raw = ws.into_inner();
-    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    // Reading the raw bytes (a ping frame, then EOF) does not answer the ping.
-    let mut bytes = Vec::new();
-    raw.read_to_end(&mut bytes)
-        .expect("the server closes the silent peer");
+    let (bytes, waited) = unixws_testkit::silent_peer(&path);
     assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "closed too early: {:?}",
-        started.elapsed()
+        waited >= Duration::from_millis(400),
+        "closed too early: {waited:?}"
     );
     assert_eq!(
         bytes.first(),

@@ -148,19 +148,9 @@ async fn keepalive_closes_a_peer_that_stops_answering() {
         }),
     );
     let path = sock.clone();
-    let (bytes, waited) = tokio::task::spawn_blocking(move || {
-        let stream = UnixStream::connect(&path).unwrap();
-        let (ws, _) = unixws::tungstenite::client("ws://localhost/", stream).unwrap();
-        let started = Instant::now();
-        let mut raw = ws.into_inner();
-        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut bytes = Vec::new();
-        raw.read_to_end(&mut bytes)
-            .expect("the server drops the silent peer");
-        (bytes, started.elapsed())
-    })
-    .await
-    .unwrap();
+    let (bytes, waited) = tokio::task::spawn_blocking(move || unixws_testkit::silent_peer(&path))
+        .await
+        .unwrap();
     assert_eq!(bytes.first(), Some(&0x89), "pinged first: {bytes:?}");
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
     server.stop().await;

@@ -38,7 +38,7 @@ use crate::connection::{
 };
 use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
-use crate::keepalive::{Deadline, Timers};
+use crate::keepalive::{Expiry, Timers};
 use crate::tokio::io::AsyncStream;
 
 /// tungstenite's read chunk for a server connection that has only seen
@@ -473,35 +473,25 @@ impl Connection {
 
     /// Acts on the clock that ran out; `Some(None)` ends `recv`.
     async fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
-        match self.timers.expired(started) {
-            Some(Deadline::CloseTimeout) => {
-                tracing::debug!(peer = %self.info.peer, "peer did not finish the closing handshake in time; dropping it");
+        match self.timers.on_expiry(started, &self.info.peer) {
+            Expiry::Nothing => Ok(None),
+            Expiry::Drop => {
                 self.finished();
                 Ok(Some(None))
             }
-            Some(Deadline::PongTimeout) => {
-                tracing::info!(peer = %self.info.peer, "peer did not answer a ping; closing");
+            Expiry::DropWith(e) => {
                 self.finished();
-                Err(Error::KeepaliveTimeout {
-                    after: self.timers.pong_timeout(),
-                })
+                Err(e)
             }
-            Some(Deadline::PingDue) => {
-                self.timers.pinged();
+            Expiry::Ping => {
                 self.send(Message::Ping(Default::default())).await?;
                 Ok(None)
             }
-            Some(Deadline::Idle) => {
-                tracing::info!(peer = %self.info.peer, "idle timeout; closing with 1001");
-                self.start_close(CloseCode::Away, "idle timeout").await?;
+            Expiry::Close(code, reason) => {
+                self.start_close(code, reason).await?;
                 Ok(None)
             }
-            Some(Deadline::ReadTimeout) => Err(Error::Timeout {
-                operation: "read",
-                addr: self.info.peer.to_string(),
-                after: self.timers.read_timeout(),
-            }),
-            None => Ok(None),
+            Expiry::Fail(e) => Err(e),
         }
     }
 
