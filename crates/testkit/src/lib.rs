@@ -216,6 +216,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// A unixws server running on its own thread; shut down and joined on drop.
 pub struct RunningServer {
     addr: unixws::Address,
+    stats: std::sync::Arc<unixws::ServerStats>,
     shutdown: unixws::ShutdownHandle,
     join: Option<std::thread::JoinHandle<unixws::Result<()>>>,
 }
@@ -229,9 +230,11 @@ impl RunningServer {
         let server = builder.bind().expect("bind test server");
         let addr = server.local_addr().clone();
         let shutdown = server.shutdown_handle();
+        let stats = server.stats();
         let join = std::thread::spawn(move || server.serve(handler));
         RunningServer {
             addr,
+            stats,
             shutdown,
             join: Some(join),
         }
@@ -248,6 +251,11 @@ impl RunningServer {
     /// The address it serves.
     pub fn addr(&self) -> &unixws::Address {
         &self.addr
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> unixws::StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Shuts down and waits for `serve` to return.

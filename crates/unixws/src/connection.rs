@@ -19,6 +19,7 @@ use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::keepalive::{Expiry, Timers};
 use crate::peer::Peer;
+use crate::stats::{Counter, ServerStats};
 use crate::stream::{Interrupt, Stream, Waker};
 
 /// What is known about a connection once its handshake is done.
@@ -120,6 +121,7 @@ pub struct Connection {
     timers: Timers,
     outbox: Option<OutboxReceiver>,
     peer_close: Option<PeerClose>,
+    stats: Option<Arc<ServerStats>>,
 }
 
 impl Connection {
@@ -136,7 +138,19 @@ impl Connection {
             limits,
             outbox: None,
             peer_close: None,
+            stats: None,
         }
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(stats) = &self.stats {
+            stats.count(counter);
+        }
+    }
+
+    pub(crate) fn counting(mut self, stats: Arc<ServerStats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// What is known about the peer and the request.
@@ -281,6 +295,7 @@ impl Connection {
         };
         if outbox.overflowed.swap(false, Ordering::SeqCst) {
             tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
+            self.count(Counter::SlowConsumer);
             return self.start_close(CloseCode::Again, "send queue full: reading too slowly");
         }
         let mut wrote = false;
@@ -318,6 +333,9 @@ impl Connection {
                 Ok(Some(None))
             }
             Expiry::DropWith(e) => {
+                if matches!(e, Error::KeepaliveTimeout { .. }) {
+                    self.count(Counter::KeepaliveTimeout);
+                }
                 self.abort();
                 Err(e)
             }
@@ -350,6 +368,7 @@ impl Connection {
             return Error::from(e);
         };
         tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
+        self.count(Counter::ProtocolError);
         if self.ws.can_write() {
             let frame = CloseFrame {
                 code,

@@ -16,6 +16,7 @@ use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
+use crate::stats::{Counter, ServerStats};
 use crate::stream::Socket;
 
 /// What a server checks before it upgrades a connection.
@@ -27,6 +28,7 @@ pub(crate) struct HandshakeRules {
     pub(crate) subprotocols: Vec<String>,
     /// Connections past their handshake right now.
     pub(crate) active: Arc<AtomicUsize>,
+    pub(crate) stats: Arc<ServerStats>,
 }
 
 impl HandshakeRules {
@@ -37,6 +39,7 @@ impl HandshakeRules {
             policy,
             subprotocols,
             active: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::default(),
         }
     }
 }
@@ -102,12 +105,14 @@ pub(crate) fn check_request(
             ),
             None => "this peer is not allowed by this server's access policy".to_string(),
         };
+        rules.stats.count(Counter::RejectedByPolicy);
         return Err(error_response(403, &body));
     }
     let slot = ActiveSlot(rules.active.clone());
     if rules.active.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
         drop(slot);
         tracing::warn!(%peer, max = rules.max_connections, "max connections reached (503)");
+        rules.stats.count(Counter::RefusedBusy);
         let mut r = error_response(503, "too many connections; try again later");
         r.headers_mut()
             .insert("Retry-After", HeaderValue::from_static("1"));

@@ -40,6 +40,7 @@
 //! - [`client`]: [`connect`] and [`ClientBuilder`] (retry, timeouts, headers).
 //! - [`server`]: the blocking [`Server`], a thread per connection.
 //! - [`tokio`] (feature `tokio`): the async client, server and connection.
+//! - [`stats`]: [`ServerStats`], what a server accepted, refused and closed.
 //! - [`error`]: [`Error`], whose messages say what to do.
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
@@ -56,6 +57,7 @@ pub mod listen;
 pub mod peer;
 pub mod policy;
 pub mod server;
+pub mod stats;
 pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -69,6 +71,7 @@ pub use listen::{BindOptions, Listener};
 pub use peer::{Peer, PeerCredentials};
 pub use policy::AccessPolicy;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use stats::{ServerStats, StatsSnapshot};
 pub use stream::{Socket, Stream};
 /// tungstenite itself, for types unixws does not wrap.
 pub use tungstenite;

@@ -31,6 +31,7 @@ use crate::handshake::{
 use crate::listen::{AcceptBackoff, BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
+use crate::stats::{Counter, ServerStats};
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
 
 /// Connections beyond `max_connections` that may still be in their
@@ -198,6 +199,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Live counters of what this server accepted, refused and closed.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.ctx.rules.stats.clone()
+    }
+
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle::new(self.ctx.shutdown.clone())
@@ -225,6 +231,7 @@ impl Server {
             let (socket, peer) = match self.listener.accept() {
                 Ok(pair) => {
                     accept_backoff.reset();
+                    self.ctx.rules.stats.count(Counter::Accepted);
                     pair
                 }
                 Err(e) => {
@@ -275,7 +282,7 @@ impl Server {
                 "drain timeout passed with connections still open; leaving them"
             );
         }
-        tracing::info!("server stopped");
+        tracing::info!(stats = ?ctx.rules.stats.snapshot(), "server stopped");
         Ok(())
     }
 
@@ -332,7 +339,11 @@ where
     let mut ws = match result {
         Ok(ws) => ws,
         Err(HandshakeError::Interrupted(mut mid)) => {
-            match mid.get_mut().get_mut().take_interrupt() {
+            let why = mid.get_mut().get_mut().take_interrupt();
+            if why != Some(Interrupt::Shutdown) {
+                ctx.rules.stats.count(Counter::BadHandshake);
+            }
+            match why {
                 Some(Interrupt::BudgetExhausted) => {
                     tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
                     if let Some(raw) = raw {
@@ -351,6 +362,7 @@ where
             return;
         }
         Err(HandshakeError::Failure(e)) => {
+            ctx.rules.stats.count(Counter::BadHandshake);
             refuse_bad_request(raw, &peer, &e);
             return;
         }
@@ -362,7 +374,9 @@ where
     ws.get_mut().set_deadline(None);
     ws.get_mut().set_read_budget(None);
     let (info, _slot) = accepted.into_info(peer);
-    let mut conn = Connection::new(ws, info, limits.clone(), None);
+    ctx.rules.stats.count(Counter::Upgraded);
+    let mut conn =
+        Connection::new(ws, info, limits.clone(), None).counting(ctx.rules.stats.clone());
     if let Err(e) = handler(&mut conn) {
         tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
     }

@@ -34,6 +34,7 @@ fn message_over_max_closes_with_1009_and_others_keep_working() {
     assert_echo(&mut bystander, "still here");
     let mut newcomer = unixws::connect(server.addr()).unwrap();
     assert_echo(&mut newcomer, "and accepting");
+    assert_eq!(server.stats().protocol_errors, 1);
 }
 
 #[test]
@@ -74,6 +75,7 @@ fn connection_over_max_connections_gets_503_and_others_are_unaffected() {
     let err = unixws::connect(server.addr()).unwrap_err();
     assert!(matches!(err, Error::Busy { .. }), "{err:?}");
     assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(server.stats().refused_busy, 1);
     assert_echo(&mut a, "a again");
     assert_echo(&mut b, "b");
     a.close(1000, "").unwrap();

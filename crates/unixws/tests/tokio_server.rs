@@ -14,6 +14,7 @@ use unixws::{Error, Limits, Message, OutboxError, Server, ShutdownHandle};
 
 struct TestServer {
     shutdown: ShutdownHandle,
+    stats: std::sync::Arc<unixws::ServerStats>,
     task: JoinHandle<unixws::Result<()>>,
 }
 
@@ -39,6 +40,7 @@ fn start_echo(path: &Path, limits: Limits) -> TestServer {
         .unwrap();
     TestServer {
         shutdown: server.shutdown_handle(),
+        stats: server.stats(),
         task: tokio::spawn(server.serve(echo)),
     }
 }
@@ -53,6 +55,7 @@ fn start_outbox_server(path: &Path, limits: Limits) -> (TestServer, Arc<Mutex<Ve
         .bind_async()
         .unwrap();
     let shutdown = server.shutdown_handle();
+    let stats = server.stats();
     let task = tokio::spawn(server.serve(move |mut conn: Connection| {
         record.lock().unwrap().push(conn.outbox());
         async move {
@@ -60,7 +63,14 @@ fn start_outbox_server(path: &Path, limits: Limits) -> (TestServer, Arc<Mutex<Ve
             Ok(())
         }
     }));
-    (TestServer { shutdown, task }, outboxes)
+    (
+        TestServer {
+            shutdown,
+            stats,
+            task,
+        },
+        outboxes,
+    )
 }
 
 async fn assert_echo(conn: &mut Connection, text: &str) {
@@ -88,6 +98,7 @@ async fn message_over_max_closes_with_1009_and_others_keep_working() {
     assert_eq!(offender.recv().await.unwrap(), None);
     assert_eq!(offender.peer_close().map(|c| c.code), Some(1009));
     assert_echo(&mut bystander, "unaffected").await;
+    assert_eq!(server.stats.snapshot().protocol_errors, 1);
     bystander.close(1000, "").await.unwrap();
     server.stop().await;
 }
@@ -153,6 +164,15 @@ async fn keepalive_closes_a_peer_that_stops_answering() {
         .unwrap();
     assert_eq!(bytes.first(), Some(&0x89), "pinged first: {bytes:?}");
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert!(
+        unixws_testkit::wait_until(Duration::from_secs(5), || server
+            .stats
+            .snapshot()
+            .keepalive_timeouts
+            == 1),
+        "the keepalive drop is counted: {:?}",
+        server.stats.snapshot()
+    );
     server.stop().await;
 }
 
@@ -247,6 +267,7 @@ async fn slow_consumer_is_closed_at_its_queue_bound_and_others_are_unaffected() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(server.stats.snapshot().slow_consumers, 1);
     fast_box.try_send(Message::text("after")).unwrap();
     assert_eq!(fast.recv().await.unwrap(), Some(Message::text("after")));
     drop(slow);

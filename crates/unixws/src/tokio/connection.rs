@@ -39,6 +39,7 @@ use crate::connection::{
 use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
 use crate::keepalive::{Expiry, Timers};
+use crate::stats::{Counter, ServerStats};
 use crate::tokio::io::AsyncStream;
 
 /// tungstenite's read chunk for a server connection that has only seen
@@ -118,6 +119,7 @@ pub struct Connection {
     outbox: Option<OutboxReceiver>,
     shutdown: Option<watch::Receiver<bool>>,
     peer_close: Option<PeerClose>,
+    stats: Option<Arc<ServerStats>>,
     closing: bool,
     slot: Option<ActiveSlot>,
 }
@@ -164,16 +166,29 @@ impl Connection {
             outbox: None,
             shutdown: None,
             peer_close: None,
+            stats: None,
             closing: false,
             slot: None,
         }
     }
 
-    pub(crate) fn serving(mut self, shutdown: watch::Receiver<bool>, slot: ActiveSlot) -> Self {
+    pub(crate) fn serving(
+        mut self,
+        shutdown: watch::Receiver<bool>,
+        slot: ActiveSlot,
+        stats: Arc<ServerStats>,
+    ) -> Self {
+        self.stats = Some(stats);
         self.shutdown = Some(shutdown);
         self.slot = Some(slot);
         self.role = Role::Server;
         self
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(stats) = &self.stats {
+            stats.count(counter);
+        }
     }
 
     /// What is known about the peer and the request.
@@ -444,6 +459,7 @@ impl Connection {
     /// and drop the connection if even that cannot be written.
     async fn close_slow_consumer(&mut self) -> Option<Result<Option<Message>>> {
         tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
+        self.count(Counter::SlowConsumer);
         let bound = self.limits.close_timeout;
         let closing = self.start_close(CloseCode::Again, "send queue full: reading too slowly");
         match tokio::time::timeout(bound, closing).await {
@@ -480,6 +496,9 @@ impl Connection {
                 Ok(Some(None))
             }
             Expiry::DropWith(e) => {
+                if matches!(e, Error::KeepaliveTimeout { .. }) {
+                    self.count(Counter::KeepaliveTimeout);
+                }
                 self.finished();
                 Err(e)
             }
@@ -504,6 +523,7 @@ impl Connection {
             return Error::from(e);
         };
         tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
+        self.count(Counter::ProtocolError);
         let _ = self.start_close(code, reason).await;
         error_after_close(e, code)
     }

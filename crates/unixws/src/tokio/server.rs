@@ -21,6 +21,7 @@ use crate::handshake::{
 use crate::listen::{AcceptBackoff, AsyncListener};
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
+use crate::stats::{Counter, ServerStats};
 use crate::stream::{ShutdownSignal, Socket};
 use crate::tokio::connection::server_config;
 use crate::tokio::io::{is_header_too_large, AsyncSocket, AsyncStream};
@@ -88,6 +89,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Live counters of what this server accepted, refused and closed.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.ctx.rules.stats.clone()
+    }
+
     /// A handle that shuts the server down (the same type as the blocking server's).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle::new(self.ctx.shutdown.clone())
@@ -113,6 +119,7 @@ impl Server {
             let (socket, peer) = match accepted {
                 Ok(pair) => {
                     backoff.reset();
+                    self.ctx.rules.stats.count(Counter::Accepted);
                     pair
                 }
                 Err(e) => {
@@ -149,7 +156,7 @@ impl Server {
                 "drain timeout passed with connections still open; leaving them"
             );
         }
-        tracing::info!("server stopped");
+        tracing::info!(stats = ?ctx.rules.stats.snapshot(), "server stopped");
         Ok(())
     }
 }
@@ -225,6 +232,7 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
     let mut ws = match result {
         Ok(Ok(ws)) => ws,
         Err(_) => {
+            ctx.rules.stats.count(Counter::BadHandshake);
             tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
             return None;
         }
@@ -233,6 +241,7 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
             return None;
         }
         Ok(Err(WsError::Io(e))) if is_header_too_large(&e) => {
+            ctx.rules.stats.count(Counter::BadHandshake);
             tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
             if let Some(raw) = raw {
                 write_plain_response(raw, 431, "request header too large", &[]);
@@ -240,6 +249,7 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
             return None;
         }
         Ok(Err(e)) => {
+            ctx.rules.stats.count(Counter::BadHandshake);
             refuse_bad_request(raw, &peer, &e);
             return None;
         }
@@ -254,7 +264,12 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
     };
     ws.get_mut().end_budget();
     let (info, slot) = accepted.into_info(peer);
-    Some(Connection::new(ws, info, ctx.limits.clone(), None).serving(shutdown, slot))
+    ctx.rules.stats.count(Counter::Upgraded);
+    Some(Connection::new(ws, info, ctx.limits.clone(), None).serving(
+        shutdown,
+        slot,
+        ctx.rules.stats.clone(),
+    ))
 }
 
 fn socket_dup(socket: &AsyncSocket) -> std::io::Result<Socket> {
