@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use unixws::listen::{from_systemd, notify_ready, resolve_group, resolve_user};
-use unixws::tokio::{Connection, Outbox};
+use unixws::tokio::{Connection, Exec, Outbox};
 use unixws::{AccessPolicy, BindOptions, Limits, OutboxError, Server, ServerBuilder};
 
 use crate::units::{parse_duration, parse_mode, parse_size};
@@ -21,12 +21,13 @@ Examples:
   unixws serve --echo /run/app.sock --mode 660 --group app --allow-gid app
   unixws serve --broadcast @chat --allow-uid 1000
   unixws serve --echo 127.0.0.1:9001
-  unixws serve --echo --systemd        # the socket comes from a .socket unit";
+  unixws serve --echo --systemd        # the socket comes from a .socket unit
+  unixws serve ./date.sock --exec sh -c 'while read l; do date; done'";
 
 /// Flags of `unixws serve`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
-#[command(group = clap::ArgGroup::new("behaviour").required(true).args(["echo", "broadcast"]))]
+#[command(group = clap::ArgGroup::new("behaviour").required(true).args(["echo", "broadcast", "exec"]))]
 pub struct Args {
     /// Where to listen: a socket path, @abstract, or host:port.
     #[arg(value_name = "ADDR", required_unless_present = "systemd")]
@@ -44,6 +45,21 @@ pub struct Args {
     /// Relay every message to all other connected clients.
     #[arg(long)]
     broadcast: bool,
+
+    /// Run CMD for each connection (like websocketd): messages become stdin
+    /// lines, stdout lines become messages; exit 0 closes with 1000, any
+    /// other status with 1011. Must come last: everything after it is CMD.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD [ARGS..]")]
+    exec: Vec<String>,
+
+    /// With --exec: raw chunks both ways, sent as binary messages.
+    #[arg(long, requires = "exec")]
+    binary: bool,
+
+    /// With --exec: after the client leaves, the process gets this long to
+    /// exit after stdin EOF, then again after SIGTERM, before SIGKILL [2s].
+    #[arg(long, requires = "exec", value_parser = parse_duration, value_name = "DUR")]
+    exec_grace: Option<Duration>,
 
     /// Socket file mode in octal, e.g. 660 (connecting needs write permission).
     #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
@@ -173,7 +189,13 @@ async fn serve(args: Args) -> Result<(), String> {
         shutdown.shutdown();
     });
 
-    let mode = if args.broadcast { "broadcast" } else { "echo" };
+    let mode = if args.broadcast {
+        "broadcast".to_string()
+    } else if let Some(program) = args.exec.first() {
+        format!("exec {program}")
+    } else {
+        "echo".to_string()
+    };
     eprintln!(
         "unixws: serving {} ({mode}); Ctrl-C to stop",
         server.local_addr()
@@ -181,7 +203,13 @@ async fn serve(args: Args) -> Result<(), String> {
     if let Err(e) = notify_ready() {
         tracing::warn!(error = %e, "could not notify systemd (NOTIFY_SOCKET)");
     }
-    let result = if args.broadcast {
+    let result = if let Some((program, rest)) = args.exec.split_first() {
+        let mut exec = Exec::new(program).args(rest).binary(args.binary);
+        if let Some(grace) = args.exec_grace {
+            exec = exec.grace(grace);
+        }
+        server.serve(move |conn| exec.clone().serve(conn)).await
+    } else if args.broadcast {
         let hub = Arc::new(Hub::default());
         server
             .serve(move |conn| {

@@ -525,3 +525,155 @@ fn descriptor_exhaustion_backs_off_keeps_serving_and_recovers() {
         .expect("accepting again after descriptors were freed");
     unixws_testkit::assert_echo(&mut recovered, "recovered");
 }
+
+/// Starts `unixws serve ... --exec ARGS..` (ARGS last, as the flag wants).
+fn serve_exec(socket: &Path, exec: &[&str]) -> Process {
+    let mut cmd = unixws();
+    cmd.arg("serve")
+        .arg(socket)
+        .args(["--exec-grace", "300ms", "--exec"])
+        .args(exec);
+    let p = Process::spawn(&mut cmd);
+    assert!(
+        wait_until(T, || socket.exists()),
+        "unixws serve --exec did not start"
+    );
+    p
+}
+
+/// The pids of a process's children (zombies included).
+fn children(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        all.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    all
+}
+
+#[test]
+fn exec_cat_echoes_lines_and_sees_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cat.sock");
+    let _cat = serve_exec(&sock, &["cat"]);
+    let mut conn = unixws::connect(&sock).unwrap();
+    for line in ["one", "two ✓", ""] {
+        unixws_testkit::assert_echo(&mut conn, line);
+    }
+    conn.close(1000, "").unwrap();
+
+    let env = dir.path().join("env.sock");
+    let _env = serve_exec(
+        &env,
+        &[
+            "sh",
+            "-c",
+            "echo \"$UNIXWS_PATH|$UNIXWS_QUERY|$HTTP_AUTHORIZATION|$HTTP_UPGRADE\"",
+        ],
+    );
+    let url = format!("ws+unix://{}:/app/x?q=1", env.display());
+    let mut conn = unixws::ClientBuilder::new(url.as_str())
+        .unwrap()
+        .header("Authorization", "Bearer t")
+        .connect()
+        .unwrap();
+    assert_eq!(
+        conn.recv().unwrap(),
+        Some(Message::text("/app/x|q=1|Bearer t|"))
+    );
+    assert_eq!(conn.recv().unwrap(), None, "exit 0 closes the connection");
+    assert_eq!(conn.peer_close().map(|c| c.code), Some(1000));
+}
+
+#[test]
+fn exec_exit_status_3_closes_with_1011() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fail.sock");
+    let _s = serve_exec(&sock, &["sh", "-c", "exit 3"]);
+    let mut conn = unixws::connect(&sock).unwrap();
+    assert_eq!(conn.recv().unwrap(), None);
+    let close = conn.peer_close().unwrap();
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (1011, "process exited with status 3")
+    );
+}
+
+/// Needs root: the client runs as uid 65534 so that the uid the process
+/// reports is not simply the test's.
+#[test]
+fn exec_sees_the_clients_real_uid() {
+    require_root("the client runs as uid 65534");
+    let dir = shared_tempdir();
+    let sock = dir.path().join("uid.sock");
+    let mut cmd = unixws();
+    cmd.arg("serve").arg(&sock).args([
+        "--mode",
+        "666",
+        "--exec",
+        "sh",
+        "-c",
+        "echo $UNIXWS_PEER_UID; read line",
+    ]);
+    let _s = Process::spawn(&mut cmd);
+    assert!(wait_until(T, || sock.exists()));
+    let mut client = unixws();
+    client
+        .arg("connect")
+        .arg(ws_unix(&sock))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    as_nobody(&mut client);
+    let mut child = client.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert_eq!(first, "65534\n");
+    drop(child.stdin.take()); // EOF: a normal close
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn exec_leaves_no_process_behind_after_100_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("many.sock");
+    let server = serve_exec(&sock, &["cat"]);
+    for i in 0..100 {
+        let mut conn = unixws::connect(&sock).unwrap();
+        unixws_testkit::assert_echo(&mut conn, &format!("cycle {i}"));
+        drop(conn); // some leave without a close frame
+    }
+    assert!(
+        wait_until(T, || children(server.id()).is_empty()),
+        "children left: {:?}",
+        children(server.id())
+    );
+}
+
+#[test]
+fn exec_process_that_ignores_eof_and_sigterm_is_killed_and_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("stubborn.sock");
+    let server = serve_exec(
+        &sock,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo up; while :; do sleep 0.05; done",
+        ],
+    );
+    let mut conn = unixws::connect(&sock).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(Message::text("up")));
+    assert_eq!(children(server.id()).len(), 1);
+    conn.close(1000, "").unwrap();
+    assert!(
+        wait_until(T, || children(server.id()).is_empty()),
+        "the stubborn process survived: {:?}",
+        children(server.id())
+    );
+}

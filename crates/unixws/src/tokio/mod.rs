@@ -28,10 +28,12 @@
 
 mod client;
 mod connection;
+pub mod exec;
 mod io;
 mod server;
 
 pub use client::connect;
 pub use connection::{Connection, Outbox, LARGE_READS, SMALL_READS};
+pub use exec::Exec;
 pub use io::{AsyncSocket, AsyncStream};
 pub use server::Server;

@@ -1,0 +1,248 @@
+//! One process per connection, like websocketd: each text message received
+//! is written to the process's stdin as a line, each line of its stdout is
+//! sent as a text message (or, with `binary`, raw chunks both ways).
+//!
+//! The process sees who is connected in its environment:
+//! `UNIXWS_PEER_UID`, `UNIXWS_PEER_GID`, `UNIXWS_PEER_PID` (Unix sockets),
+//! `UNIXWS_PATH`, `UNIXWS_QUERY`, and each request header as `HTTP_NAME`
+//! (upper case, `-` as `_`). Its stderr goes to the server log.
+//!
+//! Endings: the process exits 0 → close 1000; exits otherwise → close 1011
+//! with the exit status as the reason. The client closes → the process gets
+//! EOF on stdin, then SIGTERM after the grace period, then SIGKILL; it is
+//! always waited for, so no zombie is left.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
+
+use crate::error::{Error, Result};
+use crate::peer::Peer;
+use crate::tokio::{Connection, Outbox};
+
+/// What to run for each connection.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    program: String,
+    args: Vec<String>,
+    binary: bool,
+    grace: Duration,
+}
+
+impl Exec {
+    /// Run `program` with `args` for each connection, line mode.
+    pub fn new(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            binary: false,
+            grace: Duration::from_secs(2),
+        }
+    }
+
+    /// Raw chunks instead of lines: each received message's bytes go to
+    /// stdin as they are, each chunk read from stdout is a binary message.
+    pub fn binary(mut self, on: bool) -> Self {
+        self.binary = on;
+        self
+    }
+
+    /// Time the process gets after stdin EOF before SIGTERM, and after
+    /// SIGTERM before SIGKILL (default: 2 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Serves one connection with one process; for [`Server::serve`](crate::tokio::Server::serve).
+    pub async fn serve(self, mut conn: Connection) -> Result<()> {
+        let mut child = self.command(&conn).spawn().map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot start `{}` for a connection (is it on PATH?)",
+                    self.program
+                ),
+                e,
+            )
+        })?;
+        let pid = child.id().unwrap_or_default();
+        tracing::debug!(pid, program = %self.program, "process started for a connection");
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(pid, "stderr: {line}");
+                }
+            });
+        }
+        let mut stdin = child.stdin.take();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let pump = tokio::spawn(pump_stdout(
+            child,
+            conn.outbox(),
+            self.binary,
+            self.grace,
+            stop_rx,
+        ));
+        while let Some(message) = conn.recv().await? {
+            let Some(input) = stdin.as_mut() else {
+                continue;
+            };
+            if write_message(input, message, self.binary).await.is_err() {
+                // The process closed its stdin; its exit ends the connection.
+                stdin = None;
+            }
+        }
+        // The client is gone: EOF on stdin, then the grace period and signals.
+        drop(stdin);
+        let _ = stop_tx.send(());
+        let _ = pump.await;
+        Ok(())
+    }
+
+    fn command(&self, conn: &Connection) -> Command {
+        let info = conn.info();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("UNIXWS_PATH", &info.path)
+            .env("UNIXWS_QUERY", info.query.as_deref().unwrap_or(""));
+        if let Peer::Unix(c) = &info.peer {
+            cmd.env("UNIXWS_PEER_UID", c.uid.to_string())
+                .env("UNIXWS_PEER_GID", c.gid.to_string())
+                .env("UNIXWS_PEER_PID", c.pid.to_string());
+        }
+        for (name, value) in &info.headers {
+            if let Ok(value) = value.to_str() {
+                let var = format!(
+                    "HTTP_{}",
+                    name.as_str().to_ascii_uppercase().replace('-', "_")
+                );
+                cmd.env(var, value);
+            }
+        }
+        cmd
+    }
+}
+
+async fn write_message(
+    stdin: &mut ChildStdin,
+    message: Message,
+    binary: bool,
+) -> std::io::Result<()> {
+    match message {
+        Message::Text(text) if !binary => {
+            stdin.write_all(text.as_bytes()).await?;
+            stdin.write_all(b"\n").await?;
+        }
+        Message::Text(text) => stdin.write_all(text.as_bytes()).await?,
+        Message::Binary(bytes) => stdin.write_all(&bytes).await?,
+        _ => {}
+    }
+    stdin.flush().await
+}
+
+/// Sends the process's output as messages, then its exit as the close code;
+/// when told the client left, ends the process (EOF, SIGTERM, SIGKILL).
+async fn pump_stdout(
+    mut child: Child,
+    outbox: Outbox,
+    binary: bool,
+    grace: Duration,
+    stop: oneshot::Receiver<()>,
+) {
+    let stdout = child.stdout.take();
+    let forward = async {
+        let Some(stdout) = stdout else { return };
+        if binary {
+            let mut stdout = stdout;
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0
+                    || outbox
+                        .send(Message::binary(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        } else {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if outbox.send(Message::text(line)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let client_left = tokio::select! {
+        _ = forward => false,
+        _ = stop => true,
+    };
+    let status = if client_left {
+        end_process(&mut child, grace).await
+    } else {
+        // Output ended: the process is exiting (or closed stdout on purpose).
+        tokio::select! {
+            status = child.wait() => status.ok(),
+            _ = tokio::time::sleep(grace) => end_process(&mut child, grace).await,
+        }
+    };
+    if !client_left {
+        let _ = outbox.send(Message::Close(Some(close_for(status)))).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; always reaps the process.
+async fn end_process(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        return Some(status);
+    }
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        return Some(status);
+    }
+    let _ = child.kill().await; // SIGKILL, then wait
+    child.wait().await.ok()
+}
+
+fn close_for(status: Option<ExitStatus>) -> CloseFrame {
+    use std::os::unix::process::ExitStatusExt;
+    let (code, reason) = match status {
+        Some(s) if s.success() => (CloseCode::Normal, String::new()),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => (
+                CloseCode::Error,
+                format!("process exited with status {code}"),
+            ),
+            (None, Some(signal)) => (
+                CloseCode::Error,
+                format!("process killed by signal {signal}"),
+            ),
+            _ => (CloseCode::Error, "process failed".to_string()),
+        },
+        None => (CloseCode::Error, "process status unknown".to_string()),
+    };
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
