@@ -36,17 +36,28 @@ pub struct Exec {
 }
 
 impl Exec {
-    /// Run `program` with `args` for each connection, line mode.
-    pub fn new(
-        program: impl Into<String>,
-        args: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
+    /// Run `program` (found on `PATH`) for each connection, line mode.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> unixws::Result<()> {
+    /// let exec = unixws::tokio::Exec::new("sh").args(["-c", "echo hello $UNIXWS_PEER_UID; cat"]);
+    /// let server = unixws::Server::builder("/tmp/exec.sock")?.bind_async()?;
+    /// server.serve(move |conn| exec.clone().serve(conn)).await
+    /// # }
+    /// ```
+    pub fn new(program: impl Into<String>) -> Self {
         Self {
             program: program.into(),
-            args: args.into_iter().map(Into::into).collect(),
+            args: Vec::new(),
             binary: false,
             grace: Duration::from_secs(2),
         }
+    }
+
+    /// Arguments for the program.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
     }
 
     /// Raw chunks instead of lines: each received message's bytes go to
