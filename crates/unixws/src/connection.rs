@@ -211,14 +211,10 @@ impl Connection {
             self.ws.get_mut().set_deadline(deadline);
             match self.ws.read() {
                 Ok(message) => {
-                    let data = message.is_text() || message.is_binary();
-                    self.timers.heard(data);
-                    if data {
-                        return Ok(Some(message));
-                    }
-                    if let Message::Close(frame) = message {
-                        self.peer_close = Some(PeerClose::from_frame(frame));
-                        self.timers.closing();
+                    if let Some(data) =
+                        book_incoming(&mut self.timers, &mut self.peer_close, message)
+                    {
+                        return Ok(Some(data));
                     }
                 }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -407,6 +403,25 @@ impl PeerClose {
             },
         }
     }
+}
+
+/// Books an incoming message on the clocks and returns it if it is data
+/// (text or binary); a close frame is recorded as the peer's close.
+pub(crate) fn book_incoming(
+    timers: &mut Timers,
+    peer_close: &mut Option<PeerClose>,
+    message: Message,
+) -> Option<Message> {
+    let data = message.is_text() || message.is_binary();
+    timers.heard(data);
+    if data {
+        return Some(message);
+    }
+    if let Message::Close(frame) = message {
+        *peer_close = Some(PeerClose::from_frame(frame));
+        timers.closing();
+    }
+    None
 }
 
 /// The close code owed to a peer whose input caused `e`, if any:

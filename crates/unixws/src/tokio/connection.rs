@@ -34,7 +34,7 @@ use tungstenite::Message;
 
 use crate::config::Limits;
 use crate::connection::{
-    close_code_for, error_after_close, ConnectionInfo, OutboxError, PeerClose,
+    book_incoming, close_code_for, error_after_close, ConnectionInfo, OutboxError, PeerClose,
 };
 use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
@@ -337,16 +337,11 @@ impl Connection {
             };
             if let Event::Incoming(Some(Ok(message))) = event {
                 self.regrow_blocked = false;
-                let data = message.is_text() || message.is_binary();
-                self.timers.heard(data);
-                if data {
-                    return Ok(Some(message));
+                if let Some(data) = book_incoming(&mut self.timers, &mut self.peer_close, message) {
+                    return Ok(Some(data));
                 }
-                if let Message::Close(frame) = message {
-                    self.peer_close = Some(PeerClose::from_frame(frame));
-                    self.closing = true;
-                    self.timers.closing();
-                }
+                // After the peer's close, tungstenite answers it; we send nothing more.
+                self.closing |= self.peer_close.is_some();
                 continue;
             }
             // Everything but a message is rare: boxed, so that its state does
