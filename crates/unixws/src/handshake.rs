@@ -60,7 +60,7 @@ pub(crate) struct Accepted {
     path: String,
     query: Option<String>,
     headers: tungstenite::http::HeaderMap,
-    subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<String>,
 }
 
 impl Accepted {

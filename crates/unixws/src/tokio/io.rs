@@ -54,6 +54,8 @@ pub struct AsyncStream {
     socket: AsyncSocket,
     read_budget: Option<usize>,
     frames: FrameTracker,
+    /// Bytes already read (a request head a gate looked at), served first.
+    replay: Option<Box<(Vec<u8>, usize)>>,
 }
 
 impl AsyncStream {
@@ -62,6 +64,14 @@ impl AsyncStream {
             socket,
             read_budget,
             frames: FrameTracker::default(),
+            replay: None,
+        }
+    }
+
+    /// Serve `bytes` to the next reads, before the socket's own.
+    pub(crate) fn replay(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.replay = Some(Box::new((bytes, 0)));
         }
     }
 
@@ -103,6 +113,17 @@ impl AsyncRead for AsyncStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(replay) = &mut self.replay {
+            let (bytes, at) = &mut **replay;
+            let n = buf.remaining().min(bytes.len() - *at);
+            buf.put_slice(&bytes[*at..*at + n]);
+            *at += n;
+            if *at == bytes.len() {
+                self.replay = None;
+            }
+            // Replayed bytes were counted against the budget when first read.
+            return Poll::Ready(Ok(()));
+        }
         let Some(budget) = self.read_budget else {
             let before = buf.filled().len();
             let polled = match &mut self.socket {

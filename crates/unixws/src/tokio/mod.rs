@@ -36,4 +36,4 @@ pub use client::connect;
 pub use connection::{Connection, Outbox, LARGE_READS, SMALL_READS};
 pub use exec::Exec;
 pub use io::{AsyncSocket, AsyncStream};
-pub use server::Server;
+pub use server::{Admitted, Server};

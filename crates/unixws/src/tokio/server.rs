@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tungstenite::error::Error as WsError;
-use tungstenite::handshake::server::{Request, Response};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::HeaderValue;
 
 use crate::addr::Address;
 use crate::config::Limits;
@@ -106,6 +107,43 @@ impl Server {
         H: Fn(Connection) -> F + Send + Sync + 'static,
         F: Future<Output = Result<()>> + Send + 'static,
     {
+        self.run::<(), _, _>(None, move |conn, _| handler(conn))
+            .await
+    }
+
+    /// Like [`serve`](Server::serve), with an async `gate` that sees each
+    /// upgrade request (after the access policy and connection limit) before
+    /// the answer is sent: it may refuse with any HTTP response (the proxy
+    /// answers 502 when its backend is down), or admit the connection with
+    /// a value for the handler and the subprotocol to answer with.
+    pub async fn serve_gated<G, GF, T, H, F>(self, gate: G, handler: H) -> Result<()>
+    where
+        G: Fn(Request, Peer) -> GF + Send + Sync + 'static,
+        GF: Future<Output = std::result::Result<Admitted<T>, ErrorResponse>> + Send + 'static,
+        T: Send + 'static,
+        H: Fn(Connection, T) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        let gate: Arc<GateFn<T>> = Arc::new(move |request, peer| Box::pin(gate(request, peer)));
+        let handler = Arc::new(handler);
+        self.run(Some(gate), move |conn, value: Option<T>| {
+            let handling = value.map(|v| handler(conn, v));
+            async move {
+                match handling {
+                    Some(handling) => handling.await,
+                    None => Ok(()),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn run<T, H, F>(self, gate: Option<Arc<GateFn<T>>>, handler: H) -> Result<()>
+    where
+        T: Send + 'static,
+        H: Fn(Connection, Option<T>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
         let handler = Arc::new(handler);
         let mut shutdown = self.ctx.shutdown.subscribe();
         let mut backoff = AcceptBackoff::default();
@@ -140,7 +178,7 @@ impl Server {
             }
             ctx.tasks.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
-            tokio::spawn(connection_task(ctx, socket, peer, handler));
+            tokio::spawn(connection_task(ctx, socket, peer, gate.clone(), handler));
         }
         let Server { listener, ctx } = self;
         // Dropping the listener stops accepting and removes the socket file.
@@ -164,15 +202,23 @@ impl Server {
 /// One connection's task. Both phases run boxed, so that the task itself
 /// stays a few words: the handshake's state is freed before the handler
 /// runs, and the handler's state is only what it needs.
-async fn connection_task<H, F>(ctx: Arc<Context>, socket: AsyncSocket, peer: Peer, handler: Arc<H>)
-where
-    H: Fn(Connection) -> F + Send + Sync + 'static,
+async fn connection_task<T, H, F>(
+    ctx: Arc<Context>,
+    socket: AsyncSocket,
+    peer: Peer,
+    gate: Option<Arc<GateFn<T>>>,
+    handler: Arc<H>,
+) where
+    T: Send + 'static,
+    H: Fn(Connection, Option<T>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<()>> + Send + 'static,
 {
-    let upgrading = boxed_upgrade(&ctx, socket, peer);
+    let upgrading = boxed_upgrade(&ctx, socket, peer, gate);
     // No binding for the connection here: it would keep its room in the
     // task while the handler runs.
-    let handling = upgrading.await.map(|conn| boxed_handler(&*handler, conn));
+    let handling = upgrading
+        .await
+        .map(|(conn, value)| boxed_handler(&*handler, conn, value));
     if let Some(handling) = handling {
         if let Err(e) = handling.await {
             tracing::info!(error = %e, "connection ended with an error");
@@ -181,34 +227,73 @@ where
     ctx.tasks.fetch_sub(1, Ordering::SeqCst);
 }
 
+type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;
+
 // Plain functions, not `Box::pin(f(..)).await` in the task: a temporary in
 // an awaited expression keeps its space in the task for the whole await.
-fn boxed_upgrade(
+fn boxed_upgrade<T: Send + 'static>(
     ctx: &Context,
     socket: AsyncSocket,
     peer: Peer,
-) -> Pin<Box<dyn Future<Output = Option<Connection>> + Send + '_>> {
-    Box::pin(upgrade(ctx, socket, peer))
+    gate: Option<Arc<GateFn<T>>>,
+) -> Upgrading<'_, T> {
+    Box::pin(upgrade(ctx, socket, peer, gate))
 }
 
-fn boxed_handler<H, F>(handler: &H, conn: Connection) -> Pin<Box<F>>
+fn boxed_handler<T, H, F>(handler: &H, conn: Connection, value: Option<T>) -> Pin<Box<F>>
 where
-    H: Fn(Connection) -> F,
+    H: Fn(Connection, Option<T>) -> F,
 {
-    Box::pin(handler(conn))
+    Box::pin(handler(conn, value))
 }
 
 /// The upgrade: checks, refusals, handshake timeout; the connection if it succeeded.
-async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Connection> {
+async fn upgrade<T: Send + 'static>(
+    ctx: &Context,
+    socket: AsyncSocket,
+    peer: Peer,
+    gate: Option<Arc<GateFn<T>>>,
+) -> Option<(Connection, Option<T>)> {
     let limits = &*ctx.limits;
+    let started = tokio::time::Instant::now();
     // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
     // Without it (descriptors exhausted) a refused request is only dropped.
     let raw = socket_dup(&socket).ok();
-    let stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
+    let mut stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
+    let mut admitted = None;
+    if let Some(gate) = gate {
+        let run_gate = ask_gate(ctx, &mut stream, &peer, &*gate);
+        match tokio::time::timeout(limits.handshake_timeout, run_gate).await {
+            Ok(Ok(a)) => admitted = a,
+            Ok(Err(refusal)) => {
+                let status = refusal.status().as_u16();
+                tracing::info!(%peer, status, "refused before the upgrade");
+                if let Some(raw) = raw {
+                    let body = refusal.body().clone().unwrap_or_default();
+                    write_plain_response(raw, status, body.trim_end(), &[]);
+                }
+                return None;
+            }
+            Err(_) => {
+                ctx.rules.stats.count(Counter::BadHandshake);
+                tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
+                return None;
+            }
+        }
+    }
+    let subprotocol = admitted
+        .as_ref()
+        .and_then(|a: &Admitted<T>| a.subprotocol.clone());
     let accepted: Mutex<Option<Accepted>> = Mutex::new(None);
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        check_request(&ctx.rules, &peer, request, response).map(|(response, a)| {
+        check_request(&ctx.rules, &peer, request, response).map(|(mut response, mut a)| {
+            if let Some(p) =
+                subprotocol.and_then(|p| HeaderValue::from_str(&p).ok().map(|v| (p, v)))
+            {
+                response.headers_mut().insert("Sec-WebSocket-Protocol", p.1);
+                a.subprotocol = Some(p.0);
+            }
             *accepted.lock().unwrap_or_else(PoisonError::into_inner) = Some(a);
             response
         })
@@ -227,7 +312,7 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
             tracing::debug!(%peer, "shutdown during the handshake");
             return None;
         }
-        result = tokio::time::timeout(limits.handshake_timeout, handshake) => result,
+        result = tokio::time::timeout_at(started + limits.handshake_timeout, handshake) => result,
     };
     let mut ws = match result {
         Ok(Ok(ws)) => ws,
@@ -265,11 +350,62 @@ async fn upgrade(ctx: &Context, socket: AsyncSocket, peer: Peer) -> Option<Conne
     ws.get_mut().end_budget();
     let (info, slot) = accepted.into_info(peer);
     ctx.rules.stats.count(Counter::Upgraded);
-    Some(Connection::new(ws, info, ctx.limits.clone(), None).serving(
+    let conn = Connection::new(ws, info, ctx.limits.clone(), None).serving(
         shutdown,
         slot,
         ctx.rules.stats.clone(),
-    ))
+    );
+    Some((conn, admitted.map(|a| a.value)))
+}
+
+/// What a gate lets through: a value for the handler and, optionally, the
+/// subprotocol to answer with (for example the one a backend chose).
+#[derive(Debug)]
+pub struct Admitted<T> {
+    /// Handed to the handler with the connection.
+    pub value: T,
+    /// The `Sec-WebSocket-Protocol` to answer with, instead of the server's own choice.
+    pub subprotocol: Option<String>,
+}
+
+type GateFuture<T> =
+    Pin<Box<dyn Future<Output = std::result::Result<Admitted<T>, ErrorResponse>> + Send>>;
+type GateFn<T> = dyn Fn(Request, Peer) -> GateFuture<T> + Send + Sync;
+
+/// Reads the request head (keeping it to replay to tungstenite) and asks
+/// the gate about it. A request that does not parse, or that the policy or
+/// the connection limit will refuse anyway, skips the gate: tungstenite
+/// and `check_request` answer it as for any server.
+async fn ask_gate<T>(
+    ctx: &Context,
+    stream: &mut AsyncStream,
+    peer: &Peer,
+    gate: &GateFn<T>,
+) -> std::result::Result<Option<Admitted<T>>, ErrorResponse> {
+    use tokio::io::AsyncReadExt;
+    use tungstenite::handshake::machine::TryParse;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let request = loop {
+        match Request::try_parse(&head) {
+            Ok(Some((_, request))) => break Some(request),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    };
+    stream.replay(head);
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let busy = ctx.rules.active.load(Ordering::SeqCst) >= ctx.rules.max_connections;
+    if busy || !ctx.rules.policy.allows_peer(peer) {
+        return Ok(None);
+    }
+    gate(request, peer.clone()).await.map(Some)
 }
 
 fn socket_dup(socket: &AsyncSocket) -> std::io::Result<Socket> {
