@@ -3,6 +3,7 @@
 //! non-zero exit, never a backtrace.
 
 mod connect;
+mod proxy;
 mod serve;
 mod units;
 
@@ -16,6 +17,7 @@ Examples:
   unixws connect ws+unix://./demo.sock            # type lines, see them echoed
   unixws serve --broadcast /run/chat.sock --mode 660 --group chat
   unixws connect 'ws+unix:///run/app.sock:/chat?room=1' -H 'Authorization: Bearer t'
+  unixws proxy --listen 127.0.0.1:8080 --to ws+unix:///run/app.sock  # browsers -> UDS
 
 Addresses: ws+unix:///p.sock[:/path?q], unix:/p.sock, /p.sock, ./p.sock,
 @abstract, ws://host:port/path, tcp:host:port, host:port";
@@ -38,6 +40,8 @@ enum Command {
     Serve(serve::Args),
     /// Connect to a WebSocket server: stdin lines out, messages in as lines.
     Connect(connect::Args),
+    /// Relay WebSocket connections between two addresses (TCP <-> Unix socket).
+    Proxy(proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

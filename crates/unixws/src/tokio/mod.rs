@@ -30,10 +30,12 @@ mod client;
 mod connection;
 pub mod exec;
 mod io;
+pub mod proxy;
 mod server;
 
 pub use client::connect;
 pub use connection::{Connection, Outbox, LARGE_READS, SMALL_READS};
 pub use exec::Exec;
 pub use io::{AsyncSocket, AsyncStream};
+pub use proxy::Proxy;
 pub use server::{Admitted, Server};

@@ -1,0 +1,111 @@
+//! `unixws proxy`: a WebSocket-aware relay between two addresses, TCP to a
+//! Unix socket, a Unix socket to TCP, or Unix to Unix (see
+//! `unixws::tokio::Proxy` for what is forwarded).
+
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use unixws::listen::{resolve_group, resolve_user};
+use unixws::tokio::Proxy;
+use unixws::{AccessPolicy, BindOptions, Limits, Server};
+
+use crate::units::{parse_duration, parse_mode};
+
+const EXAMPLES: &str = "\
+Examples:
+  unixws proxy --listen 127.0.0.1:8080 --to ws+unix:///run/app.sock      # browsers -> UDS backend
+  unixws proxy --listen /run/public.sock --mode 666 --to ws://127.0.0.1:9001/api
+  unixws proxy --listen 127.0.0.1:8080 --to ws+unix:///run/app.sock --allow-origin https://app.example";
+
+/// Flags of `unixws proxy`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// Where clients connect: host:port, a socket path or @abstract.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+
+    /// The backend; its path is a prefix for the clients' request paths.
+    #[arg(long, value_name = "URL")]
+    to: String,
+
+    /// Admit only browsers from this Origin (repeatable); others get 403.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+
+    /// Most client connections; the next one gets HTTP 503.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+
+    /// Backend connect and handshake timeout [5s connect, 10s handshake].
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    timeout: Option<Duration>,
+
+    /// Mode of the listening socket file, in octal (Unix listeners).
+    #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
+    mode: Option<u32>,
+
+    /// Admit only Unix-socket clients with this uid (repeatable).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<String>,
+
+    /// Admit Unix-socket clients whose primary group is this gid (repeatable).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gid: Vec<String>,
+}
+
+/// Runs the proxy until SIGINT/SIGTERM.
+pub fn run(args: Args) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    runtime.block_on(proxy(args))
+}
+
+async fn proxy(args: Args) -> Result<(), String> {
+    let mut listen_limits = Limits::default();
+    listen_limits.max_connections = args.max_connections;
+    let mut backend_limits = Limits::default();
+    if let Some(t) = args.timeout {
+        backend_limits.connect_timeout = t;
+        backend_limits.handshake_timeout = t;
+    }
+    let mut policy = AccessPolicy::new();
+    for u in &args.allow_uid {
+        policy = policy.allow_uid(resolve_user(u).map_err(|e| e.to_string())?);
+    }
+    for g in &args.allow_gid {
+        policy = policy.allow_gid(resolve_group(g).map_err(|e| e.to_string())?);
+    }
+    let mut bind = BindOptions::new();
+    bind.mode = args.mode;
+    let mut proxy = Proxy::new(args.to.as_str())
+        .map_err(|e| e.to_string())?
+        .backend_limits(backend_limits);
+    for origin in &args.allow_origin {
+        proxy = proxy.allow_origin(origin);
+    }
+    let server = Server::builder(args.listen.as_str())
+        .map(|b| b.bind_options(bind).policy(policy).limits(listen_limits))
+        .and_then(|b| b.bind_async())
+        .map_err(|e| e.to_string())?;
+    let shutdown = server.shutdown_handle();
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        shutdown.shutdown();
+    });
+    eprintln!(
+        "unixws: proxying {} -> {}; Ctrl-C to stop",
+        server.local_addr(),
+        args.to
+    );
+    proxy.serve(server).await.map_err(|e| e.to_string())
+}

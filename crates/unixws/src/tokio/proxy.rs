@@ -1,0 +1,214 @@
+//! A WebSocket-aware relay: accepts WebSocket connections on one address
+//! (TCP or Unix) and relays each to a backend (Unix or TCP), completing the
+//! handshake on both sides.
+//!
+//! - The backend is reached before the client is answered: a backend that
+//!   refuses or is missing gives the client a 502 with a one-line reason.
+//! - The request path and query are appended to the `--to` URL's path
+//!   (its prefix); `Sec-WebSocket-Protocol`, `Authorization`, `Cookie` and
+//!   `Origin` are forwarded, and the backend's subprotocol is answered.
+//! - `X-Forwarded-For` carries a TCP client's address; for a Unix-socket
+//!   client, `X-Unixws-Peer-Uid` and `X-Unixws-Peer-Pid` carry its
+//!   kernel-verified uid and pid (any such headers sent by the client are
+//!   replaced, never passed on).
+//! - Text and binary messages are relayed both ways in order; a close code
+//!   and reason from either side reach the other. Pings are answered on each
+//!   hop (each side keeps its own keepalive) rather than forwarded.
+//! - The listening side has the server's limits, access policy and
+//!   backpressure; `allow_origin` restricts browsers by `Origin`.
+
+use std::sync::Arc;
+
+use tungstenite::handshake::server::{ErrorResponse, Request};
+use tungstenite::http::StatusCode;
+
+use crate::addr::{Address, ToAddress};
+use crate::client::ClientBuilder;
+use crate::config::Limits;
+use crate::error::Result;
+use crate::peer::Peer;
+use crate::tokio::{Admitted, Connection, Server};
+
+/// Headers passed from the client's request to the backend's.
+const FORWARDED: [&str; 3] = ["authorization", "cookie", "origin"];
+
+/// Relays WebSocket connections to one backend.
+///
+/// ```no_run
+/// # async fn demo() -> unixws::Result<()> {
+/// let server = unixws::Server::builder("127.0.0.1:8080")?.bind_async()?;
+/// unixws::tokio::Proxy::new("ws+unix:///run/app.sock")?.serve(server).await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    to: Address,
+    allow_origins: Vec<String>,
+    backend_limits: Limits,
+}
+
+impl Proxy {
+    /// A proxy to `to`; its request path is a prefix for the clients' paths.
+    pub fn new(to: impl ToAddress) -> Result<Self> {
+        Ok(Self {
+            to: to.to_address()?,
+            allow_origins: Vec::new(),
+            backend_limits: Limits::default(),
+        })
+    }
+
+    /// Admit only requests with this `Origin` (may be called several
+    /// times); others get 403. Without any, every origin is admitted.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allow_origins.push(origin.into());
+        self
+    }
+
+    /// Limits and timeouts for the backend connections (connect and
+    /// handshake timeouts bound how long a client waits for its 502).
+    pub fn backend_limits(mut self, limits: Limits) -> Self {
+        self.backend_limits = limits;
+        self
+    }
+
+    /// Relays every connection `server` accepts until it shuts down.
+    pub async fn serve(self, server: Server) -> Result<()> {
+        let proxy = Arc::new(self);
+        server
+            .serve_gated(
+                move |request, peer| {
+                    let proxy = proxy.clone();
+                    async move { proxy.admit(request, peer).await }
+                },
+                relay,
+            )
+            .await
+    }
+
+    /// Connects to the backend for this request, or says why not.
+    async fn admit(
+        &self,
+        request: Request,
+        peer: Peer,
+    ) -> std::result::Result<Admitted<Connection>, ErrorResponse> {
+        let headers = request.headers();
+        if !self.allow_origins.is_empty() {
+            let origin = headers
+                .get("origin")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !self.allow_origins.iter().any(|o| o == origin) {
+                tracing::warn!(%peer, origin, "origin not allowed (403)");
+                return Err(refusal(
+                    StatusCode::FORBIDDEN,
+                    &format!("origin `{origin}` is not allowed by this proxy"),
+                ));
+            }
+        }
+        let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let target = self
+            .to
+            .with_resource(&join_paths(self.to.resource(), path_and_query))
+            .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        let mut backend = ClientBuilder::new(&target)
+            .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?
+            .limits(self.backend_limits.clone());
+        for name in FORWARDED {
+            for value in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+                backend = backend.header(name, value);
+            }
+        }
+        let offered = headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        for protocol in offered {
+            backend = backend.subprotocol(protocol);
+        }
+        match &peer {
+            Peer::Unix(c) => {
+                backend = backend
+                    .header("X-Unixws-Peer-Uid", c.uid.to_string())
+                    .header("X-Unixws-Peer-Pid", c.pid.to_string());
+            }
+            Peer::Tcp(addr) => {
+                let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                    Some(earlier) => format!("{earlier}, {}", addr.ip()),
+                    None => addr.ip().to_string(),
+                };
+                backend = backend.header("X-Forwarded-For", forwarded);
+            }
+        }
+        match backend.connect_async().await {
+            Ok(conn) => Ok(Admitted {
+                subprotocol: conn.info().subprotocol.clone(),
+                value: conn,
+            }),
+            Err(e) => {
+                tracing::warn!(%peer, backend = %target, error = %e, "backend unavailable (502)");
+                Err(refusal(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("backend {target} unavailable: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `/base` + `/chat?x=1` → `/base/chat?x=1`; `/` + `/chat` → `/chat`.
+fn join_paths(prefix: &str, path_and_query: &str) -> String {
+    let prefix = prefix.split('?').next().unwrap_or("").trim_end_matches('/');
+    format!("{prefix}{path_and_query}")
+}
+
+fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(format!("{reason}\n")));
+    *response.status_mut() = status;
+    response
+}
+
+/// Relays messages both ways until either side closes, then passes its
+/// close code and reason to the other.
+async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
+    loop {
+        tokio::select! {
+            message = client.recv() => match message? {
+                Some(message) => backend.send(message).await?,
+                None => return pass_close(&client, &mut backend).await,
+            },
+            message = backend.recv() => match message? {
+                Some(message) => client.send(message).await?,
+                None => return pass_close(&backend, &mut client).await,
+            },
+        }
+    }
+}
+
+/// Closes `to` the way `from` was closed. Codes that must not appear in a
+/// close frame (1005 none given, 1006 dropped, 1015 TLS) become 1000 or
+/// 1011.
+async fn pass_close(from: &Connection, to: &mut Connection) -> Result<()> {
+    let (code, reason) = match from.peer_close() {
+        Some(c) if c.code == 1005 => (1000, String::new()),
+        Some(c) if matches!(c.code, 1006 | 1015) => (1011, "the other side went away".to_string()),
+        Some(c) => (c.code, c.reason.clone()),
+        None => (1011, "the other side went away".to_string()),
+    };
+    to.close(code, &reason).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_paths;
+
+    #[test]
+    fn paths_join_under_the_prefix() {
+        assert_eq!(join_paths("/", "/chat?x=1"), "/chat?x=1");
+        assert_eq!(join_paths("/base", "/chat"), "/base/chat");
+        assert_eq!(join_paths("/base/", "/"), "/base/");
+        assert_eq!(join_paths("/base?ignored=1", "/a?b=2"), "/base/a?b=2");
+    }
+}
