@@ -207,11 +207,12 @@ pub(crate) fn write_plain_response(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
+    // One write: a client (tungstenite's among them) may read only what
+    // arrives with the head.
+    head.push_str(body);
+    head.push('\n');
     let _ = raw.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = raw
-        .write_all(head.as_bytes())
-        .and_then(|_| raw.write_all(body.as_bytes()))
-        .and_then(|_| raw.write_all(b"\n"));
+    let _ = raw.write_all(head.as_bytes());
     let _ = raw.shutdown(std::net::Shutdown::Write);
 }
 

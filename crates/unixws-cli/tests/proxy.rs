@@ -1,0 +1,271 @@
+//! `unixws proxy` as a process between real clients and real backends:
+//! what reaches the backend, what comes back, close codes both ways, large
+//! and many messages, a missing backend (502), and nginx in front of
+//! `unixws serve`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use unixws::{ConnectionInfo, Error, Message, Server};
+use unixws_testkit::{wait_until, Process, RunningServer};
+
+const T: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `unixws proxy --listen LISTEN --to TO ARGS..` and waits until it accepts.
+fn proxy(listen: &str, to: &str, args: &[&str]) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unixws"));
+    cmd.args(["proxy", "--listen", listen, "--to", to])
+        .args(args);
+    let p = Process::spawn(&mut cmd);
+    let ready = wait_until(T, || {
+        match listen
+            .parse::<unixws::Address>()
+            .map(|a| a.endpoint().clone())
+        {
+            Ok(unixws::Endpoint::Tcp { port, .. }) => {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }
+            Ok(unixws::Endpoint::Path(path)) => path.exists(),
+            _ => false,
+        }
+    });
+    assert!(ready, "unixws proxy did not start listening on {listen}");
+    p
+}
+
+/// A backend that records what it saw and follows the peers' protocol:
+/// echo, and `close:CODE:REASON` closes with that code and reason.
+fn recording_backend(
+    sock: &Path,
+) -> (
+    RunningServer,
+    Arc<Mutex<Vec<(ConnectionInfo, Option<unixws::PeerClose>)>>>,
+) {
+    let seen: Arc<Mutex<Vec<_>>> = Arc::default();
+    let record = seen.clone();
+    let builder = Server::builder(sock)
+        .unwrap()
+        .subprotocols(["chat.v2", "chat.v1"]);
+    let server = RunningServer::start(builder, move |conn| {
+        let result = (|| {
+            while let Some(message) = conn.recv()? {
+                if let Message::Text(text) = &message {
+                    if let Some(rest) = text.strip_prefix("close:") {
+                        let (code, reason) = rest.split_once(':').unwrap_or((rest, ""));
+                        return conn.close(code.parse().unwrap_or(1000), reason);
+                    }
+                }
+                conn.send(message)?;
+            }
+            Ok(())
+        })();
+        record
+            .lock()
+            .unwrap()
+            .push((conn.info().clone(), conn.peer_close().cloned()));
+        result
+    });
+    (server, seen)
+}
+
+#[test]
+fn path_query_subprotocol_and_authorization_reach_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("backend.sock");
+    let (backend, seen) = recording_backend(&backend_sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(
+        &listen,
+        &format!("ws+unix://{}:/base", backend_sock.display()),
+        &[],
+    );
+
+    let mut conn = unixws::ClientBuilder::new(format!("ws://{listen}/chat?room=1"))
+        .unwrap()
+        .header("Authorization", "Bearer s3cret")
+        .header("X-Unixws-Peer-Uid", "0")
+        .subprotocol("chat.v1")
+        .connect()
+        .unwrap();
+    assert_eq!(
+        conn.info().subprotocol.as_deref(),
+        Some("chat.v1"),
+        "the backend's choice comes back"
+    );
+    unixws_testkit::assert_echo(&mut conn, "hello through the proxy");
+    conn.close(1000, "").unwrap();
+    drop(backend);
+
+    let seen = seen.lock().unwrap();
+    let (info, _) = &seen[0];
+    assert_eq!(info.path, "/base/chat");
+    assert_eq!(info.query.as_deref(), Some("room=1"));
+    assert_eq!(info.subprotocol.as_deref(), Some("chat.v1"));
+    assert_eq!(info.headers["authorization"], "Bearer s3cret");
+    assert_eq!(info.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        info.headers.get("x-unixws-peer-uid").is_none(),
+        "a TCP client cannot claim a uid"
+    );
+}
+
+#[test]
+fn unix_listener_passes_the_peer_uid_and_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("backend.sock");
+    let (backend, seen) = recording_backend(&backend_sock);
+    let front = dir.path().join("front.sock");
+    let _proxy = proxy(
+        front.to_str().unwrap(),
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let mut conn = unixws::connect(&front).unwrap();
+    unixws_testkit::assert_echo(&mut conn, "uds to uds");
+    conn.close(1000, "").unwrap();
+    drop(backend);
+    let seen = seen.lock().unwrap();
+    let headers = &seen[0].0.headers;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(headers["x-unixws-peer-uid"], uid.to_string().as_str());
+    assert_eq!(
+        headers["x-unixws-peer-pid"],
+        std::process::id().to_string().as_str()
+    );
+}
+
+#[test]
+fn close_codes_and_reasons_pass_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("backend.sock");
+    let (backend, seen) = recording_backend(&backend_sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(
+        &listen,
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let url = format!("ws://{listen}/");
+
+    // Client closes with 4001: the backend sees it.
+    let mut conn = unixws::connect(url.as_str()).unwrap();
+    unixws_testkit::assert_echo(&mut conn, "before closing");
+    conn.close(4001, "client says bye").unwrap();
+    assert!(wait_until(T, || !seen.lock().unwrap().is_empty()));
+    let client_close = seen.lock().unwrap()[0].1.clone().unwrap();
+    assert_eq!(
+        (client_close.code, client_close.reason.as_str()),
+        (4001, "client says bye")
+    );
+
+    // Backend closes with 4001: the client sees it.
+    let mut conn = unixws::connect(url.as_str()).unwrap();
+    conn.send(Message::text("close:4001:backend says bye"))
+        .unwrap();
+    assert_eq!(conn.recv().unwrap(), None);
+    let close = conn.peer_close().unwrap();
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (4001, "backend says bye")
+    );
+    drop(backend);
+}
+
+#[test]
+fn a_1_mib_message_and_10000_small_ones_pass_intact_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("backend.sock");
+    let (backend, _) = recording_backend(&backend_sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(
+        &listen,
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let mut conn = unixws::connect(format!("ws://{listen}/")).unwrap();
+    let big: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+    conn.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(Message::binary(big)));
+    // In batches, so that neither side's socket buffer has to hold them all.
+    for batch in 0..100 {
+        for i in 0..100 {
+            conn.send(Message::text(format!("message {}", batch * 100 + i)))
+                .unwrap();
+        }
+        for i in 0..100 {
+            assert_eq!(
+                conn.recv().unwrap(),
+                Some(Message::text(format!("message {}", batch * 100 + i)))
+            );
+        }
+    }
+    conn.close(1000, "").unwrap();
+    drop(backend);
+}
+
+#[test]
+fn a_missing_backend_is_a_502_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nobody-home.sock");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(&listen, &format!("ws+unix://{}", missing.display()), &[]);
+    let err = unixws::connect(format!("ws://{listen}/")).unwrap_err();
+    match &err {
+        Error::HandshakeRejected { status, reason, .. } => {
+            assert_eq!(*status, 502);
+            assert!(
+                reason.contains("no socket at") && reason.contains("nobody-home.sock"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a 502, got {other:?}"),
+    }
+}
+
+#[test]
+fn allow_origin_refuses_other_origins_with_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("backend.sock");
+    let (backend, seen) = recording_backend(&backend_sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(
+        &listen,
+        &format!("ws+unix://{}", backend_sock.display()),
+        &["--allow-origin", "http://good.example"],
+    );
+    let url = format!("ws://{listen}/");
+    let err = unixws::ClientBuilder::new(url.as_str())
+        .unwrap()
+        .header("Origin", "http://evil.example")
+        .connect()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::HandshakeRejected { status: 403, .. }),
+        "{err:?}"
+    );
+    let mut ok = unixws::ClientBuilder::new(url.as_str())
+        .unwrap()
+        .header("Origin", "http://good.example")
+        .connect()
+        .unwrap();
+    unixws_testkit::assert_echo(&mut ok, "allowed origin");
+    ok.close(1000, "").unwrap();
+    drop(backend);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the refused origin never reached the backend"
+    );
+}
