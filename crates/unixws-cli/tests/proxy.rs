@@ -44,15 +44,12 @@ fn proxy(listen: &str, to: &str, args: &[&str]) -> Process {
     p
 }
 
+type Seen = Arc<Mutex<Vec<(ConnectionInfo, Option<unixws::PeerClose>)>>>;
+
 /// A backend that records what it saw and follows the peers' protocol:
 /// echo, and `close:CODE:REASON` closes with that code and reason.
-fn recording_backend(
-    sock: &Path,
-) -> (
-    RunningServer,
-    Arc<Mutex<Vec<(ConnectionInfo, Option<unixws::PeerClose>)>>>,
-) {
-    let seen: Arc<Mutex<Vec<_>>> = Arc::default();
+fn recording_backend(sock: &Path) -> (RunningServer, Seen) {
+    let seen = Seen::default();
     let record = seen.clone();
     let builder = Server::builder(sock)
         .unwrap()
