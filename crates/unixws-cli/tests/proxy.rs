@@ -1,7 +1,7 @@
 //! `unixws proxy` as a process between real clients and real backends:
 //! what reaches the backend, what comes back, close codes both ways, large
-//! and many messages, a missing backend (502), and nginx in front of
-//! `unixws serve`.
+//! and many messages, a missing backend (502), a real browser (headless
+//! Chromium) through the proxy, and nginx in front of `unixws serve`.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -265,4 +265,208 @@ fn allow_origin_refuses_other_origins_with_403() {
         1,
         "the refused origin never reached the backend"
     );
+}
+
+/// A tool `scripts/test` installs; fails the test with how to get it.
+fn tool(name: &str) -> std::path::PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("`{name}` is not installed: run ./scripts/test, which installs it with apt-get");
+}
+
+/// Starts `unixws serve --echo` on a socket that nginx's workers (uid
+/// nobody) may open.
+fn echo_backend(sock: &Path) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unixws"));
+    cmd.args(["serve", "--echo", "--mode", "666"]).arg(sock);
+    let p = Process::spawn(&mut cmd);
+    assert!(
+        wait_until(T, || sock.exists()),
+        "unixws serve did not start"
+    );
+    p
+}
+
+#[test]
+fn nginx_in_front_of_unixws_serve_round_trips_messages() {
+    let nginx = tool("nginx");
+    let dir = unixws_testkit::shared_tempdir();
+    let sock = dir.path().join("app.sock");
+    let _backend = echo_backend(&sock);
+    let port = free_port();
+    let conf = dir.path().join("nginx.conf");
+    let d = dir.path().display();
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://unix:{sock}:/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+        }}
+    }}
+}}
+",
+            sock = sock.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"));
+    let _nginx = Process::spawn(&mut cmd);
+    assert!(
+        wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+    );
+    let mut conn = unixws::connect(format!("ws://127.0.0.1:{port}/through/nginx")).unwrap();
+    for i in 0..100 {
+        unixws_testkit::assert_echo(&mut conn, &format!("via nginx {i}"));
+    }
+    let big = Message::binary(vec![9u8; 256 << 10]);
+    conn.send(big.clone()).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(big));
+    conn.close(1000, "").unwrap();
+}
+
+/// Serves the browser test's page, and takes the page's report.
+fn page_server(ws_url: String, messages: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let page = format!(
+        r#"<!doctype html><html><body><pre id="out"></pre><script>
+const got = [];
+const ws = new WebSocket("{ws_url}");
+ws.onopen = () => {{ for (let i = 0; i < {messages}; i++) ws.send("browser message " + i); }};
+ws.onmessage = (e) => {{
+  got.push(e.data);
+  document.getElementById("out").textContent = got.join("\n");
+  if (got.length === {messages}) {{ ws.close(1000); fetch("/report?" + encodeURIComponent(JSON.stringify(got))); }}
+}};
+ws.onerror = () => fetch("/report?" + encodeURIComponent(JSON.stringify(["websocket error"])));
+</script></body></html>"#
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request_line = String::new();
+            if BufReader::new(&stream)
+                .read_line(&mut request_line)
+                .is_err()
+            {
+                continue;
+            }
+            let target = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let (status, body) = if target == "/" {
+                ("200 OK", page.clone())
+            } else if let Some(report) = target.strip_prefix("/report?") {
+                let _ = tx.send(report.to_string());
+                ("200 OK", String::new())
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, rx)
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        if let Some(b) = escaped {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn headless_chromium_talks_to_a_unix_socket_backend_through_the_proxy() {
+    const MESSAGES: usize = 50;
+    let chromium = tool("chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _backend = echo_backend(&sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(&listen, &format!("ws+unix://{}", sock.display()), &[]);
+    let (page_port, reports) = page_server(format!("ws://{listen}/browser"), MESSAGES);
+    let profile = dir.path().join("profile");
+    let mut cmd = Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("http://127.0.0.1:{page_port}/"))
+    .stderr(std::process::Stdio::null());
+    let _browser = Process::spawn(&mut cmd);
+    let report = reports
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the page reported back within 60 s");
+    let got: Vec<String> = serde_like_parse(&percent_decode(&report));
+    let want: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("browser message {i}"))
+        .collect();
+    assert_eq!(got, want, "every message came back, in order");
+}
+
+/// Parses the page's JSON array of plain strings (no escapes in them).
+fn serde_like_parse(json: &str) -> Vec<String> {
+    json.trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("\",\"")
+        .map(|s| s.trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
