@@ -470,3 +470,68 @@ fn serde_like_parse(json: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_pongs_are_relayed_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("backend.sock");
+    let pings: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = pings.clone();
+    let backend = Server::builder(&sock).unwrap().bind_async().unwrap();
+    let stop_backend = backend.shutdown_handle();
+    let serving = tokio::spawn(backend.serve(move |mut conn| {
+        let record = record.clone();
+        async move {
+            conn.receive_control_frames(true);
+            while let Some(message) = conn.recv().await? {
+                match message {
+                    Message::Ping(data) => record.lock().unwrap().push(data.to_vec()),
+                    Message::Text(t) if t.as_str() == "ping me" => {
+                        conn.send(Message::Ping("from backend".into())).await?
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = tokio::task::spawn_blocking({
+        let to = format!("ws+unix://{}", sock.display());
+        let listen = listen.clone();
+        move || proxy(&listen, &to, &[])
+    })
+    .await
+    .unwrap();
+
+    let mut client = unixws::tokio::connect(format!("ws://{listen}/"))
+        .await
+        .unwrap();
+    client.receive_control_frames(true);
+    client
+        .send(Message::Ping("from client".into()))
+        .await
+        .unwrap();
+    // The proxy answers at once, and relays the backend's answer too.
+    for _ in 0..2 {
+        assert_eq!(
+            client.recv().await.unwrap(),
+            Some(Message::Pong("from client".into()))
+        );
+    }
+    assert!(
+        wait_until(T, || pings
+            .lock()
+            .unwrap()
+            .contains(&b"from client".to_vec())),
+        "the backend got the client's ping"
+    );
+    client.send(Message::text("ping me")).await.unwrap();
+    assert_eq!(
+        client.recv().await.unwrap(),
+        Some(Message::Ping("from backend".into()))
+    );
+    client.close(1000, "").await.unwrap();
+    stop_backend.shutdown();
+    serving.await.unwrap().unwrap();
+}

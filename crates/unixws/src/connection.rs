@@ -212,7 +212,7 @@ impl Connection {
             match self.ws.read() {
                 Ok(message) => {
                     if let Some(data) =
-                        book_incoming(&mut self.timers, &mut self.peer_close, message)
+                        book_incoming(&mut self.timers, &mut self.peer_close, message, false)
                     {
                         return Ok(Some(data));
                     }
@@ -405,16 +405,19 @@ impl PeerClose {
     }
 }
 
-/// Books an incoming message on the clocks and returns it if it is data
-/// (text or binary); a close frame is recorded as the peer's close.
+/// Books an incoming message on the clocks and returns it if the caller
+/// wants it: data (text or binary), and pings and pongs when `control`
+/// (tungstenite has answered a ping already); a close frame is recorded as
+/// the peer's close.
 pub(crate) fn book_incoming(
     timers: &mut Timers,
     peer_close: &mut Option<PeerClose>,
     message: Message,
+    control: bool,
 ) -> Option<Message> {
     let data = message.is_text() || message.is_binary();
     timers.heard(data);
-    if data {
+    if data || (control && (message.is_ping() || message.is_pong())) {
         return Some(message);
     }
     if let Message::Close(frame) = message {

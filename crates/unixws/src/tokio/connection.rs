@@ -113,6 +113,8 @@ pub struct Connection {
     large_reads: bool,
     /// A move to large reads could not happen cleanly; wait for more input.
     regrow_blocked: bool,
+    /// `recv` returns pings and pongs too (after tungstenite answered pings).
+    control_frames: bool,
     info: ConnectionInfo,
     limits: Arc<Limits>,
     timers: Timers,
@@ -160,6 +162,7 @@ impl Connection {
             role: Role::Client,
             large_reads: false,
             regrow_blocked: false,
+            control_frames: false,
             info,
             timers: Timers::new(&limits, read_timeout),
             limits,
@@ -189,6 +192,13 @@ impl Connection {
         if let Some(stats) = &self.stats {
             stats.count(counter);
         }
+    }
+
+    /// Make [`recv`](Connection::recv) return pings and pongs as well as
+    /// data. Pings are still answered automatically; this is for relays
+    /// that pass them on (a pong sent unsolicited is allowed by RFC 6455).
+    pub fn receive_control_frames(&mut self, on: bool) {
+        self.control_frames = on;
     }
 
     /// What is known about the peer and the request.
@@ -293,7 +303,9 @@ impl Connection {
         }
     }
 
-    /// Receive the next text or binary message; `Ok(None)` once closed.
+    /// Receive the next text or binary message (and pings and pongs, see
+    /// [`receive_control_frames`](Connection::receive_control_frames));
+    /// `Ok(None)` once closed.
     pub async fn recv(&mut self) -> Result<Option<Message>> {
         let started = Instant::now();
         loop {
@@ -337,7 +349,12 @@ impl Connection {
             };
             if let Event::Incoming(Some(Ok(message))) = event {
                 self.regrow_blocked = false;
-                if let Some(data) = book_incoming(&mut self.timers, &mut self.peer_close, message) {
+                if let Some(data) = book_incoming(
+                    &mut self.timers,
+                    &mut self.peer_close,
+                    message,
+                    self.control_frames,
+                ) {
                     return Ok(Some(data));
                 }
                 // After the peer's close, tungstenite answers it; we send nothing more.

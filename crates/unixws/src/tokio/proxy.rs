@@ -11,9 +11,10 @@
 //!   client, `X-Unixws-Peer-Uid` and `X-Unixws-Peer-Pid` carry its
 //!   kernel-verified uid and pid (any such headers sent by the client are
 //!   replaced, never passed on).
-//! - Text and binary messages are relayed both ways in order; a close code
-//!   and reason from either side reach the other. Pings are answered on each
-//!   hop (each side keeps its own keepalive) rather than forwarded.
+//! - Text, binary, ping and pong messages are relayed both ways in order; a
+//!   close code and reason from either side reach the other. Each hop also
+//!   answers pings itself, so a ping's sender may get a second, unsolicited
+//!   pong (allowed by RFC 6455), and each side keeps its own keepalive.
 //! - The listening side has the server's limits, access policy and
 //!   backpressure; `allow_origin` restricts browsers by `Origin`.
 
@@ -173,6 +174,8 @@ fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
 /// Relays messages both ways until either side closes, then passes its
 /// close code and reason to the other.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
+    client.receive_control_frames(true);
+    backend.receive_control_frames(true);
     loop {
         tokio::select! {
             message = client.recv() => match message? {
