@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
 
-    /// Backend connect and handshake timeout [5s connect, 10s handshake].
+    /// Backend connect and handshake timeout (default: 5s connect, 10s handshake).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     timeout: Option<Duration>,
 

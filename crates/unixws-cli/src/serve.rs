@@ -57,7 +57,7 @@ pub struct Args {
     binary: bool,
 
     /// With --exec: after the client leaves, the process gets this long to
-    /// exit after stdin EOF, then again after SIGTERM, before SIGKILL [2s].
+    /// exit after stdin EOF, then again after SIGTERM, before SIGKILL (default: 2s).
     #[arg(long, requires = "exec", value_parser = parse_duration, value_name = "DUR")]
     exec_grace: Option<Duration>,
 
