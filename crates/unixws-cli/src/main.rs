@@ -4,6 +4,7 @@
 
 mod connect;
 mod proxy;
+mod runtime;
 mod serve;
 mod units;
 

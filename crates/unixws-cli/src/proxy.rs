@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
-use unixws::listen::{resolve_group, resolve_user};
 use unixws::tokio::Proxy;
-use unixws::{AccessPolicy, BindOptions, Limits, Server};
+use unixws::{BindOptions, Limits, Server};
 
+use crate::runtime;
 use crate::units::{parse_duration, parse_mode};
 
 const EXAMPLES: &str = "\
@@ -56,11 +55,7 @@ pub struct Args {
 
 /// Runs the proxy until SIGINT/SIGTERM.
 pub fn run(args: Args) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    runtime.block_on(proxy(args))
+    runtime::run(proxy(args))
 }
 
 async fn proxy(args: Args) -> Result<(), String> {
@@ -71,13 +66,7 @@ async fn proxy(args: Args) -> Result<(), String> {
         backend_limits.connect_timeout = t;
         backend_limits.handshake_timeout = t;
     }
-    let mut policy = AccessPolicy::new();
-    for u in &args.allow_uid {
-        policy = policy.allow_uid(resolve_user(u).map_err(|e| e.to_string())?);
-    }
-    for g in &args.allow_gid {
-        policy = policy.allow_gid(resolve_group(g).map_err(|e| e.to_string())?);
-    }
+    let policy = runtime::policy(&args.allow_uid, &args.allow_gid).map_err(|e| e.to_string())?;
     let mut bind = BindOptions::new();
     bind.mode = args.mode;
     let mut proxy = Proxy::new(args.to.as_str())
@@ -90,18 +79,7 @@ async fn proxy(args: Args) -> Result<(), String> {
         .map(|b| b.bind_options(bind).policy(policy).limits(listen_limits))
         .and_then(|b| b.bind_async())
         .map_err(|e| e.to_string())?;
-    let shutdown = server.shutdown_handle();
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        shutdown.shutdown();
-    });
+    runtime::stop_on_signals(server.shutdown_handle())?;
     eprintln!(
         "unixws: proxying {} -> {}; Ctrl-C to stop",
         server.local_addr(),

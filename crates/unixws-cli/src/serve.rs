@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
 use unixws::listen::{from_systemd, notify_ready, resolve_group, resolve_user};
 use unixws::tokio::{Connection, Exec, Outbox};
 use unixws::{AccessPolicy, BindOptions, Limits, OutboxError, Server, ServerBuilder};
 
+use crate::runtime;
 use crate::units::{parse_duration, parse_mode, parse_size};
 
 const EXAMPLES: &str = "\
@@ -136,14 +136,7 @@ impl Args {
     }
 
     fn policy(&self) -> Result<AccessPolicy, unixws::Error> {
-        let mut policy = AccessPolicy::new();
-        for u in &self.allow_uid {
-            policy = policy.allow_uid(resolve_user(u)?);
-        }
-        for g in &self.allow_gid {
-            policy = policy.allow_gid(resolve_group(g)?);
-        }
-        Ok(policy)
+        runtime::policy(&self.allow_uid, &self.allow_gid)
     }
 }
 
@@ -164,11 +157,7 @@ impl Args {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: Args) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    runtime.block_on(serve(args))
+    runtime::run(serve(args))
 }
 
 async fn serve(args: Args) -> Result<(), String> {
@@ -176,18 +165,7 @@ async fn serve(args: Args) -> Result<(), String> {
         .builder()
         .and_then(|b| b.bind_async())
         .map_err(|e| e.to_string())?;
-    let shutdown = server.shutdown_handle();
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-        shutdown.shutdown();
-    });
+    runtime::stop_on_signals(server.shutdown_handle())?;
 
     let mode = if args.broadcast {
         "broadcast".to_string()

@@ -431,6 +431,13 @@ pub(crate) fn book_incoming(
 /// 1009 for size, 1007 for bad UTF-8, 1002 for protocol violations.
 pub(crate) fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
     match e {
+        // RFC 6455 5.2: the most significant bit of a 64-bit length must be
+        // 0; tungstenite reports such a length as merely too large.
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+            if *size > i64::MAX as usize =>
+        {
+            Some((CloseCode::Protocol, "invalid frame length"))
+        }
         WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
         WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
         WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
@@ -441,7 +448,9 @@ pub(crate) fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
 /// The error to report once `code` has been sent for `e`.
 pub(crate) fn error_after_close(e: WsError, code: CloseCode) -> Error {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size })
+            if code == CloseCode::Size =>
+        {
             Error::MessageTooLarge {
                 size,
                 max: max_size,

@@ -1,0 +1,301 @@
+//! The protocol rows (6–13) of the robustness matrix: bytes written on a
+//! raw socket after a real handshake, not through tungstenite, so the test
+//! sees exactly what unixws answers. Every case runs against both servers
+//! (blocking and tokio), and each server must still echo for a new client
+//! afterwards.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use unixws::{Limits, Server};
+use unixws_testkit::RunningServer;
+
+const MAX_MESSAGE: usize = 64 << 10;
+
+/// A client frame: FIN/RSV/opcode byte, then a masked payload (or not).
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => f.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if masked {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason);
+    p
+}
+
+/// Completes a handshake on a raw socket.
+fn raw_client(path: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Sends `bytes` and returns the close code of the first close frame the
+/// server sends back (skipping anything before it).
+fn close_code_for(path: &Path, bytes: &[u8]) -> u16 {
+    let mut s = raw_client(path);
+    // The server may close before reading everything: a write error is fine.
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Frames from the server are unmasked; find the first close frame.
+        let mut at = 0;
+        while at + 2 <= buf.len() {
+            let (op, len) = (buf[at] & 0x0f, (buf[at + 1] & 0x7f) as usize);
+            let (hdr, len) = match len {
+                126 if at + 4 <= buf.len() => {
+                    (4, u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize)
+                }
+                126 | 127 => break,
+                n => (2, n),
+            };
+            if at + hdr + len > buf.len() {
+                break;
+            }
+            if op == 8 {
+                assert!(len >= 2, "close frame without a code");
+                return u16::from_be_bytes([buf[at + hdr], buf[at + hdr + 1]]);
+            }
+            at += hdr + len;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("the connection ended without a close frame; got {buf:?}"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    codes: &'static [u16],
+}
+
+fn cases() -> Vec<Case> {
+    let text = |fin: bool| if fin { 0x81 } else { 0x01 };
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    let mut huge_msb = vec![0x82, 0x80 | 127];
+    huge_msb.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge_msb.extend_from_slice(&[1, 2, 3, 4]);
+    let many_small: Vec<u8> = std::iter::once(frame(0x02, &[0u8; 1000], true))
+        .chain((0..100).map(|_| frame(0x00, &[0u8; 1000], true)))
+        .chain(std::iter::once(frame(0x80, &[0u8; 1000], true)))
+        .flatten()
+        .collect();
+    vec![
+        Case {
+            name: "6: 2^63-1 payload length",
+            bytes: huge,
+            codes: &[1009],
+        },
+        Case {
+            name: "6: length with the MSB set",
+            bytes: huge_msb,
+            codes: &[1002],
+        },
+        Case {
+            name: "7: too long from small continuations",
+            bytes: many_small,
+            codes: &[1009],
+        },
+        Case {
+            name: "8: unmasked client frame",
+            bytes: frame(0x81, b"hi", false),
+            codes: &[1002],
+        },
+        Case {
+            name: "9: RSV1 without an extension",
+            bytes: frame(0xC1, b"hi", true),
+            codes: &[1002],
+        },
+        Case {
+            name: "9: reserved data opcode 3",
+            bytes: frame(0x83, b"hi", true),
+            codes: &[1002],
+        },
+        Case {
+            name: "9: reserved control opcode 11",
+            bytes: frame(0x8B, b"", true),
+            codes: &[1002],
+        },
+        Case {
+            name: "10: ping over 125 bytes",
+            bytes: frame(0x89, &[0u8; 126], true),
+            codes: &[1002],
+        },
+        Case {
+            name: "10: fragmented ping",
+            bytes: frame(0x09, b"hi", true),
+            codes: &[1002],
+        },
+        Case {
+            name: "11: continuation with no start",
+            bytes: frame(0x80, b"hi", true),
+            codes: &[1002],
+        },
+        Case {
+            name: "11: new data frame mid-fragment",
+            bytes: [
+                frame(text(false), b"a", true),
+                frame(text(true), b"b", true),
+            ]
+            .concat(),
+            codes: &[1002],
+        },
+        Case {
+            name: "12: invalid UTF-8 text",
+            bytes: frame(0x81, &[0xff, 0xfe], true),
+            codes: &[1007],
+        },
+        Case {
+            name: "12: invalid UTF-8 split across fragments",
+            bytes: [
+                frame(text(false), &[0xe2, 0x82], true),
+                frame(0x80, &[0x41], true),
+            ]
+            .concat(),
+            codes: &[1007],
+        },
+        Case {
+            name: "12: invalid UTF-8 in a close reason",
+            bytes: frame(0x88, &close_payload(1000, &[0xff]), true),
+            codes: &[1007],
+        },
+        Case {
+            name: "13: close with a 1-byte payload",
+            bytes: frame(0x88, &[3], true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 0",
+            bytes: frame(0x88, &close_payload(0, b""), true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 999",
+            bytes: frame(0x88, &close_payload(999, b""), true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 1005",
+            bytes: frame(0x88, &close_payload(1005, b""), true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 1006",
+            bytes: frame(0x88, &close_payload(1006, b""), true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 1015",
+            bytes: frame(0x88, &close_payload(1015, b""), true),
+            codes: &[1002],
+        },
+        Case {
+            name: "13: close code 5000",
+            bytes: frame(0x88, &close_payload(5000, b""), true),
+            codes: &[1002],
+        },
+    ]
+}
+
+fn limits() -> Limits {
+    let mut l = Limits::default();
+    l.max_message_size = MAX_MESSAGE;
+    l.max_frame_size = MAX_MESSAGE;
+    l
+}
+
+fn run_cases(path: &Path) {
+    let mut wrong = Vec::new();
+    for case in cases() {
+        let code = close_code_for(path, &case.bytes);
+        if !case.codes.contains(&code) {
+            wrong.push(format!(
+                "{}: got {code}, want one of {:?}",
+                case.name, case.codes
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong close codes:\n{}", wrong.join("\n"));
+    // Every other connection keeps working.
+    let mut conn = unixws::connect(path).unwrap();
+    unixws_testkit::assert_echo(&mut conn, "still serving");
+    conn.close(1000, "").unwrap();
+}
+
+#[test]
+fn blocking_server_answers_protocol_violations_with_the_right_close_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("b.sock");
+    let server = RunningServer::echo(&sock, limits());
+    run_cases(&sock);
+    assert!(server.stats().protocol_errors >= 10, "{:?}", server.stats());
+}
+
+#[test]
+fn tokio_server_answers_protocol_violations_with_the_right_close_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(async {
+        Server::builder(&sock)
+            .unwrap()
+            .limits(limits())
+            .bind_async()
+            .unwrap()
+    });
+    let stop = server.shutdown_handle();
+    let stats = server.stats();
+    let serving = runtime.spawn(server.serve(|mut conn| async move {
+        while let Some(m) = conn.recv().await? {
+            conn.send(m).await?;
+        }
+        Ok(())
+    }));
+    run_cases(&sock);
+    assert!(
+        stats.snapshot().protocol_errors >= 10,
+        "{:?}",
+        stats.snapshot()
+    );
+    stop.shutdown();
+    runtime.block_on(serving).unwrap().unwrap();
+}
