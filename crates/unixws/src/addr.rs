@@ -200,7 +200,16 @@ impl Display for Address {
             }
             Endpoint::Path(path) => {
                 f.write_str("ws+unix://")?;
-                write_escaped(f, &path.to_string_lossy())?;
+                let text = path.to_string_lossy();
+                // A leading `@` would read back as an abstract name.
+                let rest = match text.strip_prefix('@') {
+                    Some(rest) => {
+                        f.write_str("%40")?;
+                        rest
+                    }
+                    None => &text,
+                };
+                write_escaped(f, rest)?;
                 self.fmt_resource_suffix(f)
             }
             Endpoint::Abstract(name) => {
@@ -357,15 +366,16 @@ fn parse_ws_unix(input: &str, rest: &str) -> Result<Address, Error> {
             "a URL fragment (#) has no meaning in a WebSocket address; remove it or percent-encode it as %23",
         ));
     }
-    let path = percent_decode(input, raw_path)?;
     let resource = if resource.starts_with('?') {
         format!("/{resource}")
     } else {
         resource
     };
-    match path.strip_prefix('@') {
-        Some(name) => abstract_address(input, name, &resource),
-        None => unix_address(input, &path, &resource),
+    // A literal `@` starts an abstract name; an escaped one (`%40`) is
+    // part of a file name.
+    match raw_path.strip_prefix('@') {
+        Some(name) => abstract_address(input, &percent_decode(input, name)?, &resource),
+        None => unix_address(input, &percent_decode(input, raw_path)?, &resource),
     }
 }
 
@@ -635,6 +645,11 @@ mod tests {
         );
         assert_eq!(p("@name").to_string(), "ws+unix://@name");
         assert_eq!(p("127.0.0.1:9001").to_string(), "ws://127.0.0.1:9001/");
+        // Found by the address fuzzer: a file path that starts with `@`.
+        let at = p("unix:@run/app.sock");
+        assert_eq!(at.unix_path(), Some(Path::new("@run/app.sock")));
+        assert_eq!(at.to_string(), "ws+unix://%40run/app.sock");
+        assert_eq!(p(&at.to_string()), at);
         let odd = Address::unix("/tmp/a:b?c%d#e.sock").unwrap();
         assert_eq!(odd.to_string(), "ws+unix:///tmp/a%3Ab%3Fc%25d%23e.sock");
         assert_eq!(p(&odd.to_string()), odd);

@@ -384,3 +384,79 @@ where
         tracing::debug!(peer = %conn.info().peer, error = %e, "error while closing");
     }
 }
+
+/// Drives the server's per-connection path (handshake checks, upgrade,
+/// echo handler, close codes, closing) over an in-memory socket pair: the
+/// fuzz targets and their corpus replay feed it arbitrary bytes. `first` is
+/// written at once; `then`, once the server has answered (as a client
+/// sends frames only after the 101); the server's output is returned.
+#[doc(hidden)]
+pub fn serve_bytes_for_fuzzing(first: &[u8], then: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return Vec::new();
+    };
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(200),
+        close_timeout: Duration::from_millis(200),
+        max_message_size: 1 << 20,
+        max_frame_size: 1 << 20,
+        write_timeout: Some(Duration::from_secs(1)),
+        ..Limits::default()
+    };
+    let Ok(shutdown) = ShutdownSignal::new() else {
+        return Vec::new();
+    };
+    let ctx = ServerContext {
+        rules: HandshakeRules::new(&limits, AccessPolicy::default(), vec!["fuzz".into()]),
+        limits,
+        shutdown,
+    };
+    let Ok(credentials) = crate::peer::PeerCredentials::of(&ours) else {
+        return Vec::new();
+    };
+    let Ok(mut their_writer) = theirs.try_clone() else {
+        return Vec::new();
+    };
+    let (first, then) = (first.to_vec(), then.to_vec());
+    let (answered_tx, answered_rx) = std::sync::mpsc::channel();
+    // Writing and reading on separate threads: the echo can fill our side
+    // while we are still writing.
+    let writer = std::thread::spawn(move || {
+        let _ = their_writer.write_all(&first);
+        if !then.is_empty() && answered_rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+            let _ = their_writer.write_all(&then);
+        }
+        let _ = their_writer.shutdown(std::net::Shutdown::Write);
+    });
+    let reader = std::thread::spawn(move || {
+        let mut theirs = theirs;
+        let mut output = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = theirs.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            output.extend_from_slice(&chunk[..n]);
+            if !told && output.windows(4).any(|w| w == b"\r\n\r\n") {
+                told = answered_tx.send(()).is_ok();
+            }
+        }
+        output
+    });
+    serve_connection(
+        &ctx,
+        Socket::Unix(ours),
+        Peer::Unix(credentials),
+        &|conn: &mut Connection| {
+            while let Some(message) = conn.recv()? {
+                conn.send(message)?;
+            }
+            Ok(())
+        },
+    );
+    let _ = writer.join();
+    reader.join().unwrap_or_default()
+}

@@ -6,7 +6,7 @@ use unixws::{Address, Endpoint};
 
 fn path_strategy() -> impl Strategy<Value = String> {
     // Socket paths with the characters that need escaping in ws+unix:// URLs.
-    let prefix = prop_oneof![Just("/"), Just("./"), Just("../"), Just("/tmp/")];
+    let prefix = prop_oneof![Just("/"), Just("./"), Just("../"), Just("/tmp/"), Just("@")];
     (prefix, "[a-zA-Z0-9_.:%?#@ é-]{1,40}").prop_map(|(p, rest)| format!("{p}{rest}"))
 }
 
