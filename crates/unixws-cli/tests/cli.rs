@@ -285,12 +285,12 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
 }
 
 #[test]
-fn sigterm_closes_50_clients_with_1001_exits_0_within_the_drain_bound_and_removes_the_socket() {
+fn sigterm_closes_100_clients_with_1001_exits_0_within_the_drain_bound_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("term.sock");
     let drain = Duration::from_secs(5);
     let server = serve(&sock, &["--echo", "--drain-timeout", "5s"]);
-    let readers: Vec<_> = (0..50)
+    let readers: Vec<_> = (0..100)
         .map(|_| {
             let mut c = unixws::connect(&sock).unwrap();
             unixws_testkit::assert_echo(&mut c, "before");
@@ -676,4 +676,58 @@ fn exec_process_that_ignores_eof_and_sigterm_is_killed_and_reaped() {
         "the stubborn process survived: {:?}",
         children(server.id())
     );
+}
+
+#[test]
+fn an_abstract_socket_without_an_allow_list_warns_at_startup() {
+    let name = format!("@unixws-warn-{}", std::process::id());
+    let mut child = unixws()
+        .args(["serve", "--echo", &name])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.contains("serving") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("abstract socket without an access policy"),
+        "{seen}"
+    );
+}
+
+/// The socket file is removed while the server runs and another server
+/// takes the path: the first keeps its clients, and on exit leaves the
+/// newcomer's file alone.
+#[test]
+fn a_replaced_socket_file_belongs_to_the_newcomer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("shared.sock");
+    let first = serve(&sock, &["--echo"]);
+    let mut old_client = unixws::connect(&sock).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    let _second = serve(&sock, &["--echo"]);
+    unixws_testkit::assert_echo(&mut old_client, "the first server still serves me");
+    let reader = std::thread::spawn(move || {
+        let _ = old_client.recv();
+        old_client.peer_close().map(|c| c.code)
+    });
+    let (ok, _) = first.terminate(T);
+    assert!(ok);
+    assert_eq!(reader.join().unwrap(), Some(1001));
+    assert!(
+        sock.exists(),
+        "the first server removed the second server's socket"
+    );
+    let mut new_client = unixws::connect(&sock).unwrap();
+    unixws_testkit::assert_echo(&mut new_client, "served by the second");
 }
