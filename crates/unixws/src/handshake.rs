@@ -4,7 +4,7 @@
 //! 400, 503), shared by the blocking and the tokio servers.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +26,7 @@ pub(crate) struct HandshakeRules {
     pub(crate) max_connections: usize,
     pub(crate) policy: AccessPolicy,
     pub(crate) subprotocols: Vec<String>,
-    /// Connections past their handshake right now.
-    pub(crate) active: Arc<AtomicUsize>,
+    /// Counters, and the number of open connections.
     pub(crate) stats: Arc<ServerStats>,
 }
 
@@ -38,7 +37,6 @@ impl HandshakeRules {
             max_connections: limits.max_connections,
             policy,
             subprotocols,
-            active: Arc::new(AtomicUsize::new(0)),
             stats: Arc::default(),
         }
     }
@@ -46,11 +44,11 @@ impl HandshakeRules {
 
 /// Decrements the active-connection count when the connection ends.
 #[derive(Debug)]
-pub(crate) struct ActiveSlot(Arc<AtomicUsize>);
+pub(crate) struct ActiveSlot(Arc<ServerStats>);
 
 impl Drop for ActiveSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -108,8 +106,8 @@ pub(crate) fn check_request(
         rules.stats.count(Counter::RejectedByPolicy);
         return Err(error_response(403, &body));
     }
-    let slot = ActiveSlot(rules.active.clone());
-    if rules.active.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
+    let slot = ActiveSlot(rules.stats.clone());
+    if rules.stats.open.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
         drop(slot);
         tracing::warn!(%peer, max = rules.max_connections, "max connections reached (503)");
         rules.stats.count(Counter::RefusedBusy);

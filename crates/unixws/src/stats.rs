@@ -3,12 +3,15 @@
 //! cause (keepalive, slow consumer, protocol error). Shared by the blocking
 //! and the tokio servers; cheap enough to update on every connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Live counters of one server (see [`Server::stats`](crate::Server::stats)).
 #[derive(Debug, Default)]
 pub struct ServerStats {
     counts: [AtomicU64; Counter::COUNT],
+    /// Connections past their handshake right now (also the count the
+    /// connection limit is checked against).
+    pub(crate) open: AtomicUsize,
 }
 
 /// One thing a server counts.
@@ -32,6 +35,8 @@ impl Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
+    /// Connections open right now (past their handshake, not yet closed).
+    pub open: u64,
     /// Connections accepted from the socket.
     pub accepted: u64,
     /// Connections that completed the WebSocket upgrade.
@@ -60,6 +65,7 @@ impl ServerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: Counter| self.counts[c as usize].load(Ordering::Relaxed);
         StatsSnapshot {
+            open: self.open.load(Ordering::SeqCst) as u64,
             accepted: get(Counter::Accepted),
             upgraded: get(Counter::Upgraded),
             rejected_by_policy: get(Counter::RejectedByPolicy),

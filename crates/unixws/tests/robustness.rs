@@ -479,3 +479,63 @@ fn row_14_a_peer_that_closes_then_goes_silent_is_let_go() {
         );
     });
 }
+
+/// A peer that dies mid-message: the kernel closes its socket as it does
+/// for a SIGKILLed process. The connection must end (nothing stays open)
+/// and the server carries on. (A half-open peer that never closes is the
+/// keepalive tests' case.)
+#[test]
+fn row_15_a_peer_that_dies_mid_message_is_cleaned_up() {
+    each_server(limits(), |path, stats| {
+        let mut s = raw_client(path);
+        let whole = frame(0x82, &[7u8; 1000], true);
+        s.write_all(&whole[..500]).unwrap();
+        assert!(
+            unixws_testkit::wait_until(Duration::from_secs(5), || stats().open == 1),
+            "{:?}",
+            stats()
+        );
+        drop(s);
+        assert!(
+            unixws_testkit::wait_until(Duration::from_secs(5), || stats().open == 0),
+            "the dead peer's connection stayed open: {:?}",
+            stats()
+        );
+    });
+}
+
+/// The same with a real process killed by SIGKILL in the middle of a message.
+#[test]
+fn row_15_a_process_killed_mid_message_is_cleaned_up() {
+    each_server(limits(), |path, stats| {
+        let script = format!(
+            "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.connect({path:?})\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')\ns.recv(1024)\ns.sendall(bytes([0x82, 0xfe, 0x03, 0xe8, 1, 2, 3, 4]) + b'x' * 100)\nprint('sent', flush=True)\ntime.sleep(60)\n",
+            path = path.display().to_string()
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the dying peer");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "sent\n");
+        assert!(
+            unixws_testkit::wait_until(Duration::from_secs(5), || stats().open == 1),
+            "{:?}",
+            stats()
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(
+            unixws_testkit::wait_until(Duration::from_secs(5), || stats().open == 0),
+            "the killed peer's connection stayed open: {:?}",
+            stats()
+        );
+    });
+}

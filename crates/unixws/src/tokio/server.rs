@@ -184,7 +184,8 @@ impl Server {
         // Dropping the listener stops accepting and removes the socket file.
         drop(listener);
         let deadline = Instant::now() + ctx.limits.drain_timeout;
-        let busy = || ctx.tasks.load(Ordering::SeqCst) + ctx.rules.active.load(Ordering::SeqCst);
+        let busy =
+            || ctx.tasks.load(Ordering::SeqCst) + ctx.rules.stats.open.load(Ordering::SeqCst);
         while busy() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -401,7 +402,7 @@ async fn ask_gate<T>(
     let Some(request) = request else {
         return Ok(None);
     };
-    let busy = ctx.rules.active.load(Ordering::SeqCst) >= ctx.rules.max_connections;
+    let busy = ctx.rules.stats.open.load(Ordering::SeqCst) >= ctx.rules.max_connections;
     if busy || !ctx.rules.policy.allows_peer(peer) {
         return Ok(None);
     }
