@@ -28,6 +28,35 @@ pub(crate) struct HandshakeRules {
     pub(crate) subprotocols: Vec<String>,
     /// Counters, and the number of open connections.
     pub(crate) stats: Arc<ServerStats>,
+    /// A flood of refused peers must not flood the log.
+    pub(crate) policy_log: LogGate,
+    pub(crate) busy_log: LogGate,
+    pub(crate) flood_log: LogGate,
+}
+
+/// Lets a warning through at most once a second and counts the ones it
+/// holds back, so that a flood of bad peers shows up as a few lines.
+#[derive(Debug, Default)]
+pub(crate) struct LogGate {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    /// `Some(n)`: log now, mentioning the `n` held back since the last line.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl HandshakeRules {
@@ -38,6 +67,9 @@ impl HandshakeRules {
             policy,
             subprotocols,
             stats: Arc::default(),
+            policy_log: LogGate::default(),
+            busy_log: LogGate::default(),
+            flood_log: LogGate::default(),
         }
     }
 }
@@ -87,14 +119,8 @@ pub(crate) fn check_request(
         return Err(error_response(431, "too many header lines"));
     }
     if !rules.policy.allows_peer(peer) {
-        match peer.credentials() {
-            Some(c) => tracing::warn!(
-                uid = c.uid,
-                gid = c.gid,
-                pid = c.pid,
-                "peer rejected by the access policy (403)"
-            ),
-            None => tracing::warn!(%peer, "peer rejected by the access policy (403)"),
+        if let Some(suppressed) = rules.policy_log.allow() {
+            tracing::warn!(%peer, suppressed, "peer rejected by the access policy (403)");
         }
         let body = match peer.credentials() {
             Some(c) => format!(
@@ -109,7 +135,9 @@ pub(crate) fn check_request(
     let slot = ActiveSlot(rules.stats.clone());
     if rules.stats.open.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
         drop(slot);
-        tracing::warn!(%peer, max = rules.max_connections, "max connections reached (503)");
+        if let Some(suppressed) = rules.busy_log.allow() {
+            tracing::warn!(%peer, max = rules.max_connections, suppressed, "max connections reached (503)");
+        }
         rules.stats.count(Counter::RefusedBusy);
         let mut r = error_response(503, "too many connections; try again later");
         r.headers_mut()
@@ -234,4 +262,20 @@ fn application_headers(all: &tungstenite::http::HeaderMap) -> tungstenite::http:
         headers.append(name.clone(), value.clone());
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogGate;
+
+    #[test]
+    fn a_log_gate_lets_one_line_a_second_through_and_counts_the_rest() {
+        let gate = LogGate::default();
+        assert_eq!(gate.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(gate.allow(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1010));
+        assert_eq!(gate.allow(), Some(5));
+    }
 }

@@ -245,7 +245,9 @@ impl Server {
                 }
             };
             if in_flight.load(Ordering::SeqCst) >= self.ctx.limits.max_connections + REFUSAL_SLACK {
-                tracing::warn!(%peer, "connection flood: dropping a connection unanswered");
+                if let Some(suppressed) = self.ctx.rules.flood_log.allow() {
+                    tracing::warn!(%peer, suppressed, "connection flood: dropping connections unanswered");
+                }
                 continue;
             }
             threads.retain(|t| !t.is_finished());

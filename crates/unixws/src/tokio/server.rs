@@ -173,7 +173,9 @@ impl Server {
             };
             let ctx = self.ctx.clone();
             if ctx.tasks.load(Ordering::SeqCst) >= ctx.limits.max_connections + REFUSAL_SLACK {
-                tracing::warn!(%peer, "connection flood: dropping a connection unanswered");
+                if let Some(suppressed) = ctx.rules.flood_log.allow() {
+                    tracing::warn!(%peer, suppressed, "connection flood: dropping connections unanswered");
+                }
                 continue;
             }
             ctx.tasks.fetch_add(1, Ordering::SeqCst);
