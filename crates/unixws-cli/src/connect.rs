@@ -3,6 +3,7 @@
 //! the server's close; the exit code is 0 only after a normal close.
 
 use std::io::{self, BufRead, Write};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let outbox = conn.outbox().map_err(|e| e.to_string())?;
 
     let binary = args.binary;
+    // Set by the stdin thread when input ends with an error rather than EOF.
+    let input_error: Arc<OnceLock<String>> = Arc::default();
+    let input_failed = input_error.clone();
     thread::spawn(move || {
         let stdin = io::stdin();
         let mut lines = stdin.lock();
@@ -81,7 +85,11 @@ pub fn run(args: Args) -> Result<(), String> {
         loop {
             line.clear();
             match lines.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    let _ = input_failed.set(format!("cannot read stdin: {e}"));
+                    break;
+                }
                 Ok(_) => {
                     if line.last() == Some(&b'\n') {
                         line.pop();
@@ -95,7 +103,10 @@ pub fn run(args: Args) -> Result<(), String> {
                         match String::from_utf8(line.clone()) {
                             Ok(text) => Message::text(text),
                             Err(_) => {
-                                eprintln!("unixws: a stdin line is not UTF-8; use --binary to send raw bytes");
+                                let _ = input_failed.set(
+                                    "a stdin line is not UTF-8; use --binary to send raw bytes"
+                                        .to_string(),
+                                );
                                 break;
                             }
                         }
@@ -121,6 +132,9 @@ pub fn run(args: Args) -> Result<(), String> {
             .and_then(|_| out.write_all(b"\n"))
             .and_then(|_| out.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    if let Some(e) = input_error.get() {
+        return Err(e.clone());
     }
     match conn.peer_close() {
         None => Err("the server dropped the connection without a close frame".into()),

@@ -94,6 +94,33 @@ fn connect_round_trips_lines_through_serve_echo_over_uds() {
 }
 
 #[test]
+fn a_stdin_line_that_is_not_utf8_is_an_error_in_text_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("utf8.sock");
+    let _server = serve(&sock, &["--echo"]);
+    let mut cmd = unixws();
+    cmd.arg("connect")
+        .arg(ws_unix(&sock))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"fine\n\xff\xfe\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&out),
+        "fine\n",
+        "the line before the bad one went through"
+    );
+    assert_one_line_error(&out, "not UTF-8; use --binary");
+}
+
+#[test]
 fn connect_round_trips_binary_lines() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("bin.sock");
