@@ -10,6 +10,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::peer::Peer;
+use crate::stats::{Counter, ServerStats};
 
 /// Which clock ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +127,14 @@ impl Timers {
             .map(|(_, which)| which)
     }
 
-    /// Decides, and logs, what the clock that ran out means for the connection.
-    pub(crate) fn on_expiry(&mut self, started: Instant, peer: &Peer) -> Expiry {
+    /// Decides, logs and counts what the clock that ran out means for the
+    /// connection.
+    pub(crate) fn on_expiry(
+        &mut self,
+        started: Instant,
+        peer: &Peer,
+        stats: Option<&ServerStats>,
+    ) -> Expiry {
         match self.expired(started) {
             None => Expiry::Nothing,
             Some(Deadline::CloseTimeout) => {
@@ -136,6 +143,9 @@ impl Timers {
             }
             Some(Deadline::PongTimeout) => {
                 tracing::info!(%peer, "peer did not answer a ping; closing");
+                if let Some(stats) = stats {
+                    stats.count(Counter::KeepaliveTimeout);
+                }
                 Expiry::DropWith(Error::KeepaliveTimeout {
                     after: self.pong_timeout,
                 })

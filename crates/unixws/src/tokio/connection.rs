@@ -501,16 +501,16 @@ impl Connection {
 
     /// Acts on the clock that ran out; `Some(None)` ends `recv`.
     async fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
-        match self.timers.on_expiry(started, &self.info.peer) {
+        match self
+            .timers
+            .on_expiry(started, &self.info.peer, self.stats.as_deref())
+        {
             Expiry::Nothing => Ok(None),
             Expiry::Drop => {
                 self.finished();
                 Ok(Some(None))
             }
             Expiry::DropWith(e) => {
-                if matches!(e, Error::KeepaliveTimeout { .. }) {
-                    self.count(Counter::KeepaliveTimeout);
-                }
                 self.finished();
                 Err(e)
             }
