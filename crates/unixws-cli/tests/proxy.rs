@@ -76,17 +76,41 @@ fn recording_backend(sock: &Path) -> (RunningServer, Seen) {
     (server, seen)
 }
 
-#[test]
-fn path_query_subprotocol_and_authorization_reach_the_backend() {
+/// A recording backend on a Unix socket with `unixws proxy ARGS..` on a
+/// loopback port in front of it; `to_path` follows the backend's socket in
+/// the `--to` URL.
+struct ProxiedBackend {
+    backend: RunningServer,
+    seen: Seen,
+    listen: String,
+    _proxy: Process,
+    _dir: tempfile::TempDir,
+}
+
+fn proxied_backend(to_path: &str, args: &[&str]) -> ProxiedBackend {
     let dir = tempfile::tempdir().unwrap();
     let backend_sock = dir.path().join("backend.sock");
     let (backend, seen) = recording_backend(&backend_sock);
     let listen = format!("127.0.0.1:{}", free_port());
-    let _proxy = proxy(
+    let proxy = proxy(
         &listen,
-        &format!("ws+unix://{}:/base", backend_sock.display()),
-        &[],
+        &format!("ws+unix://{}{to_path}", backend_sock.display()),
+        args,
     );
+    ProxiedBackend {
+        backend,
+        seen,
+        listen,
+        _proxy: proxy,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn path_query_subprotocol_and_authorization_reach_the_backend() {
+    let rig = proxied_backend(":/base", &[]);
+    let (backend, listen) = (rig.backend, rig.listen);
+    let seen = rig.seen;
 
     let mut conn = unixws::ClientBuilder::new(format!("ws://{listen}/chat?room=1"))
         .unwrap()
@@ -145,15 +169,9 @@ fn unix_listener_passes_the_peer_uid_and_pid() {
 
 #[test]
 fn close_codes_and_reasons_pass_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend_sock = dir.path().join("backend.sock");
-    let (backend, seen) = recording_backend(&backend_sock);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _proxy = proxy(
-        &listen,
-        &format!("ws+unix://{}", backend_sock.display()),
-        &[],
-    );
+    let rig = proxied_backend("", &[]);
+    let (backend, listen) = (rig.backend, rig.listen);
+    let seen = rig.seen;
     let url = format!("ws://{listen}/");
 
     // Client closes with 4001: the backend sees it.
@@ -182,15 +200,8 @@ fn close_codes_and_reasons_pass_both_ways() {
 
 #[test]
 fn a_1_mib_message_and_10000_small_ones_pass_intact_and_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend_sock = dir.path().join("backend.sock");
-    let (backend, _) = recording_backend(&backend_sock);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _proxy = proxy(
-        &listen,
-        &format!("ws+unix://{}", backend_sock.display()),
-        &[],
-    );
+    let rig = proxied_backend("", &[]);
+    let (backend, listen) = (rig.backend, rig.listen);
     let mut conn = unixws::connect(format!("ws://{listen}/")).unwrap();
     let big: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
     conn.send(Message::binary(big.clone())).unwrap();
@@ -233,15 +244,9 @@ fn a_missing_backend_is_a_502_with_a_reason() {
 
 #[test]
 fn allow_origin_refuses_other_origins_with_403() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend_sock = dir.path().join("backend.sock");
-    let (backend, seen) = recording_backend(&backend_sock);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _proxy = proxy(
-        &listen,
-        &format!("ws+unix://{}", backend_sock.display()),
-        &["--allow-origin", "http://good.example"],
-    );
+    let rig = proxied_backend("", &["--allow-origin", "http://good.example"]);
+    let (backend, listen) = (rig.backend, rig.listen);
+    let seen = rig.seen;
     let url = format!("ws://{listen}/");
     let err = unixws::ClientBuilder::new(url.as_str())
         .unwrap()
