@@ -195,6 +195,7 @@ impl ClientBuilder {
         let _ = socket.set_write_timeout(self.limits.write_timeout);
         let mut stream = Stream::new(socket);
         stream.set_deadline(Some(Instant::now() + self.limits.handshake_timeout));
+        stream.follow_frames();
         stream.set_read_budget(Some(self.limits.max_header_bytes));
 
         let request = self.request()?;

@@ -440,6 +440,9 @@ pub(crate) fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
         }
         WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
         WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
+        WsError::Io(e) if crate::frames::is_invalid_utf8(e) => {
+            Some((CloseCode::Invalid, "invalid UTF-8"))
+        }
         WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
         _ => None,
     }

@@ -51,6 +51,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;
+mod frames;
 mod handshake;
 mod keepalive;
 pub mod listen;

@@ -325,6 +325,7 @@ where
     let _ = socket.set_write_timeout(limits.write_timeout.or(Some(limits.handshake_timeout)));
     let mut stream = Stream::new(socket);
     stream.set_deadline(Some(Instant::now() + limits.handshake_timeout));
+    stream.follow_frames();
     stream.set_read_budget(Some(limits.max_header_bytes));
     stream.set_shutdown(Some(ctx.shutdown.clone()));
 

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+
+use crate::frames::FrameTracker;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::peer::{Peer, PeerCredentials};
@@ -219,6 +221,7 @@ pub struct Stream {
     deadline: Option<Instant>,
     read_budget: Option<usize>,
     interrupt: Option<Interrupt>,
+    frames: FrameTracker,
 }
 
 impl Stream {
@@ -231,6 +234,7 @@ impl Stream {
             deadline: None,
             read_budget: None,
             interrupt: None,
+            frames: FrameTracker::off(),
         }
     }
 
@@ -254,6 +258,12 @@ impl Stream {
 
     pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    /// From here on the stream carries an HTTP upgrade and then frames:
+    /// follow them, to fail invalid UTF-8 at its first byte.
+    pub(crate) fn follow_frames(&mut self) {
+        self.frames = FrameTracker::after_http_head();
     }
 
     pub(crate) fn set_read_budget(&mut self, budget: Option<usize>) {
@@ -326,6 +336,9 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.frames.take_error() {
+            return Err(e);
+        }
         let len = match self.read_budget {
             Some(0) => return Err(self.interrupted(Interrupt::BudgetExhausted)),
             Some(budget) => buf.len().min(budget),
@@ -337,6 +350,7 @@ impl Read for Stream {
             }
         }
         let n = self.socket.read(&mut buf[..len])?;
+        self.frames.observe(&buf[..n]);
         if let Some(budget) = &mut self.read_budget {
             *budget -= n;
         }

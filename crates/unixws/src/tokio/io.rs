@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::frames::FrameTracker;
 use crate::stream::Socket;
 
 /// A connected tokio Unix or TCP socket.
@@ -63,7 +64,7 @@ impl AsyncStream {
         Self {
             socket,
             read_budget,
-            frames: FrameTracker::default(),
+            frames: FrameTracker::after_http_head(),
             replay: None,
         }
     }
@@ -113,6 +114,9 @@ impl AsyncRead for AsyncStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.frames.take_error() {
+            return Poll::Ready(Err(e));
+        }
         if let Some(replay) = &mut self.replay {
             let (bytes, at) = &mut **replay;
             let n = buf.remaining().min(bytes.len() - *at);
@@ -148,6 +152,7 @@ impl AsyncRead for AsyncStream {
         };
         let n = limited.filled().len();
         if let Poll::Ready(Ok(())) = polled {
+            self.frames.observe(limited.filled());
             // SAFETY: `limited` filled these bytes of `buf`'s unfilled part.
             unsafe { buf.assume_init(n) };
             buf.advance(n);
@@ -196,152 +201,5 @@ impl AsyncWrite for AsyncStream {
             AsyncSocket::Unix(s) => Pin::new(s).poll_shutdown(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }
-    }
-}
-
-/// Follows frame boundaries in the bytes handed to tungstenite, without
-/// interpreting them (tungstenite does that): enough to know when nothing
-/// is half-read, so that an idle connection can drop tungstenite's buffers
-/// and rebuild its state later without losing a byte.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct FrameTracker {
-    header: [u8; 14],
-    have: usize,
-    /// Payload bytes still to come in the current frame.
-    remaining: u64,
-    in_payload: bool,
-    /// A fragmented data message has started and not finished.
-    in_fragments: bool,
-    /// The largest frame payload seen since the last `take_largest`.
-    largest: u64,
-}
-
-impl FrameTracker {
-    /// True between frames and outside fragmented messages.
-    pub(crate) fn is_clean(&self) -> bool {
-        self.have == 0 && !self.in_payload && !self.in_fragments
-    }
-
-    /// The largest frame payload seen since the last call.
-    pub(crate) fn take_largest(&mut self) -> u64 {
-        std::mem::take(&mut self.largest)
-    }
-
-    pub(crate) fn observe(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.in_payload {
-                let take = (bytes.len() as u64).min(self.remaining);
-                self.remaining -= take;
-                bytes = &bytes[take as usize..];
-                if self.remaining == 0 {
-                    self.in_payload = false;
-                }
-                continue;
-            }
-            self.header[self.have] = bytes[0];
-            self.have += 1;
-            bytes = &bytes[1..];
-            if let Some(len) = self.header_len() {
-                if self.have == len {
-                    self.finish_header();
-                }
-            }
-        }
-    }
-
-    /// The full header length, once the first two bytes are known.
-    fn header_len(&self) -> Option<usize> {
-        if self.have < 2 {
-            return None;
-        }
-        let masked = self.header[1] & 0x80 != 0;
-        let ext = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        Some(2 + ext + if masked { 4 } else { 0 })
-    }
-
-    fn finish_header(&mut self) {
-        let fin = self.header[0] & 0x80 != 0;
-        let opcode = self.header[0] & 0x0f;
-        let len = match self.header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0xff; 8])),
-            n => u64::from(n),
-        };
-        match (opcode, fin) {
-            (1 | 2, false) => self.in_fragments = true,
-            (0, true) => self.in_fragments = false,
-            _ => {}
-        }
-        self.have = 0;
-        self.remaining = len;
-        self.in_payload = len > 0;
-        self.largest = self.largest.max(len);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FrameTracker;
-
-    fn frame(fin: bool, opcode: u8, masked: bool, len: usize) -> Vec<u8> {
-        let mut f = vec![(u8::from(fin) << 7) | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match len {
-            0..=125 => f.push(mask_bit | len as u8),
-            126..=0xffff => {
-                f.push(mask_bit | 126);
-                f.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                f.push(mask_bit | 127);
-                f.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            f.extend_from_slice(&[1, 2, 3, 4]);
-        }
-        f.extend(std::iter::repeat_n(0xAA, len));
-        f
-    }
-
-    #[test]
-    fn whole_frames_in_any_split_leave_it_clean() {
-        let bytes: Vec<u8> = [
-            frame(true, 1, true, 5),
-            frame(true, 2, true, 300),
-            frame(true, 2, false, 70_000),
-        ]
-        .concat();
-        for split in [1, 2, 3, 7, 100, bytes.len()] {
-            let mut t = FrameTracker::default();
-            for chunk in bytes.chunks(split) {
-                t.observe(chunk);
-            }
-            assert!(t.is_clean(), "split {split}");
-            assert_eq!(t.take_largest(), 70_000);
-        }
-    }
-
-    #[test]
-    fn half_frames_and_open_fragments_are_not_clean() {
-        let f = frame(true, 1, true, 10);
-        let mut t = FrameTracker::default();
-        t.observe(&f[..1]);
-        assert!(!t.is_clean(), "inside a header");
-        t.observe(&f[1..8]);
-        assert!(!t.is_clean(), "inside a payload");
-        t.observe(&f[8..]);
-        assert!(t.is_clean());
-
-        t.observe(&frame(false, 2, true, 4)); // first fragment
-        assert!(!t.is_clean(), "fragmented message open");
-        t.observe(&frame(true, 9, true, 0)); // a ping in between
-        assert!(!t.is_clean());
-        t.observe(&frame(true, 0, true, 4)); // final continuation
-        assert!(t.is_clean());
     }
 }
