@@ -123,6 +123,9 @@ pub struct Connection {
     peer_close: Option<PeerClose>,
     stats: Option<Arc<ServerStats>>,
     closing: bool,
+    /// A peer error's close code waits for [`close_deferred`](Connection::close_deferred).
+    defer_error_close: bool,
+    deferred_close: Option<(CloseCode, &'static str)>,
     slot: Option<ActiveSlot>,
 }
 
@@ -171,6 +174,8 @@ impl Connection {
             peer_close: None,
             stats: None,
             closing: false,
+            defer_error_close: false,
+            deferred_close: None,
             slot: None,
         }
     }
@@ -436,6 +441,28 @@ impl Connection {
         Ok(())
     }
 
+    /// For relays: a peer's protocol error does not send its close code at
+    /// once, so that what the other side still owes this peer (answers to
+    /// messages sent before the error) can be delivered first; then
+    /// [`close_deferred`](Connection::close_deferred) sends it.
+    pub(crate) fn defer_error_close(&mut self) {
+        self.defer_error_close = true;
+    }
+
+    /// Sends the close code a peer error left waiting, and awaits the answer.
+    pub(crate) async fn close_deferred(&mut self) -> Result<()> {
+        match self.deferred_close.take() {
+            Some((code, reason)) => self.close(code.into(), reason).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a close frame without waiting for the answer: messages the
+    /// peer sends before its close still come out of [`recv`](Connection::recv).
+    pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.start_close(CloseCode::from(code), reason).await
+    }
+
     async fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
         if self.closing {
             return Ok(());
@@ -536,7 +563,11 @@ impl Connection {
         };
         tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
         self.count(Counter::ProtocolError);
-        let _ = self.start_close(code, reason).await;
+        if self.defer_error_close {
+            self.deferred_close = Some((code, reason));
+        } else {
+            let _ = self.start_close(code, reason).await;
+        }
         error_after_close(e, code)
     }
 

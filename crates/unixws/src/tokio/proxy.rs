@@ -12,9 +12,13 @@
 //!   kernel-verified uid and pid (any such headers sent by the client are
 //!   replaced, never passed on).
 //! - Text, binary, ping and pong messages are relayed both ways in order; a
-//!   close code and reason from either side reach the other. Each hop also
-//!   answers pings itself, so a ping's sender may get a second, unsolicited
-//!   pong (allowed by RFC 6455), and each side keeps its own keepalive.
+//!   close code and reason from either side reach the other. Each hop
+//!   answers pings itself (tungstenite always does), so the pong that
+//!   answers a relayed ping is dropped rather than sent a second time; each
+//!   side keeps its own keepalive.
+//! - A side that breaks the protocol first gets the other side's answers to
+//!   its earlier messages, then its close code (1002, 1007, 1009); the other
+//!   side is closed with 1001.
 //! - The listening side has the server's limits, access policy and
 //!   backpressure; `allow_origin` restricts browsers by `Origin`.
 
@@ -29,6 +33,7 @@ use crate::config::Limits;
 use crate::error::Result;
 use crate::peer::Peer;
 use crate::tokio::{Admitted, Connection, Server};
+use tungstenite::Message;
 
 /// Headers passed from the client's request to the backend's.
 const FORWARDED: [&str; 3] = ["authorization", "cookie", "origin"];
@@ -175,18 +180,86 @@ fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
 /// close code and reason to the other.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
     client.receive_control_frames(true);
+    client.defer_error_close();
     backend.receive_control_frames(true);
+    backend.defer_error_close();
+    let (mut to_backend, mut to_client) = (PingLedger::default(), PingLedger::default());
     loop {
         tokio::select! {
-            message = client.recv() => match message? {
-                Some(message) => backend.send(message).await?,
-                None => return pass_close(&client, &mut backend).await,
+            message = client.recv() => match message {
+                Ok(Some(message)) => {
+                    if let Some(message) = to_backend.pass(message, &mut to_client) {
+                        backend.send(message).await?;
+                    }
+                }
+                Ok(None) => return pass_close(&client, &mut backend).await,
+                Err(e) => return fail(client, backend, e).await,
             },
-            message = backend.recv() => match message? {
-                Some(message) => client.send(message).await?,
-                None => return pass_close(&backend, &mut client).await,
+            message = backend.recv() => match message {
+                Ok(Some(message)) => {
+                    if let Some(message) = to_client.pass(message, &mut to_backend) {
+                        client.send(message).await?;
+                    }
+                }
+                Ok(None) => return pass_close(&backend, &mut client).await,
+                Err(e) => return fail(backend, client, e).await,
             },
         }
+    }
+}
+
+/// One side broke the protocol: the other is closed (1001) and what it
+/// still sends (answers to messages the broken side sent before its error)
+/// is delivered first; then the broken side gets its close code (1002,
+/// 1007, 1009), in the order an endpoint without the proxy would answer.
+async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error) -> Result<()> {
+    if other
+        .begin_close(1001, "the other side broke the protocol")
+        .await
+        .is_ok()
+    {
+        while let Ok(Some(message)) = other.recv().await {
+            if message.is_text() || message.is_binary() {
+                let _ = broken.send(message).await;
+            }
+        }
+    }
+    let _ = broken.close_deferred().await;
+    Err(error)
+}
+
+/// The pings relayed in one direction, so that the relayed answer can be
+/// dropped: the hop that received the ping already answered it (tungstenite
+/// always does), and a second pong would confuse a peer that counts them.
+#[derive(Debug, Default)]
+struct PingLedger {
+    relayed: std::collections::VecDeque<tungstenite::Bytes>,
+}
+
+impl PingLedger {
+    /// Most pings remembered; older ones are forgotten (their late pongs
+    /// are then relayed, which RFC 6455 allows).
+    const LIMIT: usize = 16;
+
+    /// The message to relay in this ledger's direction, if any: a pong that
+    /// answers a ping relayed the other way is dropped.
+    fn pass(&mut self, message: Message, answered: &mut PingLedger) -> Option<Message> {
+        match &message {
+            Message::Ping(data) => {
+                if self.relayed.len() == Self::LIMIT {
+                    self.relayed.pop_front();
+                }
+                self.relayed.push_back(data.clone());
+            }
+            Message::Pong(data) => {
+                if let Some(at) = answered.relayed.iter().position(|p| p == data) {
+                    answered.relayed.drain(..=at);
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        Some(message)
     }
 }
 
