@@ -539,3 +539,19 @@ fn row_15_a_process_killed_mid_message_is_cleaned_up() {
         );
     });
 }
+
+#[test]
+fn row_12_invalid_utf8_fails_at_the_bad_byte_before_the_frame_is_complete() {
+    // A text frame that declares 1,000 bytes, of which only the first few
+    // (with a byte that is never UTF-8) are sent: the 1007 must come
+    // without waiting for the rest (Autobahn 6.4.3).
+    let key = [7u8, 1, 2, 3];
+    let mut bytes = vec![0x81, 0x80 | 126];
+    bytes.extend_from_slice(&1000u16.to_be_bytes());
+    bytes.extend_from_slice(&key);
+    let start = b"valid so far \xce\xba then \xff";
+    bytes.extend(start.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    each_server(limits(), |path, _| {
+        assert_eq!(close_code_for(path, &bytes), 1007);
+    });
+}
