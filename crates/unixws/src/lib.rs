@@ -55,6 +55,7 @@ mod frames;
 mod handshake;
 mod keepalive;
 pub mod listen;
+mod memory;
 pub mod peer;
 pub mod policy;
 pub mod server;

@@ -614,6 +614,8 @@ impl Drop for Connection {
                 while let Some(Ok(_)) = ws.next().await {}
             })
             .await;
+            drop(ws);
+            crate::memory::freed();
         });
     }
 }

@@ -145,6 +145,7 @@ impl Server {
         F: Future<Output = Result<()>> + Send + 'static,
     {
         let handler = Arc::new(handler);
+        let _trimming = crate::memory::start_trimming();
         let mut shutdown = self.ctx.shutdown.subscribe();
         let mut backoff = AcceptBackoff::default();
         tracing::info!(addr = %self.local_addr(), "listening");
@@ -228,6 +229,7 @@ async fn connection_task<T, H, F>(
         }
     }
     ctx.tasks.fetch_sub(1, Ordering::SeqCst);
+    crate::memory::freed();
 }
 
 type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;
