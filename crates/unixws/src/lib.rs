@@ -55,6 +55,7 @@ mod frames;
 mod handshake;
 mod keepalive;
 pub mod listen;
+#[cfg(feature = "tokio")]
 mod memory;
 pub mod peer;
 pub mod policy;

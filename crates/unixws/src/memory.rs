@@ -30,7 +30,6 @@ pub(crate) fn trim_if_freed() {
 }
 
 /// Trims once a second while the returned guard lives.
-#[cfg(feature = "tokio")]
 pub(crate) fn start_trimming() -> TrimTask {
     TrimTask(tokio::spawn(async {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -45,10 +44,8 @@ pub(crate) fn start_trimming() -> TrimTask {
 }
 
 /// Stops the ticker on drop.
-#[cfg(feature = "tokio")]
 pub(crate) struct TrimTask(tokio::task::JoinHandle<()>);
 
-#[cfg(feature = "tokio")]
 impl Drop for TrimTask {
     fn drop(&mut self) {
         self.0.abort();
