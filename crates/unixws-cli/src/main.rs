@@ -2,6 +2,7 @@
 //! library. One file per subcommand; errors become one line on stderr and a
 //! non-zero exit, never a backtrace.
 
+mod bench;
 mod connect;
 mod proxy;
 mod runtime;
@@ -19,6 +20,7 @@ Examples:
   unixws serve --broadcast /run/chat.sock --mode 660 --group chat
   unixws connect 'ws+unix:///run/app.sock:/chat?room=1' -H 'Authorization: Bearer t'
   unixws proxy --listen 127.0.0.1:8080 --to ws+unix:///run/app.sock  # browsers -> UDS
+  unixws bench --quick                            # UDS vs TCP vs raw sockets, here
 
 Addresses: ws+unix:///p.sock[:/path?q], unix:/p.sock, /p.sock, ./p.sock,
 @abstract, ws://host:port/path, tcp:host:port, host:port";
@@ -43,6 +45,14 @@ enum Command {
     Connect(connect::Args),
     /// Relay WebSocket connections between two addresses (TCP <-> Unix socket).
     Proxy(proxy::Args),
+    /// Measure WebSocket over Unix sockets against raw sockets, TCP and other servers.
+    Bench(bench::Args),
+    /// The raw byte-echo baseline server of `bench` (not WebSocket).
+    #[command(hide = true)]
+    BenchEcho {
+        /// A socket path or 127.0.0.1:PORT
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +62,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchEcho { addr } => bench::run_raw_echo(&addr),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

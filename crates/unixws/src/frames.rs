@@ -119,10 +119,21 @@ impl FrameTracker {
         Some(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8))
     }
 
-    pub(crate) fn observe(&mut self, mut bytes: &[u8]) {
+    /// True inside a fragmented data message.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn in_fragmented_message(&self) -> bool {
+        self.in_fragments
+    }
+
+    /// Follows `bytes`; returns the offset in `bytes` just past the last
+    /// frame that ended in it, if one did.
+    pub(crate) fn observe(&mut self, bytes: &[u8]) -> Option<usize> {
+        let total = bytes.len();
+        let mut last_end = None;
+        let mut bytes = bytes;
         while !bytes.is_empty() {
             match self.phase {
-                Phase::Off | Phase::Stopped => return,
+                Phase::Off | Phase::Stopped => return None,
                 Phase::HttpHead(matched) => {
                     bytes = self.skip_head(matched, bytes);
                     continue;
@@ -140,6 +151,7 @@ impl FrameTracker {
                 if self.remaining == 0 {
                     self.in_payload = false;
                     self.end_of_payload();
+                    last_end = Some(total - bytes.len());
                 }
                 continue;
             }
@@ -149,9 +161,13 @@ impl FrameTracker {
             if let Some(len) = self.header_len() {
                 if self.have == len {
                     self.finish_header(bytes.len());
+                    if !self.in_payload {
+                        last_end = Some(total - bytes.len());
+                    }
                 }
             }
         }
+        last_end
     }
 
     fn skip_head<'b>(&mut self, mut matched: u8, bytes: &'b [u8]) -> &'b [u8] {
@@ -395,6 +411,17 @@ mod tests {
         assert!(!t.is_clean());
         t.observe(&frame(true, 0, true, 4)); // final continuation
         assert!(t.is_clean());
+    }
+
+    #[test]
+    fn observe_reports_where_the_last_frame_ended() {
+        let a = frame(true, 2, true, 3);
+        let b = frame(true, 2, true, 10);
+        let bytes = [a.clone(), b[..5].to_vec()].concat();
+        let mut t = FrameTracker::default();
+        assert_eq!(t.observe(&bytes), Some(a.len()));
+        assert_eq!(t.observe(&b[5..8]), None);
+        assert_eq!(t.observe(&b[8..]), Some(b.len() - 8));
     }
 
     #[test]

@@ -505,3 +505,90 @@ async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout(
         "a close frame with 1001 came first"
     );
 }
+
+/// A masked binary frame, as a client sends it.
+fn masked_binary(payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x82, 0x80 | 127];
+    f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// Reads one unmasked frame from the server: (opcode, payload).
+fn read_frame(s: &mut UnixStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut e = [0u8; 2];
+            s.read_exact(&mut e).unwrap();
+            u64::from(u16::from_be_bytes(e))
+        }
+        127 => {
+            let mut e = [0u8; 8];
+            s.read_exact(&mut e).unwrap();
+            u64::from_be_bytes(e)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x0f, payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
+    // The server starts with small reads and moves to large ones after a
+    // large frame; with messages back to back there is no pause between
+    // frames, so the frame in progress is carried over to the rebuilt
+    // tungstenite. Every byte of every message must come back in order.
+    // (Raw socket, writer and reader apart: an echo of large messages
+    // through one connection object would deadlock on full buffers.)
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let _server = start_echo(&sock, limits(|l| l.max_message_size = 4 << 20));
+    let messages: Vec<Vec<u8>> = (0..24u8)
+        .map(|i| {
+            let size = if i % 3 == 0 {
+                100
+            } else {
+                (1 << 20) + usize::from(i) * 977
+            };
+            (0..size).map(|j| (j as u8).wrapping_mul(7) ^ i).collect()
+        })
+        .collect();
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut writer = s.try_clone().unwrap();
+        let frames: Vec<Vec<u8>> = messages.iter().map(|m| masked_binary(m)).collect();
+        let writing = std::thread::spawn(move || {
+            for f in frames {
+                writer.write_all(&f).unwrap();
+            }
+        });
+        for (i, want) in messages.iter().enumerate() {
+            let (opcode, got) = read_frame(&mut s);
+            assert_eq!(opcode, 2, "message {i}");
+            assert!(
+                got == *want,
+                "message {i} differs (len {} vs {})",
+                got.len(),
+                want.len()
+            );
+        }
+        writing.join().unwrap();
+    });
+    checked.await.unwrap();
+}

@@ -288,6 +288,23 @@ impl Connection {
         };
         let flushed = matches!(ws.flush().now_or_never(), Some(Ok(())));
         if !(flushed && ws.get_ref().at_message_boundary()) {
+            // Messages back to back leave no moment between frames: carry
+            // the frame in progress over to the rebuilt tungstenite instead.
+            if regrow && flushed {
+                if let Some(partial) = ws.get_mut().take_partial_frame() {
+                    if let Wire::Open(ws) = std::mem::replace(&mut self.wire, Wire::Gone) {
+                        let mut stream = (*ws).into_inner();
+                        stream.replay(partial);
+                        self.large_reads = true;
+                        let config = Some(self.config());
+                        self.wire = Wire::Open(Box::new(
+                            WebSocketStream::from_raw_socket(stream, self.role, config).await,
+                        ));
+                    }
+                    return;
+                }
+                ws.get_mut().record_partial_frames();
+            }
             tracing::trace!(peer = %self.info.peer, flushed, "not parking: a frame is half-read or a write is pending");
             self.regrow_blocked = regrow;
             return;

@@ -55,8 +55,18 @@ pub struct AsyncStream {
     socket: AsyncSocket,
     read_budget: Option<usize>,
     frames: FrameTracker,
-    /// Bytes already read (a request head a gate looked at), served first.
+    /// Bytes already read (a request head a gate looked at, or a frame in
+    /// progress), served first.
     replay: Option<Box<(Vec<u8>, usize)>>,
+    /// While a move to large reads waits: a copy of the frame in progress
+    /// (all that tungstenite holds unparsed), valid once a frame has ended.
+    partial: Option<Box<PartialFrame>>,
+}
+
+#[derive(Debug, Default)]
+struct PartialFrame {
+    bytes: Vec<u8>,
+    valid: bool,
 }
 
 impl AsyncStream {
@@ -66,6 +76,7 @@ impl AsyncStream {
             read_budget,
             frames: FrameTracker::after_http_head(),
             replay: None,
+            partial: None,
         }
     }
 
@@ -80,6 +91,20 @@ impl AsyncStream {
     /// and no fragmented message is open.
     pub(crate) fn at_message_boundary(&self) -> bool {
         self.frames.is_clean()
+    }
+
+    /// Start keeping a copy of the frame in progress, for
+    /// [`take_partial_frame`](Self::take_partial_frame).
+    pub(crate) fn record_partial_frames(&mut self) {
+        self.partial.get_or_insert_with(Default::default);
+    }
+
+    /// The bytes of the frame in progress, if they are known whole and no
+    /// fragmented message is open: what a fresh tungstenite must be given
+    /// (by `replay`) to carry on where the old one stopped. Ends recording.
+    pub(crate) fn take_partial_frame(&mut self) -> Option<Vec<u8>> {
+        let partial = self.partial.take()?;
+        (partial.valid && !self.frames.in_fragmented_message()).then_some(partial.bytes)
     }
 
     /// The largest frame payload read since the last call.
@@ -135,7 +160,19 @@ impl AsyncRead for AsyncStream {
                 AsyncSocket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             };
             if let Poll::Ready(Ok(())) = polled {
-                self.frames.observe(&buf.filled()[before..]);
+                let this = &mut *self;
+                let chunk = &buf.filled()[before..];
+                let last_end = this.frames.observe(chunk);
+                if let Some(partial) = &mut this.partial {
+                    match last_end {
+                        Some(at) => {
+                            partial.bytes.clear();
+                            partial.bytes.extend_from_slice(&chunk[at..]);
+                            partial.valid = true;
+                        }
+                        None => partial.bytes.extend_from_slice(chunk),
+                    }
+                }
             }
             return polled;
         };

@@ -1,0 +1,243 @@
+//! The load generator: WebSocket frames masked once in advance (a fixed,
+//! non-zero key, so no server can skip unmasking) written straight to the
+//! socket, and echoes counted by reading frame headers only. The client's
+//! cost per message is a header parse, so what is measured is the server.
+//! Against the raw echo server the same bytes come back unchanged, which
+//! measures this client and the kernel: the baseline.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::target::Conn;
+
+/// The mask key of every frame the load client sends.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// One binary message of `size` bytes as a masked frame, built once.
+pub fn masked_frame(size: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(size + 14);
+    f.push(0x82);
+    match size {
+        0..=125 => f.push(0x80 | size as u8),
+        126..=0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(size as u16).to_be_bytes());
+        }
+        _ => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(size as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&MASK);
+    f.extend((0..size).map(|i| (i as u8).wrapping_mul(31) ^ MASK[i % 4]));
+    f
+}
+
+/// Reads frames and reports each complete data message, skipping payloads
+/// (and any control frames) without looking at them.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `message_size` sizes the buffer: 1,000 connections of small
+    /// messages should not each zero a large one.
+    pub fn new(inner: R, message_size: usize) -> Self {
+        Self {
+            inner,
+            buf: vec![0; (message_size + 14).clamp(4 << 10, 256 << 10)],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = self.inner.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Waits for the next data message; returns its payload length.
+    pub async fn next_message(&mut self) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            while self.end - self.start < 2 {
+                self.fill().await?;
+            }
+            let b0 = self.buf[self.start];
+            let b1 = self.buf[self.start + 1];
+            let ext = match b1 & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let header = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+            while self.end - self.start < header {
+                self.fill().await?;
+            }
+            let h = &self.buf[self.start..self.start + header];
+            let len = match ext {
+                2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                8 => u64::from_be_bytes(h[2..10].try_into().unwrap_or([0; 8])),
+                _ => u64::from(b1 & 0x7f),
+            };
+            self.start += header;
+            let mut left = len;
+            while left > 0 {
+                if self.start == self.end {
+                    self.fill().await?;
+                }
+                let take = left.min((self.end - self.start) as u64);
+                self.start += take as usize;
+                left -= take;
+            }
+            let opcode = b0 & 0x0f;
+            if opcode == 8 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server sent a close frame",
+                ));
+            }
+            if opcode < 8 {
+                total += len;
+                if b0 & 0x80 != 0 {
+                    return Ok(total);
+                }
+            }
+        }
+    }
+}
+
+/// What one workload measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub messages: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn new() -> Self {
+        Self {
+            messages: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+        }
+    }
+
+    pub fn merge(&mut self, other: &Measured) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.elapsed = self.elapsed.max(other.elapsed);
+        let _ = self.latency.add(&other.latency);
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// `connections` clients, each sending one message and waiting for its
+/// echo before the next (uWebSockets' load_test pattern; with one
+/// connection, a latency measurement).
+pub async fn ping_pong<F, Fut>(
+    connect: F,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) -> io::Result<Measured>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = io::Result<Conn>>,
+{
+    let frame = std::sync::Arc::new(masked_frame(size));
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(connect().await?);
+    }
+    let started = Instant::now();
+    let until = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in conns {
+        let frame = frame.clone();
+        tasks.spawn(async move {
+            let (read, mut write) = conn.split();
+            let mut reader = FrameReader::new(read, size);
+            let mut m = Measured::new();
+            while Instant::now() < until {
+                let sent = Instant::now();
+                write.write_all(&frame).await?;
+                let n = reader.next_message().await?;
+                let _ = m.latency.record(sent.elapsed().as_nanos() as u64);
+                m.messages += 1;
+                m.bytes += n;
+            }
+            Ok::<_, io::Error>(m)
+        });
+    }
+    let mut total = Measured::new();
+    while let Some(done) = tasks.join_next().await {
+        let m = done.map_err(io::Error::other)??;
+        total.merge(&m);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// One connection; a writer sends messages back to back while a reader
+/// takes the echoes: throughput, with each message's time from send to
+/// echo (which includes queueing behind the ones before it).
+pub async fn stream(conn: Conn, size: usize, duration: Duration) -> io::Result<Measured> {
+    let frame = masked_frame(size);
+    let (read, mut write) = conn.split();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let started = Instant::now();
+    let until = started + duration;
+    let writer = tokio::spawn(async move {
+        let mut count = 0u64;
+        while Instant::now() < until {
+            let _ = sent_tx.send(Instant::now());
+            write.write_all(&frame).await?;
+            count += 1;
+        }
+        write.flush().await?;
+        Ok::<_, io::Error>((count, write))
+    });
+    let mut reader = FrameReader::new(read, size);
+    let mut m = Measured::new();
+    loop {
+        let Some(sent) = sent_rx.recv().await else {
+            break;
+        };
+        let n = reader.next_message().await?;
+        let _ = m.latency.record(sent.elapsed().as_nanos() as u64);
+        m.messages += 1;
+        m.bytes += n;
+    }
+    let (_count, _write) = writer.await.map_err(io::Error::other)??;
+    m.elapsed = started.elapsed();
+    Ok(m)
+}

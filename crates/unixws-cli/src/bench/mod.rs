@@ -1,0 +1,360 @@
+//! `unixws bench`: measures WebSocket over Unix sockets against raw sockets
+//! and TCP, and against other servers, on this machine, in one run.
+//!
+//! Every server runs in its own process (this binary's `serve --echo` and
+//! hidden `bench-echo`, or a peer); the load comes from this process. See
+//! `load` for why the load client does not hide the servers' costs.
+
+mod clients;
+mod load;
+mod raw_echo;
+mod report;
+mod target;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::units::{parse_duration, parse_size};
+use clients::LibraryClient;
+use load::Measured;
+use target::{Locations, ServerKind, Transport, RUST_PEERS};
+
+pub use raw_echo::run as run_raw_echo;
+
+const EXAMPLES: &str = "\
+Examples:
+  unixws bench                               # about a minute: the main table
+  unixws bench --quick --json out.json --svg out.svg
+  unixws bench --peers --matrix --repeat 3   # Python, Node and Rust servers too
+  unixws bench --transports uds --sizes 1MiB --connections 1,100";
+
+/// Options of `unixws bench`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// Tiny durations: the whole run in under 10 seconds
+    #[arg(long)]
+    quick: bool,
+    /// Time per measurement (default: 1s, or 150ms with --quick)
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    duration: Option<Duration>,
+    /// Transports to measure, comma-separated: uds, tcp
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "uds,tcp",
+        value_name = "LIST"
+    )]
+    transports: Vec<String>,
+    /// Message sizes for the throughput runs (one connection, streaming)
+    #[arg(long, value_delimiter = ',', default_value = "4KiB,64KiB,1MiB", value_parser = parse_size, value_name = "LIST")]
+    sizes: Vec<usize>,
+    /// Connection counts for the fan-in runs (64-byte ping-pong on each)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,100,1000",
+        value_name = "LIST"
+    )]
+    connections: Vec<usize>,
+    /// Also measure Python `websockets`, Node `ws` and the Rust servers of
+    /// bench/peers (tungstenite, tokio-tungstenite, fastwebsockets, tokio-websockets)
+    #[arg(long)]
+    peers: bool,
+    /// Also run uWebSockets' load_test cases (100×20 B, 10×1 KiB, 200×16 KiB, 500×16 KiB)
+    #[arg(long)]
+    matrix: bool,
+    /// Leave out the rows of the unixws blocking and tokio clients
+    #[arg(long)]
+    no_clients: bool,
+    /// Run everything N times, servers interleaved, and report the median
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
+    /// Write every figure and the machine description as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Write plots (throughput by message size, latency percentiles) as SVG
+    #[arg(long, value_name = "FILE")]
+    svg: Option<std::path::PathBuf>,
+}
+
+/// Who sends the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Client {
+    /// Pre-masked frames, headers-only reading (see `load`).
+    Load,
+    Blocking,
+    Async,
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Load => "load",
+            Client::Blocking => "unixws blocking",
+            Client::Async => "unixws tokio",
+        }
+    }
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Workload {
+    /// `conns` connections, one message of `size` in flight on each.
+    PingPong { conns: usize, size: usize },
+    /// One connection, messages of `size` back to back.
+    Stream { size: usize },
+    /// A uWebSockets load_test case (a ping-pong, reported in its own section).
+    Matrix { conns: usize, size: usize },
+}
+
+impl Workload {
+    pub fn label(self) -> String {
+        match self {
+            Workload::PingPong { conns: 1, size } => format!("{} ping-pong", report::size(size)),
+            Workload::PingPong { conns, size } => format!("{} × {conns} conns", report::size(size)),
+            Workload::Stream { size } => format!("{} stream", report::size(size)),
+            Workload::Matrix { conns, size } => {
+                format!("load_test {conns} × {}", report::size(size))
+            }
+        }
+    }
+
+    pub fn section(self) -> &'static str {
+        match self {
+            Workload::PingPong { conns: 1, .. } => "latency",
+            Workload::PingPong { .. } => "fan-in",
+            Workload::Stream { .. } => "throughput",
+            Workload::Matrix { .. } => "load_test matrix",
+        }
+    }
+}
+
+/// One row of results: a server on a transport, a client, a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub server: ServerOrder,
+    pub transport: TransportOrder,
+    pub client: Client,
+    pub workload: Workload,
+}
+
+/// Sort helpers: rows follow the order servers are listed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerOrder(pub usize);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransportOrder(pub usize);
+
+/// The servers of this run, in report order.
+fn servers(args: &Args) -> Vec<ServerKind> {
+    let mut servers = vec![ServerKind::Raw, ServerKind::Unixws];
+    if args.peers {
+        servers.extend(RUST_PEERS.iter().map(|p| ServerKind::Peer(p)));
+        servers.push(ServerKind::Node);
+        servers.push(ServerKind::Python);
+    }
+    servers
+}
+
+fn transports(args: &Args) -> Result<Vec<Transport>, String> {
+    args.transports
+        .iter()
+        .map(|t| match t.trim().to_ascii_lowercase().as_str() {
+            "uds" | "unix" => Ok(Transport::Uds),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!(
+                "unknown transport `{other}` in --transports: use uds, tcp or uds,tcp"
+            )),
+        })
+        .collect()
+}
+
+/// The workloads each server gets with the load client.
+fn workloads(args: &Args) -> Vec<Workload> {
+    let mut w = vec![Workload::PingPong { conns: 1, size: 64 }];
+    w.extend(args.sizes.iter().map(|&size| Workload::Stream { size }));
+    w.extend(
+        args.connections
+            .iter()
+            .filter(|&&c| c > 1)
+            .map(|&conns| Workload::PingPong { conns, size: 64 }),
+    );
+    if args.matrix {
+        for (conns, size) in [(100, 20), (10, 1024), (200, 16 << 10), (500, 16 << 10)] {
+            w.push(Workload::Matrix { conns, size });
+        }
+    }
+    w
+}
+
+/// The unixws clients' own rows: against the unixws server only.
+fn client_workloads() -> Vec<Workload> {
+    vec![
+        Workload::PingPong { conns: 1, size: 64 },
+        Workload::PingPong {
+            conns: 1,
+            size: 1 << 20,
+        },
+    ]
+}
+
+/// Results of one run: every repetition of every row.
+pub type Results = BTreeMap<Key, Vec<Measured>>;
+
+pub fn run(args: Args) -> Result<(), String> {
+    if args.repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    if args.connections.contains(&0) {
+        return Err("--connections counts must be at least 1".into());
+    }
+    let duration = args.duration.unwrap_or(if args.quick {
+        Duration::from_millis(150)
+    } else {
+        Duration::from_secs(1)
+    });
+    let transports = transports(&args)?;
+    let servers = servers(&args);
+    let workloads = workloads(&args);
+    raise_open_file_limit(&args);
+    let locations = Locations::find();
+    let dir = tempfile::Builder::new()
+        .prefix("unixws-bench")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+
+    let mut plan = Vec::new();
+    for (si, &server) in servers.iter().enumerate() {
+        for (ti, &transport) in transports.iter().enumerate() {
+            if !server.transports().contains(&transport) {
+                continue;
+            }
+            let mut rows: Vec<(Client, Workload)> =
+                workloads.iter().map(|&w| (Client::Load, w)).collect();
+            if server == ServerKind::Unixws && !args.no_clients {
+                for client in [Client::Blocking, Client::Async] {
+                    rows.extend(client_workloads().into_iter().map(|w| (client, w)));
+                }
+            }
+            plan.push((si, server, ti, transport, rows));
+        }
+    }
+    let total: usize = plan.iter().map(|p| p.4.len()).sum::<usize>() * args.repeat;
+    let progress = ProgressBar::new(total as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut results = Results::new();
+    for _ in 0..args.repeat {
+        for (si, server, ti, transport, rows) in &plan {
+            let running = target::start(*server, *transport, dir.path(), &locations)?;
+            for &(client, workload) in rows {
+                progress.set_message(format!(
+                    "{} {} {} {}",
+                    server.name(),
+                    transport.name(),
+                    client.name(),
+                    workload.label()
+                ));
+                let measured = runtime
+                    .block_on(measure(&running, client, workload, duration))
+                    .map_err(|e| {
+                        format!(
+                            "{} over {}, {} client, {}: {e}",
+                            server.name(),
+                            transport.name(),
+                            client.name(),
+                            workload.label()
+                        )
+                    })?;
+                let key = Key {
+                    server: ServerOrder(*si),
+                    transport: TransportOrder(*ti),
+                    client,
+                    workload,
+                };
+                results.entry(key).or_default().push(measured);
+                progress.inc(1);
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let report = report::Report::new(&results, &servers, &transports, duration, args.repeat);
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.json(args.peers, &locations).to_string())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        report.svg(path)?;
+    }
+    Ok(())
+}
+
+async fn measure(
+    running: &target::Running,
+    client: Client,
+    workload: Workload,
+    duration: Duration,
+) -> Result<Measured, String> {
+    let endpoint = &running.endpoint;
+    let websocket = running.websocket;
+    let open = || target::Conn::open(endpoint, websocket);
+    match (client, workload) {
+        (Client::Load, Workload::PingPong { conns, size } | Workload::Matrix { conns, size }) => {
+            load::ping_pong(open, conns, size, duration)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        (Client::Load, Workload::Stream { size }) => {
+            let conn = open().await.map_err(|e| e.to_string())?;
+            load::stream(conn, size, duration)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        (Client::Blocking | Client::Async, Workload::PingPong { size, .. }) => {
+            let which = if client == Client::Blocking {
+                LibraryClient::Blocking
+            } else {
+                LibraryClient::Async
+            };
+            clients::request_response(which, endpoint, size, duration).await
+        }
+        (_, other) => Err(format!(
+            "{} is not a workload of the {} client",
+            other.label(),
+            client.name()
+        )),
+    }
+}
+
+/// 1,000 connections need 2,000+ descriptors between the bench and a server.
+fn raise_open_file_limit(args: &Args) {
+    let most = args
+        .connections
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(if args.matrix { 500 } else { 1 });
+    let want = (most as u64) * 2 + 256;
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
