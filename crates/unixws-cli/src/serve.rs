@@ -202,8 +202,9 @@ async fn serve(args: Args) -> Result<(), String> {
 }
 
 async fn echo(mut conn: Connection) -> unixws::Result<()> {
+    // Fed, not sent: a burst of messages is echoed in a few writes.
     while let Some(message) = conn.recv().await? {
-        conn.send(message).await?;
+        conn.feed(message).await?;
     }
     Ok(())
 }

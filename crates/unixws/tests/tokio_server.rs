@@ -592,3 +592,47 @@ async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
     });
     checked.await.unwrap();
 }
+
+#[tokio::test]
+async fn fed_messages_go_out_when_recv_waits_or_on_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let server = Server::builder(&sock).unwrap().bind_async().unwrap();
+    let stop = server.shutdown_handle();
+    let serving = tokio::spawn(server.serve(|mut conn: Connection| async move {
+        while let Some(m) = conn.recv().await? {
+            if m.to_text().ok() == Some("burst") {
+                // Fed, then flushed explicitly, with no recv in between.
+                for i in 0..100 {
+                    conn.feed(Message::text(format!("{i}"))).await?;
+                }
+                conn.flush().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                // Fed; recv then finds nothing to read and flushes.
+                conn.feed(m).await?;
+            }
+        }
+        Ok(())
+    }));
+    let mut client = unixws::tokio::connect(&sock).await.unwrap();
+    for i in 0..3 {
+        client
+            .send(Message::text(format!("echo {i}")))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), client.recv())
+            .await
+            .expect("a fed echo is flushed when the server waits for input");
+        assert_eq!(echoed.unwrap(), Some(Message::text(format!("echo {i}"))));
+    }
+    client.send(Message::text("burst")).await.unwrap();
+    for i in 0..100 {
+        let got = tokio::time::timeout(Duration::from_secs(5), client.recv())
+            .await
+            .expect("flush sends everything fed");
+        assert_eq!(got.unwrap(), Some(Message::text(format!("{i}"))));
+    }
+    stop.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(15), serving).await;
+}

@@ -64,6 +64,10 @@ pub struct Args {
     /// bench/peers (tungstenite, tokio-tungstenite, fastwebsockets, tokio-websockets)
     #[arg(long)]
     peers: bool,
+    /// Only these servers (comma-separated): raw, unixws, tungstenite,
+    /// tokio-tungstenite, fastwebsockets, tokio-websockets, node, python
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    servers: Vec<String>,
     /// Also run uWebSockets' load_test cases (100×20 B, 10×1 KiB, 200×16 KiB, 500×16 KiB)
     #[arg(long)]
     matrix: bool,
@@ -149,14 +153,34 @@ pub struct ServerOrder(pub usize);
 pub struct TransportOrder(pub usize);
 
 /// The servers of this run, in report order.
-fn servers(args: &Args) -> Vec<ServerKind> {
-    let mut servers = vec![ServerKind::Raw, ServerKind::Unixws];
-    if args.peers {
-        servers.extend(RUST_PEERS.iter().map(|p| ServerKind::Peer(p)));
-        servers.push(ServerKind::Node);
-        servers.push(ServerKind::Python);
+fn servers(args: &Args) -> Result<Vec<ServerKind>, String> {
+    let mut all = vec![ServerKind::Raw, ServerKind::Unixws];
+    all.extend(RUST_PEERS.iter().map(|p| ServerKind::Peer(p)));
+    all.push(ServerKind::Node);
+    all.push(ServerKind::Python);
+    if args.servers.is_empty() {
+        let defaults = if args.peers { all.len() } else { 2 };
+        return Ok(all.into_iter().take(defaults).collect());
     }
-    servers
+    let short = |s: ServerKind| match s {
+        ServerKind::Raw => "raw".to_string(),
+        ServerKind::Node => "node".to_string(),
+        ServerKind::Python => "python".to_string(),
+        other => other.name(),
+    };
+    for wanted in &args.servers {
+        if !all.iter().any(|s| short(*s) == wanted.trim()) {
+            let names: Vec<String> = all.iter().map(|s| short(*s)).collect();
+            return Err(format!(
+                "unknown server `{wanted}` in --servers: use {}",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| args.servers.iter().any(|w| w.trim() == short(*s)))
+        .collect())
 }
 
 fn transports(args: &Args) -> Result<Vec<Transport>, String> {
@@ -217,7 +241,7 @@ pub fn run(args: Args) -> Result<(), String> {
         Duration::from_secs(1)
     });
     let transports = transports(&args)?;
-    let servers = servers(&args);
+    let servers = servers(&args)?;
     let workloads = workloads(&args);
     raise_open_file_limit(&args);
     let locations = Locations::find();
