@@ -14,7 +14,6 @@
 //! `tests/autobahn/`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -31,13 +30,7 @@ const MAX_MESSAGE: &str = "64MiB";
 const RUN_LIMIT: Duration = Duration::from_secs(600);
 const T: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use unixws_testkit::free_port;
 
 fn wstest() -> Command {
     let path = interop_dir().join("autobahn/bin/wstest");

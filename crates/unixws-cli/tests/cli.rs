@@ -769,22 +769,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// A raw connection that completed the upgrade.
-fn upgraded(sock: &Path) -> std::os::unix::net::UnixStream {
-    use std::io::Read;
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
 /// The header of a masked frame declaring `len` payload bytes.
 fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
     let mut h = vec![0x80 | opcode, 0x80 | 127];
@@ -798,11 +782,11 @@ fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
 fn bad_peer_round(sock: &Path) {
     let mut open = Vec::new();
     for _ in 0..30 {
-        let mut s = upgraded(sock);
+        let mut s = unixws_testkit::raw_upgraded(sock);
         s.write_all(&frame_header(2, 900 << 10)).unwrap();
         s.write_all(&vec![0x55; 600 << 10]).unwrap();
         open.push(s);
-        let mut s = upgraded(sock);
+        let mut s = unixws_testkit::raw_upgraded(sock);
         let _ = s.write_all(&frame_header(2, 4 << 20));
         let _ = s.write_all(&vec![0x55; 64 << 10]);
         open.push(s);
@@ -810,7 +794,7 @@ fn bad_peer_round(sock: &Path) {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ")
             .unwrap();
         open.push(s);
-        let mut s = upgraded(sock);
+        let mut s = unixws_testkit::raw_upgraded(sock);
         let _ = s.write_all(&[0x81, 0x84, 0, 0, 0, 0, b'a', 0xff, 0xfe, b'b']);
         open.push(s);
     }

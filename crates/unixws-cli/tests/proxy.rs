@@ -14,13 +14,7 @@ use unixws_testkit::{wait_until, Process, RunningServer};
 
 const T: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use unixws_testkit::free_port;
 
 /// Starts `unixws proxy --listen LISTEN --to TO ARGS..` and waits until it accepts.
 fn proxy(listen: &str, to: &str, args: &[&str]) -> Process {

@@ -45,24 +45,7 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Completes a handshake on a raw socket.
-fn raw_client(path: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
+use unixws_testkit::raw_upgraded as raw_client;
 
 /// Sends `bytes` and returns the close code of the first close frame the
 /// server sends back (skipping anything before it).

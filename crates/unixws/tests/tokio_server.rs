@@ -561,16 +561,7 @@ async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
         })
         .collect();
     let checked = tokio::task::spawn_blocking(move || {
-        let mut s = UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut s = unixws_testkit::raw_upgraded(&sock);
         let mut writer = s.try_clone().unwrap();
         let frames: Vec<Vec<u8>> = messages.iter().map(|m| masked_binary(m)).collect();
         let writing = std::thread::spawn(move || {

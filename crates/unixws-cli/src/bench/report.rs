@@ -276,26 +276,7 @@ impl Report {
             .x_label_formatter(&|v| size(*v as usize))
             .draw()
             .map_err(|e| fail(&e))?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(points.clone(), color).point_size(4))
-                .map_err(|e| fail(&e))?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        Palette99::pick(i).stroke_width(2),
-                    )
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(|e| fail(&e))?;
+        draw_lines(&mut chart, &series).map_err(|e| fail(&e))?;
 
         let max_us = latency
             .iter()
@@ -324,29 +305,46 @@ impl Report {
             })
             .draw()
             .map_err(|e| fail(&e))?;
-        for (i, (name, points)) in latency.iter().enumerate() {
-            let color = Palette99::pick(i).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(points.clone(), color).point_size(4))
-                .map_err(|e| fail(&e))?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        Palette99::pick(i).stroke_width(2),
-                    )
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(|e| fail(&e))?;
+        draw_lines(&mut chart, &latency).map_err(|e| fail(&e))?;
         root.present().map_err(|e| fail(&e))?;
         Ok(())
     }
+}
+
+/// One line per named series, with a legend in the upper left.
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut plotters::chart::ChartContext<
+        'a,
+        DB,
+        plotters::coord::cartesian::Cartesian2d<X, Y>,
+    >,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: plotters::prelude::DrawingBackend + 'a,
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    use plotters::prelude::*;
+    for (i, (name, points)) in series.iter().enumerate() {
+        chart
+            .draw_series(
+                LineSeries::new(points.clone(), Palette99::pick(i).stroke_width(2)).point_size(4),
+            )?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    Palette99::pick(i).stroke_width(2),
+                )
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
 }
 
 fn section_order(w: Workload) -> u8 {

@@ -90,6 +90,10 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed peer leaves its socket file; the next run binds there again.
+        if let Endpoint::Path(path) = &self.endpoint {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
