@@ -61,6 +61,8 @@ pub(crate) struct FrameTracker {
     /// The open fragmented message is text.
     text_fragments: bool,
     failed: bool,
+    /// Frames that ended in the bytes of the last `observe`.
+    ended_in_last: usize,
 }
 
 impl Default for FrameTracker {
@@ -83,6 +85,7 @@ impl FrameTracker {
             checking: false,
             text_fragments: false,
             failed: false,
+            ended_in_last: 0,
         }
     }
 
@@ -119,6 +122,12 @@ impl FrameTracker {
         Some(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8))
     }
 
+    /// How many frames ended in the bytes of the last `observe`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn ended_in_last(&self) -> usize {
+        self.ended_in_last
+    }
+
     /// True inside a fragmented data message.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn in_fragmented_message(&self) -> bool {
@@ -130,6 +139,7 @@ impl FrameTracker {
     pub(crate) fn observe(&mut self, bytes: &[u8]) -> Option<usize> {
         let total = bytes.len();
         let mut last_end = None;
+        self.ended_in_last = 0;
         let mut bytes = bytes;
         while !bytes.is_empty() {
             match self.phase {
@@ -152,6 +162,7 @@ impl FrameTracker {
                     self.in_payload = false;
                     self.end_of_payload();
                     last_end = Some(total - bytes.len());
+                    self.ended_in_last += 1;
                 }
                 continue;
             }
@@ -163,6 +174,7 @@ impl FrameTracker {
                     self.finish_header(bytes.len());
                     if !self.in_payload {
                         last_end = Some(total - bytes.len());
+                        self.ended_in_last += 1;
                     }
                 }
             }

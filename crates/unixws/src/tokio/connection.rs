@@ -409,7 +409,11 @@ impl Connection {
             // Fed messages wait only while more input is at hand.
             let mut ready = None;
             if self.unflushed {
-                ready = next_incoming(&mut self.wire).now_or_never();
+                let more =
+                    matches!(&self.wire, Wire::Open(ws) if ws.get_ref().more_may_be_waiting());
+                if more {
+                    ready = next_incoming(&mut self.wire).now_or_never();
+                }
                 if ready.is_none() {
                     self.flush().await?;
                 }

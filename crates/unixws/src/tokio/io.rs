@@ -61,6 +61,8 @@ pub struct AsyncStream {
     /// While a move to large reads waits: a copy of the frame in progress
     /// (all that tungstenite holds unparsed), valid once a frame has ended.
     partial: Option<Box<PartialFrame>>,
+    /// The last read filled the buffer it was given: more may be waiting.
+    last_read_full: bool,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +79,7 @@ impl AsyncStream {
             frames: FrameTracker::after_http_head(),
             replay: None,
             partial: None,
+            last_read_full: false,
         }
     }
 
@@ -91,6 +94,14 @@ impl AsyncStream {
     /// and no fragmented message is open.
     pub(crate) fn at_message_boundary(&self) -> bool {
         self.frames.is_clean()
+    }
+
+    /// False when the last read from the socket got less than it asked
+    /// for and held at most one frame: then the socket is most likely
+    /// drained and tungstenite holds nothing more, and trying another read
+    /// before writing would cost a system call for nothing.
+    pub(crate) fn more_may_be_waiting(&self) -> bool {
+        self.last_read_full || self.frames.ended_in_last() > 1 || self.replay.is_some()
     }
 
     /// Start keeping a copy of the frame in progress, for
@@ -155,6 +166,7 @@ impl AsyncRead for AsyncStream {
         }
         let Some(budget) = self.read_budget else {
             let before = buf.filled().len();
+            let asked = buf.remaining();
             let polled = match &mut self.socket {
                 AsyncSocket::Unix(s) => Pin::new(s).poll_read(cx, buf),
                 AsyncSocket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
@@ -162,6 +174,7 @@ impl AsyncRead for AsyncStream {
             if let Poll::Ready(Ok(())) = polled {
                 let this = &mut *self;
                 let chunk = &buf.filled()[before..];
+                this.last_read_full = chunk.len() == asked;
                 let last_end = this.frames.observe(chunk);
                 if let Some(partial) = &mut this.partial {
                     match last_end {
