@@ -63,6 +63,9 @@ pub struct AsyncStream {
     partial: Option<Box<PartialFrame>>,
     /// The last read filled the buffer it was given: more may be waiting.
     last_read_full: bool,
+    /// What the socket did not take of a large write, and how much of it
+    /// has gone out since (see the `AsyncWrite` impl).
+    unsent: Option<Box<(Vec<u8>, usize)>>,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +83,7 @@ impl AsyncStream {
             replay: None,
             partial: None,
             last_read_full: false,
+            unsent: None,
         }
     }
 
@@ -212,15 +216,66 @@ impl AsyncRead for AsyncStream {
     }
 }
 
+/// A partial write leaves at least this much for [`AsyncStream::unsent`]
+/// to keep; smaller remainders are cheap for tungstenite to shift.
+const KEEP_UNSENT_FROM: usize = 4 << 10;
+
+impl AsyncStream {
+    fn poll_socket_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.socket {
+            AsyncSocket::Unix(s) => Pin::new(s).poll_write(cx, data),
+            AsyncSocket::Tcp(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    /// Writes out what an earlier partial write left in `unsent`.
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(unsent) = self.unsent.take() {
+            let (bytes, at) = *unsent;
+            match self.poll_socket_write(cx, &bytes[at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) if at + n < bytes.len() => {
+                    self.unsent = Some(Box::new((bytes, at + n)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.unsent = Some(Box::new((bytes, at)));
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes take the socket's pace, except for one thing: when the socket
+/// takes only part of a large write, the rest is kept here (`unsent`) and
+/// the whole write is reported done. tungstenite 0.30 shifts the rest of
+/// its out buffer to the front after every partial write
+/// (`FrameCodec::write_out_buffer` does `out_buffer.drain(0..n)`); with
+/// large messages on a Unix socket, which takes about 200 KiB per write,
+/// that memmove was 40% of a server's time. Nothing more is accepted until
+/// `unsent` has gone out, so the buffering stays bounded; flush and
+/// shutdown wait for it too.
 impl AsyncWrite for AsyncStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.socket {
-            AsyncSocket::Unix(s) => Pin::new(s).poll_write(cx, data),
-            AsyncSocket::Tcp(s) => Pin::new(s).poll_write(cx, data),
+        let this = &mut *self;
+        match this.poll_unsent(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match this.poll_socket_write(cx, data) {
+            Poll::Ready(Ok(n)) if n > 0 && data.len() - n >= KEEP_UNSENT_FROM => {
+                this.unsent = Some(Box::new((data[n..].to_vec(), 0)));
+                Poll::Ready(Ok(data.len()))
+            }
+            other => other,
         }
     }
 
@@ -229,7 +284,13 @@ impl AsyncWrite for AsyncStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.socket {
+        let this = &mut *self;
+        match this.poll_unsent(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
@@ -240,14 +301,24 @@ impl AsyncWrite for AsyncStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.socket {
+        let this = &mut *self;
+        match this.poll_unsent(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_flush(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.socket {
+        let this = &mut *self;
+        match this.poll_unsent(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_shutdown(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }

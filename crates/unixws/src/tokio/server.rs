@@ -309,7 +309,7 @@ async fn upgrade<T: Send + 'static>(
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
-        Some(server_config(limits, false)),
+        Some(server_config(limits, crate::tokio::SMALL_READS)),
     ));
     let result = tokio::select! {
         biased;
