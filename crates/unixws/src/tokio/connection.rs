@@ -367,11 +367,7 @@ impl Connection {
                     if let Wire::Open(ws) = std::mem::replace(&mut self.wire, Wire::Gone) {
                         let mut stream = (*ws).into_inner();
                         stream.replay(partial);
-                        self.read_chunk = self.wanted_chunk;
-                        let config = Some(self.config());
-                        self.wire = Wire::Open(Box::new(
-                            WebSocketStream::from_raw_socket(stream, self.role, config).await,
-                        ));
+                        self.regrow(stream).await;
                     }
                     return;
                 }
@@ -386,17 +382,23 @@ impl Connection {
             // A copy of the frame in progress is not needed at a boundary.
             let _ = stream.take_partial_frame();
             if regrow {
-                self.read_chunk = self.wanted_chunk;
-                let config = Some(self.config());
-                self.wire = Wire::Open(Box::new(
-                    WebSocketStream::from_raw_socket(stream, self.role, config).await,
-                ));
+                self.regrow(stream).await;
             } else {
                 tracing::trace!(peer = %self.info.peer, "parking idle connection");
                 self.read_chunk = SMALL_READS;
                 self.wire = Wire::Parked(stream);
             }
         }
+    }
+
+    /// Rebuilds tungstenite over `stream` with the read chunk the pending
+    /// move to larger reads asked for.
+    async fn regrow(&mut self, stream: AsyncStream) {
+        self.read_chunk = self.wanted_chunk;
+        let config = Some(self.config());
+        self.wire = Wire::Open(Box::new(
+            WebSocketStream::from_raw_socket(stream, self.role, config).await,
+        ));
     }
 
     /// Receive the next text or binary message (and pings and pongs, see

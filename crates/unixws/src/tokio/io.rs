@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -265,11 +265,7 @@ impl AsyncWrite for AsyncStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match this.poll_unsent(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
+        ready!(this.poll_unsent(cx))?;
         match this.poll_socket_write(cx, data) {
             Poll::Ready(Ok(n)) if n > 0 && data.len() - n >= KEEP_UNSENT_FROM => {
                 this.unsent = Some(Box::new((data[n..].to_vec(), 0)));
@@ -285,11 +281,7 @@ impl AsyncWrite for AsyncStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match this.poll_unsent(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
+        ready!(this.poll_unsent(cx))?;
         match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -302,10 +294,7 @@ impl AsyncWrite for AsyncStream {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match this.poll_unsent(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
+        ready!(this.poll_unsent(cx))?;
         match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_flush(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_flush(cx),
@@ -314,10 +303,7 @@ impl AsyncWrite for AsyncStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match this.poll_unsent(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
+        ready!(this.poll_unsent(cx))?;
         match &mut this.socket {
             AsyncSocket::Unix(s) => Pin::new(s).poll_shutdown(cx),
             AsyncSocket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
