@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use unixws::{ClientBuilder, Limits, Message};
 
-use super::load::{new_histogram, Measured};
+use super::load::{payload, Measured};
 use super::target::Endpoint;
 
 /// Which unixws client.
@@ -30,10 +30,6 @@ fn builder(endpoint: &Endpoint) -> unixws::Result<ClientBuilder> {
     Ok(ClientBuilder::new(url(endpoint))?.limits(limits))
 }
 
-fn payload(size: usize) -> Vec<u8> {
-    (0..size).map(|i| (i as u8).wrapping_mul(31)).collect()
-}
-
 /// Request/response rounds of `size`-byte binary messages for `duration`.
 pub async fn request_response(
     client: LibraryClient,
@@ -42,12 +38,7 @@ pub async fn request_response(
     duration: Duration,
 ) -> Result<Measured, String> {
     let data = bytes_of(size);
-    let mut m = Measured {
-        messages: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut m = Measured::new();
     let started = Instant::now();
     match client {
         LibraryClient::Blocking => {

@@ -16,6 +16,12 @@ use super::target::Conn;
 /// The mask key of every frame the load client sends.
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
+/// The payload of every bench message of `size` bytes (not all zeros, so
+/// that unmasking cannot be skipped by accident).
+pub fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i as u8).wrapping_mul(31)).collect()
+}
+
 /// One binary message of `size` bytes as a masked frame, built once.
 pub fn masked_frame(size: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(size + 14);
@@ -32,7 +38,12 @@ pub fn masked_frame(size: usize) -> Vec<u8> {
         }
     }
     f.extend_from_slice(&MASK);
-    f.extend((0..size).map(|i| (i as u8).wrapping_mul(31) ^ MASK[i % 4]));
+    f.extend(
+        payload(size)
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK[i % 4]),
+    );
     f
 }
 
@@ -138,7 +149,8 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn new() -> Self {
+    /// Nothing measured yet.
+    pub fn new() -> Self {
         Self {
             messages: 0,
             bytes: 0,
