@@ -506,16 +506,6 @@ async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout(
     );
 }
 
-/// A masked binary frame, as a client sends it.
-fn masked_binary(payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![0x82, 0x80 | 127];
-    f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
-}
-
 /// Reads one unmasked frame from the server: (opcode, payload).
 fn read_frame(s: &mut UnixStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
@@ -563,7 +553,10 @@ async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
     let checked = tokio::task::spawn_blocking(move || {
         let mut s = unixws_testkit::raw_upgraded(&sock);
         let mut writer = s.try_clone().unwrap();
-        let frames: Vec<Vec<u8>> = messages.iter().map(|m| masked_binary(m)).collect();
+        let frames: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| unixws_testkit::client_frame(0x82, m, true))
+            .collect();
         let writing = std::thread::spawn(move || {
             for f in frames {
                 writer.write_all(&f).unwrap();
