@@ -22,7 +22,10 @@ use crate::addr::{Address, Endpoint, ToAddress};
 use crate::config::Limits;
 use crate::connection::{Connection, ConnectionInfo};
 use crate::error::{Error, Result};
-use crate::stream::{Interrupt, Socket, Stream};
+use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer, HeadReader};
+use crate::session::Session;
+use crate::stream::{Socket, Stream};
+use tungstenite::protocol::Role;
 
 /// Connect to `addr` with default settings.
 ///
@@ -195,31 +198,28 @@ impl ClientBuilder {
         let _ = socket.set_write_timeout(self.limits.write_timeout);
         let mut stream = Stream::new(socket);
         stream.set_deadline(Some(Instant::now() + self.limits.handshake_timeout));
-        stream.follow_frames();
-        stream.set_read_budget(Some(self.limits.max_header_bytes));
+        let reader = HeadReader::new(stream, HeadBuffer::response(self.limits.max_header_bytes));
 
         let request = self.request()?;
-        let config = Some(self.limits.websocket_config());
-        let (mut ws, response) =
-            match tungstenite::client::client_with_config(request, stream, config) {
-                Ok(pair) => pair,
-                Err(HandshakeError::Interrupted(mut mid)) => {
-                    return Err(match mid.get_mut().get_mut().take_interrupt() {
-                        Some(Interrupt::BudgetExhausted) => self.response_too_large(),
-                        _ => self.handshake_timed_out(),
-                    })
-                }
-                Err(HandshakeError::Failure(e)) => return Err(self.handshake_error(e)),
-            };
-        ws.get_mut().set_deadline(None);
-        ws.get_mut().set_read_budget(None);
+        let config = Some(handshake_config());
+        let (ws, response) = match tungstenite::client::client_with_config(request, reader, config)
+        {
+            Ok(pair) => pair,
+            Err(HandshakeError::Interrupted(_)) => return Err(self.handshake_timed_out()),
+            Err(HandshakeError::Failure(tungstenite::Error::Io(e))) if is_header_too_large(&e) => {
+                return Err(self.response_too_large())
+            }
+            Err(HandshakeError::Failure(e)) => return Err(self.handshake_error(e)),
+        };
+        let HeadReader {
+            inner: mut stream,
+            head,
+        } = ws.into_inner();
+        stream.set_deadline(None);
+        let session = Session::new(Role::Client, &self.limits, self.read_timeout)
+            .with_initial(&head.into_tail());
         let info = self.response_info(peer, &response);
-        Ok(Connection::new(
-            ws,
-            info,
-            self.limits.clone(),
-            self.read_timeout,
-        ))
+        Ok(Connection::new(stream, session, info, self.limits.clone()))
     }
 
     /// What the client learned from the handshake.

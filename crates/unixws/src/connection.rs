@@ -1,26 +1,26 @@
-//! An open WebSocket connection (client or server side) with what
-//! production needs around tungstenite's `WebSocket`: close codes for
-//! protocol and size errors (1002, 1007, 1009), keepalive pings, idle and
-//! close timeouts, shutdown with 1001, and an [`Outbox`] through which other
-//! threads queue messages with a bound.
+//! An open WebSocket connection (client or server side) on a blocking
+//! socket: the driver that moves bytes between the socket and the
+//! sans-IO session (`session.rs`, which holds the codec, the close
+//! handshake, close codes for peer errors, keepalive and the
+//! slow-consumer rule), plus an [`Outbox`] through which other threads
+//! queue messages with a bound.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tungstenite::error::{CapacityError, Error as WsError};
 use tungstenite::http::HeaderMap;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
+use crate::codec::encode::MAX_SLICES;
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::keepalive::{Expiry, Timers};
 use crate::peer::Peer;
-use crate::stats::{Counter, ServerStats};
-use crate::stream::{Interrupt, Stream, Waker};
+use crate::session::{AfterDeadline, Session};
+use crate::stats::ServerStats;
+use crate::stream::{Interrupt, ReadFailure, Stream, Waker};
 
 /// What is known about a connection once its handshake is done.
 #[derive(Debug, Clone)]
@@ -115,41 +115,31 @@ struct OutboxReceiver {
 /// for the peer's code).
 #[derive(Debug)]
 pub struct Connection {
-    ws: WebSocket<Stream>,
+    stream: Stream,
+    session: Session,
     info: ConnectionInfo,
     limits: Limits,
-    timers: Timers,
     outbox: Option<OutboxReceiver>,
-    peer_close: Option<PeerClose>,
-    stats: Option<Arc<ServerStats>>,
 }
 
 impl Connection {
     pub(crate) fn new(
-        ws: WebSocket<Stream>,
+        stream: Stream,
+        session: Session,
         info: ConnectionInfo,
         limits: Limits,
-        read_timeout: Option<Duration>,
     ) -> Self {
         Self {
-            ws,
+            stream,
+            session,
             info,
-            timers: Timers::new(&limits, read_timeout),
             limits,
             outbox: None,
-            peer_close: None,
-            stats: None,
-        }
-    }
-
-    fn count(&self, counter: Counter) {
-        if let Some(stats) = &self.stats {
-            stats.count(counter);
         }
     }
 
     pub(crate) fn counting(mut self, stats: Arc<ServerStats>) -> Self {
-        self.stats = Some(stats);
+        self.session.counting(stats);
         self
     }
 
@@ -160,13 +150,13 @@ impl Connection {
 
     /// The peer's close code and reason, once it sent one.
     pub fn peer_close(&self) -> Option<&PeerClose> {
-        self.peer_close.as_ref()
+        self.session.peer_close()
     }
 
-    /// tungstenite's `WebSocket`, for what this type does not cover. Reading
-    /// from it directly bypasses keepalive and close-code handling.
-    pub fn websocket_mut(&mut self) -> &mut WebSocket<Stream> {
-        &mut self.ws
+    /// Make [`recv`](Connection::recv) return pings and pongs as well as
+    /// data. Pings are still answered automatically.
+    pub fn receive_control_frames(&mut self, on: bool) {
+        self.session.control_frames = on;
     }
 
     /// A handle through which other threads queue messages for this
@@ -177,7 +167,7 @@ impl Connection {
         }
         let (waker, read_end) =
             Waker::pair().map_err(|e| Error::io("creating the outbox wake-up pipe", e))?;
-        self.ws.get_mut().set_wake(read_end);
+        self.stream.set_wake(read_end);
         let (tx, rx) = mpsc::sync_channel(self.limits.send_queue.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
         let handle = Outbox {
@@ -193,13 +183,42 @@ impl Connection {
         Ok(handle)
     }
 
-    /// Send one message and flush it.
+    /// Send one message and flush it. A `Message::Frame` is written as
+    /// given (masked on a client), for tools that craft frames.
     pub fn send(&mut self, message: Message) -> Result<()> {
-        if message.is_text() || message.is_binary() {
-            self.timers.sent_data();
+        self.session.send(message)?;
+        self.flush()
+    }
+
+    /// Queue one message without writing it yet: it goes out with the next
+    /// [`send`](Connection::send) or [`flush`](Connection::flush), or when
+    /// [`recv`](Connection::recv) waits for input.
+    pub fn feed(&mut self, message: Message) -> Result<()> {
+        self.session.send(message)
+    }
+
+    /// Write out everything queued (bounded by [`Limits::write_timeout`]).
+    pub fn flush(&mut self) -> Result<()> {
+        while !self.session.out.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+            let n = self.session.out.slices(&mut slices);
+            let written = self.stream.write_vectored(&slices[..n]);
+            match written {
+                Ok(0) => {
+                    return Err(Error::io(
+                        "writing to the connection",
+                        std::io::ErrorKind::WriteZero.into(),
+                    ))
+                }
+                Ok(written) => self.session.out.advance(written),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.session.abandon();
+                    return Err(self.write_error(e));
+                }
+            }
         }
-        let result = self.ws.send(message);
-        result.map_err(|e| self.write_error(e))
+        Ok(())
     }
 
     /// Receive the next text or binary message; `Ok(None)` once closed.
@@ -207,46 +226,59 @@ impl Connection {
         let started = Instant::now();
         loop {
             self.drain_outbox()?;
-            let deadline = self.timers.next(started).map(|(at, _)| at);
-            self.ws.get_mut().set_deadline(deadline);
-            match self.ws.read() {
-                Ok(message) => {
-                    if let Some(data) =
-                        book_incoming(&mut self.timers, &mut self.peer_close, message, false)
-                    {
-                        return Ok(Some(data));
+            match self.session.next_message() {
+                Ok(Some(message)) => {
+                    self.flush()?;
+                    return Ok(Some(message));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let error = self.session.fail(e, &self.info.peer);
+                    let _ = self.flush();
+                    return Err(error);
+                }
+            }
+            if self.session.is_done() {
+                let _ = self.flush();
+                self.abort();
+                return Ok(None);
+            }
+            self.flush()?;
+            if self.session.take_write_shutdown() {
+                let _ = self.stream.socket().shutdown(std::net::Shutdown::Write);
+            }
+            let deadline = self.session.timers.next(started).map(|(at, _)| at);
+            self.stream.set_deadline(deadline);
+            self.session.reserve_read();
+            match self.stream.read_buf(&mut self.session.read) {
+                Ok(0) => {
+                    self.abort();
+                    return self.session.on_eof().map(|()| None);
+                }
+                Ok(_) => {}
+                Err(ReadFailure::Interrupted(Interrupt::Wake)) => {}
+                Err(ReadFailure::Interrupted(Interrupt::Shutdown)) => {
+                    self.stream.set_shutdown(None);
+                    self.drain_outbox()?;
+                    self.session.start_close(1001, "server shutting down");
+                }
+                Err(ReadFailure::Interrupted(Interrupt::Deadline)) => {
+                    match self.session.on_deadline(started, &self.info.peer) {
+                        AfterDeadline::Go => {}
+                        AfterDeadline::Drop(result) => {
+                            self.abort();
+                            return result.map(|()| None);
+                        }
+                        AfterDeadline::Fail(e) => return Err(e),
                     }
                 }
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    // tungstenite leaves the socket open; the peer (Node `ws`
-                    // for one) waits for our end before it reports the close.
+                Err(ReadFailure::Io(e)) => {
                     self.abort();
-                    return Ok(None);
+                    return match self.session.on_eof() {
+                        Ok(()) => Ok(None),
+                        Err(_) => Err(Error::io("reading from the connection", e)),
+                    };
                 }
-                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    match self.ws.get_mut().take_interrupt() {
-                        Some(Interrupt::Wake) => {}
-                        Some(Interrupt::Shutdown) => {
-                            self.ws.get_mut().set_shutdown(None);
-                            self.start_close(CloseCode::Away, "server shutting down")?;
-                        }
-                        Some(Interrupt::Deadline) => {
-                            if let Some(done) = self.on_deadline(started)? {
-                                return Ok(done);
-                            }
-                        }
-                        Some(Interrupt::BudgetExhausted) | None => {
-                            return Err(Error::io("reading from the connection", e))
-                        }
-                    }
-                }
-                Err(WsError::Io(_)) if self.peer_close.is_some() => {
-                    // The peer closed first and dropped the socket before our
-                    // reply got out: the close handshake is as done as it gets.
-                    self.abort();
-                    return Ok(None);
-                }
-                Err(e) => return Err(self.read_error(e)),
             }
         }
     }
@@ -255,7 +287,7 @@ impl Connection {
     /// most [`Limits::close_timeout`]) for the peer's answer. Data messages
     /// that arrive meanwhile are discarded.
     pub fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.start_close(CloseCode::from(code), reason)?;
+        self.session.start_close(code, reason);
         while self.recv()?.is_some() {}
         Ok(())
     }
@@ -263,26 +295,7 @@ impl Connection {
     /// Close normally unless already closing, then wait for the end. Used by
     /// the server after a handler returns.
     pub(crate) fn finish(&mut self) -> Result<()> {
-        if self.ws.can_write() {
-            self.start_close(CloseCode::Normal, "")?;
-        }
-        while self.recv()?.is_some() {}
-        Ok(())
-    }
-
-    fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
-        if !self.ws.can_write() {
-            return Ok(());
-        }
-        self.timers.closing();
-        let frame = CloseFrame {
-            code,
-            reason: reason.to_string().into(),
-        };
-        match self.ws.close(Some(frame)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
-            Err(e) => Err(self.write_error(e)),
-        }
+        self.close(1000, "")
     }
 
     fn drain_outbox(&mut self) -> Result<()> {
@@ -290,102 +303,34 @@ impl Connection {
             return Ok(());
         };
         if outbox.overflowed.swap(false, Ordering::SeqCst) {
-            tracing::warn!(peer = %self.info.peer, queue = self.limits.send_queue, "send queue full: closing slow consumer with 1013");
-            self.count(Counter::SlowConsumer);
-            return self.start_close(CloseCode::Again, "send queue full: reading too slowly");
+            self.session
+                .close_slow_consumer(&self.info.peer, self.limits.send_queue);
+            return Ok(());
         }
-        let mut wrote = false;
-        while self.ws.can_write() {
+        while !self.session.is_closing() {
             let message = match self.outbox.as_ref().map(|o| o.rx.try_recv()) {
                 Some(Ok(m)) => m,
                 Some(Err(TryRecvError::Empty | TryRecvError::Disconnected)) | None => break,
             };
-            if let Message::Close(frame) = message {
-                let (code, reason) = frame.map_or((CloseCode::Normal, String::new()), |f| {
-                    (f.code, f.reason.to_string())
-                });
-                return self.start_close(code, &reason);
-            }
-            if message.is_text() || message.is_binary() {
-                self.timers.sent_data();
-            }
-            let result = self.ws.write(message);
-            result.map_err(|e| self.write_error(e))?;
-            wrote = true;
-        }
-        if wrote {
-            let result = self.ws.flush();
-            result.map_err(|e| self.write_error(e))?;
+            self.session.send(message)?;
         }
         Ok(())
     }
 
-    /// Acts on the clock that ran out; `Some(None)` ends `recv`.
-    fn on_deadline(&mut self, started: Instant) -> Result<Option<Option<Message>>> {
-        match self
-            .timers
-            .on_expiry(started, &self.info.peer, self.stats.as_deref())
-        {
-            Expiry::Nothing => Ok(None),
-            Expiry::Drop => {
-                self.abort();
-                Ok(Some(None))
-            }
-            Expiry::DropWith(e) => {
-                self.abort();
-                Err(e)
-            }
-            Expiry::Ping => {
-                let result = self.ws.send(Message::Ping(Default::default()));
-                result.map_err(|e| self.write_error(e))?;
-                Ok(None)
-            }
-            Expiry::Close(code, reason) => {
-                self.start_close(code, reason)?;
-                Ok(None)
-            }
-            Expiry::Fail(e) => Err(e),
-        }
-    }
-
     fn abort(&mut self) {
-        let _ = self
-            .ws
-            .get_ref()
-            .socket()
-            .shutdown(std::net::Shutdown::Both);
+        self.session.abandon();
+        let _ = self.stream.socket().shutdown(std::net::Shutdown::Both);
     }
 
-    /// Sends the close code that fits `e` (1002, 1007, 1009): tungstenite
-    /// itself only returns the error. The peer's answer is awaited by
-    /// [`close`](Connection::close) or the server, within the close timeout.
-    fn read_error(&mut self, e: WsError) -> Error {
-        let Some((code, reason)) = close_code_for(&e) else {
-            return Error::from(e);
-        };
-        tracing::info!(peer = %self.info.peer, error = %e, code = u16::from(code), "closing connection on a peer error");
-        self.count(Counter::ProtocolError);
-        if self.ws.can_write() {
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
-            };
-            let _ = self.ws.close(Some(frame));
-            let _ = self.ws.flush();
-            self.timers.closing();
-        }
-        error_after_close(e, code)
-    }
-
-    fn write_error(&self, e: WsError) -> Error {
-        match e {
-            WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Error::Timeout {
+    fn write_error(&self, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            return Error::Timeout {
                 operation: "write",
                 addr: self.info.peer.to_string(),
                 after: self.limits.write_timeout.unwrap_or_default(),
-            },
-            other => Error::from(other),
+            };
         }
+        Error::io("writing to the connection", e)
     }
 }
 
@@ -402,66 +347,5 @@ impl PeerClose {
                 reason: String::new(),
             },
         }
-    }
-}
-
-/// Books an incoming message on the clocks and returns it if the caller
-/// wants it: data (text or binary), and pings and pongs when `control`
-/// (tungstenite has answered a ping already); a close frame is recorded as
-/// the peer's close.
-pub(crate) fn book_incoming(
-    timers: &mut Timers,
-    peer_close: &mut Option<PeerClose>,
-    message: Message,
-    control: bool,
-) -> Option<Message> {
-    let data = message.is_text() || message.is_binary();
-    timers.heard(data);
-    if data || (control && (message.is_ping() || message.is_pong())) {
-        return Some(message);
-    }
-    if let Message::Close(frame) = message {
-        *peer_close = Some(PeerClose::from_frame(frame));
-        timers.closing();
-    }
-    None
-}
-
-/// The close code owed to a peer whose input caused `e`, if any:
-/// 1009 for size, 1007 for bad UTF-8, 1002 for protocol violations.
-pub(crate) fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
-    match e {
-        // RFC 6455 5.2: the most significant bit of a 64-bit length must be
-        // 0; tungstenite reports such a length as merely too large.
-        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
-            if *size > i64::MAX as usize =>
-        {
-            Some((CloseCode::Protocol, "invalid frame length"))
-        }
-        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
-        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
-        WsError::Io(e) if crate::frames::is_invalid_utf8(e) => {
-            Some((CloseCode::Invalid, "invalid UTF-8"))
-        }
-        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
-        _ => None,
-    }
-}
-
-/// The error to report once `code` has been sent for `e`.
-pub(crate) fn error_after_close(e: WsError, code: CloseCode) -> Error {
-    match e {
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size })
-            if code == CloseCode::Size =>
-        {
-            Error::MessageTooLarge {
-                size,
-                max: max_size,
-            }
-        }
-        other => Error::Protocol {
-            code: code.into(),
-            detail: other.to_string(),
-        },
     }
 }

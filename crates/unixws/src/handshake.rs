@@ -279,3 +279,204 @@ mod tests {
         assert_eq!(gate.allow(), Some(5));
     }
 }
+
+/// The bytes of an HTTP upgrade head (request or response) as they are
+/// read, with whatever followed the head in the same reads kept apart:
+/// those are the first frames, and belong to the codec, not to
+/// tungstenite's handshake. tungstenite is served the head only, through
+/// [`HeadReader`] (blocking) or its tokio twin, so it never reads a frame
+/// byte; the budget caps the head at `max_header_bytes`.
+#[derive(Debug)]
+pub(crate) struct HeadBuffer {
+    bytes: Vec<u8>,
+    served: usize,
+    end: Option<usize>,
+    budget: usize,
+    /// A response that refuses the upgrade: its body is served too
+    /// (tungstenite reports it with the status).
+    refusal: bool,
+    is_response: bool,
+}
+
+/// The marker inside the I/O error returned when a head outgrows its budget.
+#[derive(Debug)]
+pub(crate) struct HeaderTooLarge;
+
+impl std::fmt::Display for HeaderTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("handshake larger than max_header_bytes")
+    }
+}
+
+impl std::error::Error for HeaderTooLarge {}
+
+/// True when `e` came from an exhausted head budget.
+pub(crate) fn is_header_too_large(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<HeaderTooLarge>())
+}
+
+/// Bytes read from the socket at a time during the handshake.
+pub(crate) const HEAD_CHUNK: usize = 1024;
+
+impl HeadBuffer {
+    /// For a request (a server reading its client).
+    pub(crate) fn new(budget: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            served: 0,
+            end: None,
+            budget,
+            refusal: false,
+            is_response: false,
+        }
+    }
+
+    /// For a response (a client reading its server).
+    pub(crate) fn response(budget: usize) -> Self {
+        Self {
+            is_response: true,
+            ..Self::new(budget)
+        }
+    }
+
+    fn visible(&self) -> usize {
+        match self.end {
+            Some(end) if !self.refusal => end,
+            _ => self.bytes.len(),
+        }
+    }
+
+    /// True when everything readable has been served: read more first.
+    pub(crate) fn needs_input(&self) -> bool {
+        self.served == self.visible()
+    }
+
+    /// How much the next read from the socket may take, or the error when
+    /// the head has used its budget up.
+    pub(crate) fn room(&self) -> std::io::Result<usize> {
+        match self.budget.saturating_sub(self.bytes.len()) {
+            0 => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                HeaderTooLarge,
+            )),
+            n => Ok(n.min(HEAD_CHUNK)),
+        }
+    }
+
+    /// Takes bytes read from the socket.
+    pub(crate) fn push(&mut self, input: &[u8]) {
+        let from = self.bytes.len().saturating_sub(3);
+        self.bytes.extend_from_slice(input);
+        if self.end.is_none() {
+            self.end = self.bytes[from..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|at| from + at + 4);
+            self.refusal = self.is_response
+                && self.end.is_some()
+                && self.bytes.get(8..13) != Some(&b" 101 "[..]);
+        }
+    }
+
+    /// Copies head bytes not served yet into `out`; returns how many.
+    pub(crate) fn serve(&mut self, out: &mut [u8]) -> usize {
+        let visible = &self.bytes[self.served..self.visible()];
+        let n = visible.len().min(out.len());
+        out[..n].copy_from_slice(&visible[..n]);
+        self.served += n;
+        n
+    }
+
+    /// The whole head, once it has arrived.
+    pub(crate) fn head(&self) -> Option<&[u8]> {
+        self.end.map(|end| &self.bytes[..end])
+    }
+
+    /// Serve the head again from its start (after a gate looked at it).
+    pub(crate) fn rewind(&mut self) {
+        self.served = 0;
+    }
+
+    /// What came after the head: the first frames.
+    pub(crate) fn into_tail(mut self) -> Vec<u8> {
+        match self.end {
+            Some(end) => self.bytes.split_off(end),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A blocking stream that serves tungstenite's handshake the head only
+/// (see [`HeadBuffer`]); writes go straight to the stream.
+#[derive(Debug)]
+pub(crate) struct HeadReader<S> {
+    pub(crate) inner: S,
+    pub(crate) head: HeadBuffer,
+}
+
+impl<S> HeadReader<S> {
+    pub(crate) fn new(inner: S, head: HeadBuffer) -> Self {
+        Self { inner, head }
+    }
+}
+
+impl<S: std::io::Read> std::io::Read for HeadReader<S> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.head.needs_input() {
+            let mut chunk = [0u8; HEAD_CHUNK];
+            let room = self.head.room()?;
+            let n = self.inner.read(&mut chunk[..room])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.head.push(&chunk[..n]);
+        }
+        Ok(self.head.serve(out))
+    }
+}
+
+impl<S: std::io::Write> std::io::Write for HeadReader<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// tungstenite's configuration for a handshake whose `WebSocket` is only
+/// taken apart again: no buffers worth allocating.
+pub(crate) fn handshake_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(64)
+        .write_buffer_size(0)
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::HeadBuffer;
+
+    #[test]
+    fn the_head_ends_at_the_blank_line_and_the_rest_is_kept_for_frames() {
+        let mut head = HeadBuffer::new(1024);
+        head.push(b"GET / HTTP/1.1\r\nHost: x\r");
+        assert!(head.head().is_none());
+        head.push(b"\n\r\n\x81\x00");
+        assert_eq!(head.head(), Some(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]));
+        let mut out = [0u8; 64];
+        let n = head.serve(&mut out);
+        assert_eq!(&out[..n], head.head().unwrap_or_default());
+        assert!(head.needs_input());
+        assert_eq!(head.into_tail(), b"\x81\x00");
+    }
+
+    #[test]
+    fn a_head_over_its_budget_is_an_error() {
+        let mut head = HeadBuffer::new(10);
+        head.push(b"0123456789");
+        let e = head.room().unwrap_err();
+        assert!(super::is_header_too_large(&e));
+    }
+}

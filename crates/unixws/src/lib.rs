@@ -48,10 +48,10 @@
 
 pub mod addr;
 pub mod client;
+mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
-mod frames;
 mod handshake;
 mod keepalive;
 pub mod listen;
@@ -60,8 +60,10 @@ mod memory;
 pub mod peer;
 pub mod policy;
 pub mod server;
+mod session;
 pub mod stats;
 pub mod stream;
+mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

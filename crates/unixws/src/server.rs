@@ -26,13 +26,16 @@ use crate::config::Limits;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::handshake::{
-    check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
+    check_request, handshake_config, is_header_too_large, refuse_bad_request, write_plain_response,
+    Accepted, HandshakeRules, HeadBuffer, HeadReader,
 };
 use crate::listen::{AcceptBackoff, BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
+use crate::session::Session;
 use crate::stats::{Counter, ServerStats};
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
+use tungstenite::protocol::Role;
 
 /// Connections beyond `max_connections` that may still be in their
 /// handshake (to be answered 503) before new ones are dropped unanswered:
@@ -325,9 +328,8 @@ where
     let _ = socket.set_write_timeout(limits.write_timeout.or(Some(limits.handshake_timeout)));
     let mut stream = Stream::new(socket);
     stream.set_deadline(Some(Instant::now() + limits.handshake_timeout));
-    stream.follow_frames();
-    stream.set_read_budget(Some(limits.max_header_bytes));
     stream.set_shutdown(Some(ctx.shutdown.clone()));
+    let reader = HeadReader::new(stream, HeadBuffer::new(limits.max_header_bytes));
 
     let accepted: RefCell<Option<Accepted>> = RefCell::new(None);
     #[allow(clippy::result_large_err)]
@@ -337,31 +339,29 @@ where
             response
         })
     };
-    let result =
-        tungstenite::accept_hdr_with_config(stream, callback, Some(limits.websocket_config()));
-    let mut ws = match result {
+    let result = tungstenite::accept_hdr_with_config(reader, callback, Some(handshake_config()));
+    let ws = match result {
         Ok(ws) => ws,
         Err(HandshakeError::Interrupted(mut mid)) => {
-            let why = mid.get_mut().get_mut().take_interrupt();
-            if why != Some(Interrupt::Shutdown) {
+            let why = mid.get_mut().get_mut().inner.take_interrupt();
+            if why == Some(Interrupt::Deadline) {
                 ctx.rules.stats.count(Counter::BadHandshake);
-            }
-            match why {
-                Some(Interrupt::BudgetExhausted) => {
-                    tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
-                    if let Some(raw) = raw {
-                        write_plain_response(raw, 431, "request header too large", &[]);
-                    }
-                }
-                Some(Interrupt::Deadline) => {
-                    tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
-                }
-                _ => tracing::debug!(%peer, "shutdown during the handshake"),
+                tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
+            } else {
+                tracing::debug!(%peer, "shutdown during the handshake");
             }
             return;
         }
         Err(HandshakeError::Failure(WsError::Http(response))) => {
             tracing::debug!(%peer, status = %response.status(), "handshake refused");
+            return;
+        }
+        Err(HandshakeError::Failure(WsError::Io(e))) if is_header_too_large(&e) => {
+            ctx.rules.stats.count(Counter::BadHandshake);
+            tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
+            if let Some(raw) = raw {
+                write_plain_response(raw, 431, "request header too large", &[]);
+            }
             return;
         }
         Err(HandshakeError::Failure(e)) => {
@@ -374,12 +374,16 @@ where
         tracing::error!(%peer, "handshake finished without passing the callback; dropping");
         return;
     };
-    ws.get_mut().set_deadline(None);
-    ws.get_mut().set_read_budget(None);
+    let HeadReader {
+        inner: mut stream,
+        head,
+    } = ws.into_inner();
+    stream.set_deadline(None);
+    let session = Session::new(Role::Server, limits, None).with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer);
     ctx.rules.stats.count(Counter::Upgraded);
     let mut conn =
-        Connection::new(ws, info, limits.clone(), None).counting(ctx.rules.stats.clone());
+        Connection::new(stream, session, info, limits.clone()).counting(ctx.rules.stats.clone());
     if let Err(e) = handler(&mut conn) {
         tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
     }

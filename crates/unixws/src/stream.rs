@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use crate::frames::FrameTracker;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::peer::{Peer, PeerCredentials};
@@ -205,8 +204,6 @@ pub(crate) enum Interrupt {
     Wake,
     /// The deadline set with [`Stream::set_deadline`] passed.
     Deadline,
-    /// More bytes than the read budget allowed (an oversized handshake).
-    BudgetExhausted,
 }
 
 /// A socket whose reads give way to shutdown, wake-ups and deadlines.
@@ -219,9 +216,7 @@ pub struct Stream {
     shutdown: Option<ShutdownSignal>,
     wake: Option<UnixStream>,
     deadline: Option<Instant>,
-    read_budget: Option<usize>,
     interrupt: Option<Interrupt>,
-    frames: FrameTracker,
 }
 
 impl Stream {
@@ -232,9 +227,7 @@ impl Stream {
             shutdown: None,
             wake: None,
             deadline: None,
-            read_budget: None,
             interrupt: None,
-            frames: FrameTracker::off(),
         }
     }
 
@@ -258,16 +251,6 @@ impl Stream {
 
     pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
-    }
-
-    /// From here on the stream carries an HTTP upgrade and then frames:
-    /// follow them, to fail invalid UTF-8 at its first byte.
-    pub(crate) fn follow_frames(&mut self) {
-        self.frames = FrameTracker::after_http_head();
-    }
-
-    pub(crate) fn set_read_budget(&mut self, budget: Option<usize>) {
-        self.read_budget = budget;
     }
 
     pub(crate) fn take_interrupt(&mut self) -> Option<Interrupt> {
@@ -334,27 +317,60 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Waits for input (giving way to the signals and the deadline), then
+    /// reads once into the spare capacity of `buf`.
+    pub(crate) fn read_buf(&mut self, buf: &mut bytes::BytesMut) -> Result<usize, ReadFailure> {
+        if self.shutdown.is_some() || self.wake.is_some() || self.deadline.is_some() {
+            self.wait_readable().map_err(ReadFailure::Interrupted)?;
+        }
+        loop {
+            match crate::sys::read_into(self.socket.as_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other.map_err(ReadFailure::Io),
+            }
+        }
+    }
+
+    /// Writes as much of `slices` as the socket takes in one call.
+    pub(crate) fn write_vectored(&mut self, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let written = match &mut self.socket {
+            Socket::Unix(s) => s.write_vectored(slices),
+            Socket::Tcp(s) => s.write_vectored(slices),
+        };
+        written.map_err(write_timed_out)
+    }
+}
+
+/// Why [`Stream::read_buf`] read nothing.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// A signal or the deadline came first.
+    Interrupted(Interrupt),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// SO_SNDTIMEO reports an expired write as `WouldBlock`; say what it is.
+fn write_timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "write timed out: the peer is not reading",
+        )
+    } else {
+        e
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(e) = self.frames.take_error() {
-            return Err(e);
-        }
-        let len = match self.read_budget {
-            Some(0) => return Err(self.interrupted(Interrupt::BudgetExhausted)),
-            Some(budget) => buf.len().min(budget),
-            None => buf.len(),
-        };
         if self.shutdown.is_some() || self.wake.is_some() || self.deadline.is_some() {
             if let Err(why) = self.wait_readable() {
                 return Err(self.interrupted(why));
             }
         }
-        let n = self.socket.read(&mut buf[..len])?;
-        self.frames.observe(&buf[..n]);
-        if let Some(budget) = &mut self.read_budget {
-            *budget -= n;
-        }
-        Ok(n)
+        self.socket.read(buf)
     }
 }
 
@@ -362,16 +378,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // SO_SNDTIMEO reports an expired write as WouldBlock, which tungstenite
         // would take for a non-blocking socket and retry forever.
-        self.socket.write(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "write timed out: the peer is not reading",
-                )
-            } else {
-                e
-            }
-        })
+        self.socket.write(buf).map_err(write_timed_out)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -2,8 +2,6 @@
 //! and what keeps connections honest afterwards: keepalive pings that close
 //! a silent peer, and the idle timeout.
 
-use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -47,20 +47,19 @@ fn reassembled_fragments_count_towards_max_message() {
         limits(|l| l.max_message_size = 1024),
     );
     let mut conn = unixws::connect(server.addr()).unwrap();
-    let ws = conn.websocket_mut();
-    ws.write(Message::Frame(Frame::message(
+    conn.feed(Message::Frame(Frame::message(
         vec![1u8; 600],
         OpCode::Data(Data::Binary),
         false,
     )))
     .unwrap();
-    ws.write(Message::Frame(Frame::message(
+    conn.feed(Message::Frame(Frame::message(
         vec![1u8; 600],
         OpCode::Data(Data::Continue),
         true,
     )))
     .unwrap();
-    ws.flush().unwrap();
+    conn.flush().unwrap();
     assert_eq!(conn.recv().unwrap(), None);
     assert_eq!(conn.peer_close().map(|c| c.code), Some(1009));
 }

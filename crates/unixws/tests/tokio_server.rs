@@ -384,15 +384,14 @@ async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
     let path = sock.clone();
     let echoed = tokio::task::spawn_blocking(move || {
         let mut conn = unixws::connect(&path).unwrap();
-        let ws = conn.websocket_mut();
-        ws.send(Message::Frame(Frame::message(
+        conn.send(Message::Frame(Frame::message(
             b"first half, ".to_vec(),
             OpCode::Data(Data::Text),
             false,
         )))
         .unwrap();
         std::thread::sleep(Duration::from_millis(150));
-        ws.send(Message::Frame(Frame::message(
+        conn.send(Message::Frame(Frame::message(
             b"second half".to_vec(),
             OpCode::Data(Data::Continue),
             true,

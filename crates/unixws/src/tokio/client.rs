@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use crate::client::{open_socket, ClientBuilder};
 use crate::error::{Error, Result};
-use crate::tokio::io::{is_header_too_large, AsyncSocket, AsyncStream};
+use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer};
+use crate::session::Session;
+use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
 use crate::tokio::Connection;
 use crate::ToAddress;
+use tungstenite::protocol::Role;
 
 /// Connect to `addr` with default settings.
 ///
@@ -56,12 +59,13 @@ impl ClientBuilder {
         })?;
         let socket = AsyncSocket::from_socket(socket)
             .map_err(|e| Error::io("registering the socket with tokio", e))?;
-        let stream = AsyncStream::new(socket, Some(self.limits.max_header_bytes));
+        let reader =
+            AsyncHeadReader::new(socket, HeadBuffer::response(self.limits.max_header_bytes));
         let request = self.request()?;
-        let config = Some(self.limits.websocket_config());
         let deadline = Instant::now() + self.limits.handshake_timeout;
-        let handshake = tokio_tungstenite::client_async_with_config(request, stream, config);
-        let (mut ws, response) = match tokio::time::timeout_at(deadline.into(), handshake).await {
+        let handshake =
+            tokio_tungstenite::client_async_with_config(request, reader, Some(handshake_config()));
+        let (ws, response) = match tokio::time::timeout_at(deadline.into(), handshake).await {
             Err(_) => return Err(self.handshake_timed_out()),
             Ok(Err(tungstenite::Error::Io(e))) if is_header_too_large(&e) => {
                 return Err(self.response_too_large())
@@ -69,13 +73,15 @@ impl ClientBuilder {
             Ok(Err(e)) => return Err(self.handshake_error(e)),
             Ok(Ok(pair)) => pair,
         };
-        ws.get_mut().end_budget();
+        let AsyncHeadReader { socket, head } = ws.into_inner();
+        let session = Session::new(Role::Client, &self.limits, self.read_timeout)
+            .with_initial(&head.into_tail());
         let info = self.response_info(peer, &response);
         Ok(Connection::new(
-            ws,
+            socket,
+            session,
             info,
             Arc::new(self.limits.clone()),
-            self.read_timeout,
         ))
     }
 }

@@ -1,7 +1,8 @@
 //! The async API on tokio (feature `tokio`): [`connect`],
 //! [`ClientBuilder::connect_async`](crate::ClientBuilder::connect_async),
 //! [`Server`] (from [`ServerBuilder::bind_async`](crate::ServerBuilder::bind_async))
-//! and [`Connection`], on tokio-tungstenite.
+//! and [`Connection`]: tokio-tungstenite does the upgrade, unixws's own
+//! codec and session (shared with the blocking API) the rest.
 //!
 //! It shares the transport core with the blocking API — addresses, binding,
 //! peer credentials, access policy, limits, the upgrade checks, the
@@ -34,8 +35,8 @@ pub mod proxy;
 mod server;
 
 pub use client::connect;
-pub use connection::{Connection, Outbox, LARGE_READS, SMALL_READS};
+pub use connection::{Connection, Outbox};
 pub use exec::Exec;
-pub use io::{AsyncSocket, AsyncStream};
+pub use io::AsyncSocket;
 pub use proxy::Proxy;
 pub use server::{Admitted, Server};

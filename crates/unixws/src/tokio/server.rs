@@ -19,14 +19,16 @@ use crate::error::{Error, Result};
 use crate::handshake::{
     check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
 };
+use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer};
 use crate::listen::{AcceptBackoff, AsyncListener};
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
+use crate::session::Session;
 use crate::stats::{Counter, ServerStats};
-use crate::stream::{ShutdownSignal, Socket};
-use crate::tokio::connection::server_config;
-use crate::tokio::io::{is_header_too_large, AsyncSocket, AsyncStream};
+use crate::stream::ShutdownSignal;
+use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
 use crate::tokio::Connection;
+use tungstenite::protocol::Role;
 
 /// Connections beyond `max_connections` that may still be in their
 /// handshake (to be answered 503) before new ones are dropped unanswered.
@@ -263,11 +265,11 @@ async fn upgrade<T: Send + 'static>(
     let started = tokio::time::Instant::now();
     // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
     // Without it (descriptors exhausted) a refused request is only dropped.
-    let raw = socket_dup(&socket).ok();
-    let mut stream = AsyncStream::new(socket, Some(limits.max_header_bytes));
+    let raw = socket.try_dup().ok();
+    let mut reader = AsyncHeadReader::new(socket, HeadBuffer::new(limits.max_header_bytes));
     let mut admitted = None;
     if let Some(gate) = gate {
-        let run_gate = ask_gate(ctx, &mut stream, &peer, &*gate);
+        let run_gate = ask_gate(ctx, &mut reader, &peer, &*gate);
         match tokio::time::timeout(limits.handshake_timeout, run_gate).await {
             Ok(Ok(a)) => admitted = a,
             Ok(Err(refusal)) => {
@@ -307,9 +309,9 @@ async fn upgrade<T: Send + 'static>(
     // Boxed: the handshake's state is large and must not stay in the
     // connection task's memory for the life of the connection.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
+        reader,
         callback,
-        Some(server_config(limits, crate::tokio::SMALL_READS)),
+        Some(handshake_config()),
     ));
     let result = tokio::select! {
         biased;
@@ -319,7 +321,7 @@ async fn upgrade<T: Send + 'static>(
         }
         result = tokio::time::timeout_at(started + limits.handshake_timeout, handshake) => result,
     };
-    let mut ws = match result {
+    let ws = match result {
         Ok(Ok(ws)) => ws,
         Err(_) => {
             ctx.rules.stats.count(Counter::BadHandshake);
@@ -352,10 +354,11 @@ async fn upgrade<T: Send + 'static>(
         tracing::error!(%peer, "handshake finished without passing the callback; dropping");
         return None;
     };
-    ws.get_mut().end_budget();
+    let AsyncHeadReader { socket, head } = ws.into_inner();
+    let session = Session::new(Role::Server, limits, None).with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer);
     ctx.rules.stats.count(Counter::Upgraded);
-    let conn = Connection::new(ws, info, ctx.limits.clone(), None).serving(
+    let conn = Connection::new(socket, session, info, ctx.limits.clone()).serving(
         shutdown,
         slot,
         ctx.rules.stats.clone(),
@@ -377,32 +380,26 @@ type GateFuture<T> =
     Pin<Box<dyn Future<Output = std::result::Result<Admitted<T>, ErrorResponse>> + Send>>;
 type GateFn<T> = dyn Fn(Request, Peer) -> GateFuture<T> + Send + Sync;
 
-/// Reads the request head (keeping it to replay to tungstenite) and asks
-/// the gate about it. A request that does not parse, or that the policy or
-/// the connection limit will refuse anyway, skips the gate: tungstenite
-/// and `check_request` answer it as for any server.
+/// Reads the request head (tungstenite reads it again after the gate)
+/// and asks the gate about it. A request that does not parse, or that the
+/// policy or the connection limit will refuse anyway, skips the gate:
+/// tungstenite and `check_request` answer it as for any server.
 async fn ask_gate<T>(
     ctx: &Context,
-    stream: &mut AsyncStream,
+    reader: &mut AsyncHeadReader,
     peer: &Peer,
     gate: &GateFn<T>,
 ) -> std::result::Result<Option<Admitted<T>>, ErrorResponse> {
-    use tokio::io::AsyncReadExt;
     use tungstenite::handshake::machine::TryParse;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let request = loop {
-        match Request::try_parse(&head) {
-            Ok(Some((_, request))) => break Some(request),
-            Ok(None) => {}
-            Err(_) => break None,
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break None,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
+    let complete = reader.read_head().await;
+    let request = match reader.head.head() {
+        Some(head) if complete => match Request::try_parse(head) {
+            Ok(Some((_, request))) => Some(request),
+            _ => None,
+        },
+        _ => None,
     };
-    stream.replay(head);
+    reader.head.rewind();
     let Some(request) = request else {
         return Ok(None);
     };
@@ -411,16 +408,4 @@ async fn ask_gate<T>(
         return Ok(None);
     }
     gate(request, peer.clone()).await.map(Some)
-}
-
-fn socket_dup(socket: &AsyncSocket) -> std::io::Result<Socket> {
-    use std::os::fd::AsFd;
-    let fd = match socket {
-        AsyncSocket::Unix(s) => s.as_fd().try_clone_to_owned()?,
-        AsyncSocket::Tcp(s) => s.as_fd().try_clone_to_owned()?,
-    };
-    Ok(match socket {
-        AsyncSocket::Unix(_) => Socket::Unix(std::os::unix::net::UnixStream::from(fd)),
-        AsyncSocket::Tcp(_) => Socket::Tcp(std::net::TcpStream::from(fd)),
-    })
 }

@@ -1,0 +1,305 @@
+//! The frame decoder: turns bytes the connection owns (a `BytesMut` it
+//! reads into) into tungstenite `Message`s, without I/O and without
+//! copying single-frame payloads.
+//!
+//! Each call looks at what the buffer holds. A frame header is checked as
+//! soon as it is complete (reserved bits, opcodes, masking direction,
+//! control-frame rules, the 64-bit length's top bit, `max_frame` and
+//! `max_message`), so an oversized frame is refused before its payload is
+//! read. Payload bytes are unmasked in place as they arrive and, for text,
+//! checked as UTF-8 at once; a complete frame's payload is split off the
+//! buffer and frozen into the message (`Bytes`, no copy). Fragmented
+//! messages are reassembled within `max_message`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::Message;
+
+use super::utf8::Utf8Check;
+use super::{mask, CodecError, OpCode};
+
+/// The parsed header of the frame in progress.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    fin: bool,
+    opcode: OpCode,
+    key: Option<[u8; 4]>,
+    header_len: usize,
+    payload_len: usize,
+    /// Payload bytes already unmasked (and checked, for text).
+    seen: usize,
+}
+
+/// A fragmented data message in progress.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+}
+
+/// Decodes the frames of one direction of one connection.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    /// Frames from a client must be masked, frames from a server must not.
+    expect_masked: bool,
+    max_frame: usize,
+    max_message: usize,
+    head: Option<Head>,
+    fragments: Option<Box<Fragments>>,
+    /// The text message in progress (single frame or fragmented).
+    utf8: Utf8Check,
+}
+
+impl Decoder {
+    /// A decoder for the frames that reach `role` (a server reads masked
+    /// frames from its clients).
+    pub(crate) fn new(role: Role, max_frame: usize, max_message: usize) -> Self {
+        Self {
+            expect_masked: role == Role::Server,
+            max_frame,
+            max_message,
+            head: None,
+            fragments: None,
+            utf8: Utf8Check::default(),
+        }
+    }
+
+    /// True when no frame is half-read and no fragmented message is open:
+    /// the buffer may be dropped without losing anything.
+    pub(crate) fn is_between_messages(&self) -> bool {
+        self.head.is_none() && self.fragments.is_none()
+    }
+
+    /// How many more bytes the frame in progress needs (0 when unknown: a
+    /// header is still incomplete). A reader sizes its next read with it,
+    /// so that a large frame lands in one allocation.
+    pub(crate) fn wanted(&self, buffered: usize) -> usize {
+        self.head.map_or(0, |h| {
+            (h.header_len + h.payload_len).saturating_sub(buffered)
+        })
+    }
+
+    /// The next message complete in `buf`, consuming its bytes; `None`
+    /// when more bytes are needed.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        loop {
+            let head = match self.head {
+                Some(head) => head,
+                None => match self.parse_head(buf)? {
+                    Some(head) => head,
+                    None => return Ok(None),
+                },
+            };
+            let available = buf
+                .len()
+                .saturating_sub(head.header_len)
+                .min(head.payload_len);
+            if available > head.seen {
+                self.unmask_and_check(buf, head, available)?;
+            }
+            if available < head.payload_len {
+                return Ok(None);
+            }
+            self.head = None;
+            buf.advance(head.header_len);
+            let payload = buf.split_to(head.payload_len).freeze();
+            if let Some(message) = self.complete(head, payload)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    /// Unmasks payload bytes `head.seen..available` in place and checks
+    /// them if they are text.
+    fn unmask_and_check(
+        &mut self,
+        buf: &mut BytesMut,
+        mut head: Head,
+        available: usize,
+    ) -> Result<(), CodecError> {
+        let start = head.header_len + head.seen;
+        let piece = &mut buf[start..head.header_len + available];
+        if let Some(key) = head.key {
+            mask::apply(piece, key, head.seen);
+        }
+        if self.is_text(head.opcode) {
+            self.utf8.feed(piece).map_err(|_| CodecError::InvalidUtf8)?;
+        }
+        head.seen = available;
+        self.head = Some(head);
+        Ok(())
+    }
+
+    fn is_text(&self, opcode: OpCode) -> bool {
+        match opcode {
+            OpCode::Text => true,
+            OpCode::Continue => self.fragments.as_ref().is_some_and(|f| f.text),
+            _ => false,
+        }
+    }
+
+    /// Parses and checks the header at the front of `buf`, if complete.
+    fn parse_head(&mut self, buf: &BytesMut) -> Result<Option<Head>, CodecError> {
+        let [first, second, ..] = buf[..] else {
+            return Ok(None);
+        };
+        if first & 0x70 != 0 {
+            return Err(CodecError::Protocol(
+                "reserved bits set without an extension",
+            ));
+        }
+        let fin = first & 0x80 != 0;
+        let opcode = OpCode::from_u8(first & 0x0f).ok_or(CodecError::Protocol("unknown opcode"))?;
+        let masked = second & 0x80 != 0;
+        let (len_bytes, short) = match second & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let header_len = 2 + len_bytes + if masked { 4 } else { 0 };
+        if buf.len() < header_len {
+            return Ok(None);
+        }
+        let length = match short {
+            Some(n) => n,
+            None if len_bytes == 2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
+            None => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                u64::from_be_bytes(b)
+            }
+        };
+        if masked != self.expect_masked {
+            return Err(CodecError::Protocol(if masked {
+                "masked frame from a server"
+            } else {
+                "unmasked frame from a client"
+            }));
+        }
+        if opcode.is_control() {
+            if !fin {
+                return Err(CodecError::Protocol("fragmented control frame"));
+            }
+            if length > 125 {
+                return Err(CodecError::Protocol("control frame longer than 125 bytes"));
+            }
+        }
+        if length > i64::MAX as u64 {
+            // RFC 6455 5.2: the most significant bit must be 0.
+            return Err(CodecError::Protocol("invalid frame length"));
+        }
+        let size = usize::try_from(length).unwrap_or(usize::MAX);
+        if size > self.max_frame {
+            return Err(CodecError::TooBig {
+                size,
+                max: self.max_frame,
+            });
+        }
+        match (opcode, &self.fragments) {
+            (OpCode::Continue, None) => {
+                return Err(CodecError::Protocol(
+                    "continuation frame without a message to continue",
+                ))
+            }
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(CodecError::Protocol(
+                    "new data frame inside a fragmented message",
+                ))
+            }
+            (OpCode::Continue, Some(f)) => {
+                let total = f.data.len().saturating_add(size);
+                if total > self.max_message {
+                    return Err(CodecError::TooBig {
+                        size: total,
+                        max: self.max_message,
+                    });
+                }
+            }
+            (OpCode::Text | OpCode::Binary, None) if size > self.max_message => {
+                return Err(CodecError::TooBig {
+                    size,
+                    max: self.max_message,
+                });
+            }
+            _ => {}
+        }
+        let key = masked.then(|| {
+            let at = header_len - 4;
+            [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
+        });
+        let head = Head {
+            fin,
+            opcode,
+            key,
+            header_len,
+            payload_len: size,
+            seen: 0,
+        };
+        self.head = Some(head);
+        Ok(Some(head))
+    }
+
+    /// A whole frame arrived: the message it completes, if any.
+    fn complete(&mut self, head: Head, payload: Bytes) -> Result<Option<Message>, CodecError> {
+        match head.opcode {
+            OpCode::Ping => Ok(Some(Message::Ping(payload))),
+            OpCode::Pong => Ok(Some(Message::Pong(payload))),
+            OpCode::Close => close_message(payload).map(Some),
+            OpCode::Text | OpCode::Binary if head.fin => {
+                self.finish(head.opcode == OpCode::Text, payload).map(Some)
+            }
+            OpCode::Text | OpCode::Binary => {
+                let mut data = BytesMut::with_capacity(payload.len().max(64));
+                data.extend_from_slice(&payload);
+                let text = head.opcode == OpCode::Text;
+                self.fragments = Some(Box::new(Fragments { text, data }));
+                Ok(None)
+            }
+            OpCode::Continue => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(CodecError::Protocol(
+                        "continuation frame without a message to continue",
+                    ));
+                };
+                fragments.data.extend_from_slice(&payload);
+                if !head.fin {
+                    return Ok(None);
+                }
+                let Some(done) = self.fragments.take() else {
+                    return Ok(None);
+                };
+                let Fragments { text, data } = *done;
+                self.finish(text, data.freeze()).map(Some)
+            }
+        }
+    }
+
+    fn finish(&mut self, text: bool, data: Bytes) -> Result<Message, CodecError> {
+        if !text {
+            return Ok(Message::Binary(data));
+        }
+        self.utf8.finish().map_err(|_| CodecError::InvalidUtf8)?;
+        // SAFETY: every byte of `data` went through `Utf8Check` in order,
+        // and `finish` confirmed that no code point was cut at its end.
+        Ok(Message::Text(unsafe {
+            Utf8Bytes::from_bytes_unchecked(data)
+        }))
+    }
+}
+
+/// A close frame's payload: none, or a code (2 bytes) and a UTF-8 reason.
+fn close_message(payload: Bytes) -> Result<Message, CodecError> {
+    match payload.len() {
+        0 => return Ok(Message::Close(None)),
+        1 => return Err(CodecError::Protocol("close frame with a one-byte payload")),
+        _ => {}
+    }
+    let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
+    if !code.is_allowed() {
+        return Err(CodecError::Protocol("close code not allowed on the wire"));
+    }
+    let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| CodecError::InvalidUtf8)?;
+    Ok(Message::Close(Some(CloseFrame { code, reason })))
+}

@@ -1,0 +1,389 @@
+//! The protocol state of one open connection, shared by the blocking and
+//! the tokio drivers: the codec's buffers, the close handshake, answers to
+//! pings, close codes for peer errors, the slow-consumer close and the
+//! keepalive clocks. It does no I/O: a driver reads into [`Session::read`],
+//! asks [`Session::next_message`] for what arrived, writes out what
+//! [`Session::out`] holds, and tells the session when a clock ran out.
+//! Each decision is made here once, so the two drivers cannot drift
+//! apart.
+
+use bytes::BytesMut;
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::Message;
+
+use crate::codec::{CodecError, Decoder, OpCode, Outgoing};
+use crate::config::Limits;
+use crate::connection::PeerClose;
+use crate::error::Error;
+use crate::keepalive::{Expiry, Timers};
+use crate::peer::Peer;
+use crate::stats::{Counter, ServerStats};
+
+/// Reads ask for at least this much room: small enough for an idle
+/// connection's peak, large enough that a burst of small messages is one
+/// system call.
+pub(crate) const READ_CHUNK: usize = 8 << 10;
+
+/// Where the closing handshake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Sent,
+    /// Both close frames are out: nothing more to read or send.
+    Done,
+}
+
+/// What a driver does after a clock ran out.
+#[derive(Debug)]
+pub(crate) enum AfterDeadline {
+    /// Carry on (a ping or a close frame may now be queued).
+    Go,
+    /// Drop the socket and end `recv` with this.
+    Drop(Result<(), Error>),
+    /// Fail `recv` with this; the connection stays as it is.
+    Fail(Error),
+}
+
+/// The protocol state of one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    role: Role,
+    decoder: Decoder,
+    /// Bytes read and not yet decoded.
+    pub(crate) read: BytesMut,
+    /// Bytes waiting to be written.
+    pub(crate) out: Outgoing,
+    closing: Closing,
+    pub(crate) timers: Timers,
+    peer_close: Option<PeerClose>,
+    /// `next_message` returns pings and pongs too (relays).
+    pub(crate) control_frames: bool,
+    /// A peer error's close code waits for the caller (relays).
+    pub(crate) defer_error_close: bool,
+    pub(crate) deferred_close: Option<(u16, &'static str)>,
+    stats: Option<std::sync::Arc<ServerStats>>,
+    /// The peer broke the protocol: its input is discarded from now on.
+    failed: bool,
+    /// Our write side was shut down after the close frame of a failure.
+    write_shut: bool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        role: Role,
+        limits: &Limits,
+        read_timeout: Option<std::time::Duration>,
+    ) -> Self {
+        Self {
+            role,
+            decoder: Decoder::new(role, limits.max_frame_size, limits.max_message_size),
+            read: BytesMut::new(),
+            out: Outgoing::default(),
+            closing: Closing::Open,
+            timers: Timers::new(limits, read_timeout),
+            peer_close: None,
+            control_frames: false,
+            defer_error_close: false,
+            deferred_close: None,
+            stats: None,
+            failed: false,
+            write_shut: false,
+        }
+    }
+
+    /// Bytes that came with the handshake, after its head: the first frames.
+    pub(crate) fn with_initial(mut self, bytes: &[u8]) -> Self {
+        self.read.extend_from_slice(bytes);
+        self
+    }
+
+    pub(crate) fn counting(&mut self, stats: std::sync::Arc<ServerStats>) {
+        self.stats = Some(stats);
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(stats) = &self.stats {
+            stats.count(counter);
+        }
+    }
+
+    /// The peer's close code and reason, once it sent one.
+    pub(crate) fn peer_close(&self) -> Option<&PeerClose> {
+        self.peer_close.as_ref()
+    }
+
+    /// True once we may send nothing more (a close frame is out).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing != Closing::Open
+    }
+
+    /// True once both close frames are out: the driver flushes and ends.
+    pub(crate) fn is_done(&self) -> bool {
+        self.closing == Closing::Done
+    }
+
+    /// Room for the next read: the whole rest of the frame in progress
+    /// (a large frame lands in one allocation, whose size `max_frame_size`
+    /// bounds), and at least [`READ_CHUNK`].
+    pub(crate) fn reserve_read(&mut self) {
+        let frame = self.decoder.wanted(self.read.len());
+        let spare = self.read.capacity() - self.read.len();
+        if frame > spare {
+            self.read.reserve(frame.max(READ_CHUNK));
+        } else if spare < READ_CHUNK / 2 {
+            self.read.reserve(READ_CHUNK);
+        }
+    }
+
+    /// An idle connection keeps no buffers: frees them if they hold
+    /// nothing (no half-read frame, no fragmented message, nothing unsent).
+    pub(crate) fn release_buffers(&mut self) {
+        if self.read.is_empty() && self.decoder.is_between_messages() {
+            self.read = BytesMut::new();
+        }
+        self.out.release();
+    }
+
+    /// True when the buffers are as small as they get.
+    pub(crate) fn is_released(&self) -> bool {
+        self.read.capacity() == 0 && self.out.is_empty()
+    }
+
+    /// The next message in the read buffer that the caller should see
+    /// (data; pings and pongs too with `control_frames`). Pings are
+    /// answered and close frames handled here.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Message>, CodecError> {
+        if self.failed {
+            // The stream is out of step: nothing after the error is read.
+            self.read.clear();
+            return Ok(None);
+        }
+        while self.closing != Closing::Done {
+            let Some(message) = self.decoder.decode(&mut self.read)? else {
+                return Ok(None);
+            };
+            let data = message.is_text() || message.is_binary();
+            self.timers.heard(data);
+            match message {
+                Message::Ping(ref payload) => {
+                    if self.closing == Closing::Open {
+                        self.push(OpCode::Pong, payload);
+                    }
+                    if self.control_frames {
+                        return Ok(Some(message));
+                    }
+                }
+                Message::Pong(_) if self.control_frames => return Ok(Some(message)),
+                Message::Close(frame) => self.on_close_frame(frame),
+                message if data => return Ok(Some(message)),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_close_frame(&mut self, frame: Option<CloseFrame>) {
+        if self.closing == Closing::Open {
+            // Answer with the same code and reason (RFC 6455 5.5.1), as
+            // tungstenite does.
+            let mut payload = Vec::new();
+            if let Some(f) = &frame {
+                payload.extend_from_slice(&u16::from(f.code).to_be_bytes());
+                payload.extend_from_slice(f.reason.as_bytes());
+            }
+            self.push(OpCode::Close, &payload);
+        }
+        self.peer_close = Some(PeerClose::from_frame(frame));
+        self.timers.closing();
+        self.closing = Closing::Done;
+    }
+
+    /// Queues `message` for sending. A `Close` starts the closing
+    /// handshake; after that nothing more can be sent.
+    pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
+        if self.closing != Closing::Open {
+            return Err(Error::WebSocket(Box::new(WsError::Protocol(
+                ProtocolError::SendAfterClosing,
+            ))));
+        }
+        match message {
+            Message::Text(text) => {
+                self.timers.sent_data();
+                self.push_shared(OpCode::Text, &text.into());
+            }
+            Message::Binary(data) => {
+                self.timers.sent_data();
+                self.push_shared(OpCode::Binary, &data);
+            }
+            Message::Ping(data) => self.push(OpCode::Ping, &data),
+            Message::Pong(data) => self.push(OpCode::Pong, &data),
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1000, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                self.start_close(code, &reason);
+            }
+            Message::Frame(frame) => {
+                // A raw frame, as given: for tests and tools that craft frames.
+                let h = frame.header();
+                let first = u8::from(h.is_final) << 7
+                    | u8::from(h.rsv1) << 6
+                    | u8::from(h.rsv2) << 5
+                    | u8::from(h.rsv3) << 4
+                    | u8::from(h.opcode);
+                let key = self.key();
+                self.out.push_raw_frame(first, frame.payload(), key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a close frame unless one is out already.
+    pub(crate) fn start_close(&mut self, code: u16, reason: &str) {
+        if self.closing != Closing::Open {
+            return;
+        }
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        // A control frame carries at most 125 bytes: cut the reason at a
+        // character boundary.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        self.push(OpCode::Close, &payload);
+        self.closing = Closing::Sent;
+        self.timers.closing();
+    }
+
+    /// Queues a ping (keepalive).
+    pub(crate) fn ping(&mut self) {
+        if self.closing == Closing::Open {
+            self.push(OpCode::Ping, &[]);
+        }
+    }
+
+    /// Acts on the clock that ran out (keepalive ping, pong timeout, idle
+    /// close, close timeout, read timeout).
+    pub(crate) fn on_deadline(
+        &mut self,
+        started: std::time::Instant,
+        peer: &Peer,
+    ) -> AfterDeadline {
+        match self.timers.on_expiry(started, peer, self.stats.as_deref()) {
+            Expiry::Nothing => AfterDeadline::Go,
+            Expiry::Drop => {
+                self.abandon();
+                AfterDeadline::Drop(Ok(()))
+            }
+            Expiry::DropWith(e) => {
+                self.abandon();
+                AfterDeadline::Drop(Err(e))
+            }
+            Expiry::Ping => {
+                self.ping();
+                AfterDeadline::Go
+            }
+            Expiry::Close(code, reason) => {
+                self.start_close(code.into(), reason);
+                AfterDeadline::Go
+            }
+            Expiry::Fail(e) => AfterDeadline::Fail(e),
+        }
+    }
+
+    /// The connection cannot go on (the socket failed or was dropped).
+    pub(crate) fn abandon(&mut self) {
+        self.closing = Closing::Done;
+    }
+
+    /// The peer broke the protocol: log, count, queue the close code it is
+    /// owed (unless a relay defers it) and return the error to report.
+    pub(crate) fn fail(&mut self, e: CodecError, peer: &Peer) -> Error {
+        let code = e.close_code();
+        tracing::info!(%peer, error = %e, code, "closing connection on a peer error");
+        self.count(Counter::ProtocolError);
+        self.failed = true;
+        self.read.clear();
+        if self.defer_error_close {
+            // Nothing is sent yet: the relay may still deliver answers.
+            self.deferred_close = Some((code, e.reason()));
+        } else {
+            self.start_close(code, e.reason());
+        }
+        match e {
+            CodecError::TooBig { size, max } => Error::MessageTooLarge { size, max },
+            other => Error::Protocol {
+                code,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// True once, when the close frame owed for a failure has been
+    /// written: the driver then shuts its write side down (RFC 6455 7.1.7,
+    /// "Fail the WebSocket Connection") and waits for the peer to hang up,
+    /// at most the close timeout.
+    pub(crate) fn take_write_shutdown(&mut self) -> bool {
+        if self.failed && !self.write_shut && self.deferred_close.is_none() && self.out.is_empty() {
+            self.write_shut = true;
+            return true;
+        }
+        false
+    }
+
+    /// Queues the close code a peer error left waiting (relays).
+    pub(crate) fn close_deferred(&mut self) -> bool {
+        match self.deferred_close.take() {
+            Some((code, reason)) => {
+                self.start_close(code, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The send queue overflowed: close with 1013.
+    pub(crate) fn close_slow_consumer(&mut self, peer: &Peer, queue: usize) {
+        if self.is_closing() {
+            return;
+        }
+        tracing::warn!(%peer, queue, "send queue full: closing slow consumer with 1013");
+        self.count(Counter::SlowConsumer);
+        self.start_close(
+            CloseCode::Again.into(),
+            "send queue full: reading too slowly",
+        );
+    }
+
+    /// The peer closed the socket. `Ok` when that ends a close handshake
+    /// that was under way; otherwise the error to report.
+    pub(crate) fn on_eof(&mut self) -> Result<(), Error> {
+        let was = self.closing;
+        self.closing = Closing::Done;
+        if was != Closing::Open || self.peer_close.is_some() {
+            return Ok(());
+        }
+        Err(Error::WebSocket(Box::new(WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake,
+        ))))
+    }
+
+    fn key(&self) -> Option<[u8; 4]> {
+        (self.role == Role::Client).then(|| fastrand::u32(..).to_ne_bytes())
+    }
+
+    fn push(&mut self, opcode: OpCode, payload: &[u8]) {
+        let key = self.key();
+        self.out.push_frame(true, opcode, payload, key);
+    }
+
+    fn push_shared(&mut self, opcode: OpCode, payload: &bytes::Bytes) {
+        let key = self.key();
+        self.out.push_shared(true, opcode, payload, key);
+    }
+}
