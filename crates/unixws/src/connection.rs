@@ -249,13 +249,13 @@ impl Connection {
             }
             let deadline = self.session.timers.next(started).map(|(at, _)| at);
             self.stream.set_deadline(deadline);
-            self.session.reserve_read();
+            let room = self.session.reserve_read();
             match self.stream.read_buf(&mut self.session.read) {
                 Ok(0) => {
                     self.abort();
                     return self.session.on_eof().map(|()| None);
                 }
-                Ok(_) => {}
+                Ok(got) => self.session.note_read(got, room),
                 Err(ReadFailure::Interrupted(Interrupt::Wake)) => {}
                 Err(ReadFailure::Interrupted(Interrupt::Shutdown)) => {
                     self.stream.set_shutdown(None);

@@ -26,6 +26,9 @@ use crate::stats::{Counter, ServerStats};
 /// system call.
 pub(crate) const READ_CHUNK: usize = 8 << 10;
 
+/// The most a read asks for beyond the frame in progress.
+pub(crate) const MAX_READ_HINT: usize = 256 << 10;
+
 /// Where the closing handshake is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -54,6 +57,8 @@ pub(crate) struct Session {
     decoder: Decoder,
     /// Bytes read and not yet decoded.
     pub(crate) read: BytesMut,
+    /// How much the next read asks for at least (see `note_read`).
+    read_hint: usize,
     /// Bytes waiting to be written.
     pub(crate) out: Outgoing,
     closing: Closing,
@@ -81,6 +86,7 @@ impl Session {
             role,
             decoder: Decoder::new(role, limits.max_frame_size, limits.max_message_size),
             read: BytesMut::new(),
+            read_hint: READ_CHUNK,
             out: Outgoing::default(),
             closing: Closing::Open,
             timers: Timers::new(limits, read_timeout),
@@ -127,14 +133,25 @@ impl Session {
 
     /// Room for the next read: the whole rest of the frame in progress
     /// (a large frame lands in one allocation, whose size `max_frame_size`
-    /// bounds), and at least [`READ_CHUNK`].
-    pub(crate) fn reserve_read(&mut self) {
-        let frame = self.decoder.wanted(self.read.len());
-        let spare = self.read.capacity() - self.read.len();
-        if frame > spare {
-            self.read.reserve(frame.max(READ_CHUNK));
-        } else if spare < READ_CHUNK / 2 {
-            self.read.reserve(READ_CHUNK);
+    /// bounds), and at least the read size that the last reads earned.
+    /// Returns the room.
+    pub(crate) fn reserve_read(&mut self) -> usize {
+        let want = self.decoder.wanted(self.read.len()).max(self.read_hint);
+        if self.read.capacity() - self.read.len() < want {
+            self.read.reserve(want);
+        }
+        self.read.capacity() - self.read.len()
+    }
+
+    /// `got` bytes arrived where `room` was offered. A read that fills its
+    /// room doubles the next one (up to [`MAX_READ_HINT`]): a stream of
+    /// large messages moves to few large reads that take several frames
+    /// at once. A read that used little of its room halves it again.
+    pub(crate) fn note_read(&mut self, got: usize, room: usize) {
+        if got == room {
+            self.read_hint = (self.read_hint * 2).min(MAX_READ_HINT);
+        } else if got < room / 4 {
+            self.read_hint = (self.read_hint / 2).max(READ_CHUNK);
         }
     }
 
@@ -143,6 +160,7 @@ impl Session {
     pub(crate) fn release_buffers(&mut self) {
         if self.read.is_empty() && self.decoder.is_between_messages() {
             self.read = BytesMut::new();
+            self.read_hint = READ_CHUNK;
         }
         self.out.release();
     }

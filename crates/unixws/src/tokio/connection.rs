@@ -457,19 +457,18 @@ impl Connection {
 
     /// Reads once: `true` if bytes arrived, `false` at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
-        let Some(socket) = &self.socket else {
+        let Some(socket) = &mut self.socket else {
             return Poll::Ready(Ok(false));
         };
+        let room = self.session.reserve_read();
         loop {
-            std::task::ready!(socket.poll_read_ready(cx))?;
-            self.session.reserve_read();
-            match socket.try_read_buf(&mut self.session.read) {
+            match std::task::ready!(socket.poll_read_buf(cx, &mut self.session.read)) {
                 Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => {
+                Ok(got) => {
+                    self.session.note_read(got, room);
                     self.reads += 1;
                     return Poll::Ready(Ok(true));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }

@@ -49,13 +49,6 @@ impl AsyncSocket {
         })
     }
 
-    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            AsyncSocket::Unix(s) => s.poll_read_ready(cx),
-            AsyncSocket::Tcp(s) => s.poll_read_ready(cx),
-        }
-    }
-
     pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             AsyncSocket::Unix(s) => s.poll_write_ready(cx),
@@ -63,12 +56,28 @@ impl AsyncSocket {
         }
     }
 
-    /// One non-blocking read into the spare capacity of `buf` (no zero-fill).
-    pub(crate) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            AsyncSocket::Unix(s) => s.try_read_buf(buf),
-            AsyncSocket::Tcp(s) => s.try_read_buf(buf),
-        }
+    /// One read into the spare capacity of `buf` (no zero-fill). Through
+    /// tokio's `poll_read`, which forgets the socket's readiness after a
+    /// read that got less than it asked for: the next read waits for the
+    /// reactor instead of trying the socket and getting `EAGAIN`, one
+    /// system call per message less on a ping-pong.
+    pub(crate) fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let spare = buf.spare_capacity_mut();
+        let mut read = ReadBuf::uninit(spare);
+        let polled = match self {
+            AsyncSocket::Unix(s) => Pin::new(s).poll_read(cx, &mut read),
+            AsyncSocket::Tcp(s) => Pin::new(s).poll_read(cx, &mut read),
+        };
+        ready!(polled)?;
+        let n = read.filled().len();
+        // SAFETY: `poll_read` initialised the first `n` bytes of the spare
+        // capacity (`ReadBuf` tracks what it filled).
+        unsafe { bytes::BufMut::advance_mut(buf, n) };
+        Poll::Ready(Ok(n))
     }
 
     /// One non-blocking vectored write.
