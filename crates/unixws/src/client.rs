@@ -216,8 +216,13 @@ impl ClientBuilder {
             head,
         } = ws.into_inner();
         stream.set_deadline(None);
-        let session = Session::new(Role::Client, &self.limits, self.read_timeout)
-            .with_initial(&head.into_tail());
+        let session = Session::new(
+            Role::Client,
+            &self.limits,
+            self.read_timeout,
+            Instant::now(),
+        )
+        .with_initial(&head.into_tail());
         let info = self.response_info(peer, &response);
         Ok(Connection::new(stream, session, info, self.limits.clone()))
     }

@@ -186,6 +186,7 @@ impl Connection {
     /// Send one message and flush it. A `Message::Frame` is written as
     /// given (masked on a client), for tools that craft frames.
     pub fn send(&mut self, message: Message) -> Result<()> {
+        self.session.tick(Instant::now());
         self.session.send(message)?;
         self.flush()
     }
@@ -223,7 +224,8 @@ impl Connection {
 
     /// Receive the next text or binary message; `Ok(None)` once closed.
     pub fn recv(&mut self) -> Result<Option<Message>> {
-        let started = Instant::now();
+        self.session.tick(Instant::now());
+        let started = self.session.recv_started();
         loop {
             self.drain_outbox()?;
             match self.session.next_message() {
@@ -255,14 +257,19 @@ impl Connection {
                     self.abort();
                     return self.session.on_eof().map(|()| None);
                 }
-                Ok(got) => self.session.note_read(got, room),
+                Ok(got) => {
+                    self.session.note_read(got, room);
+                    self.session.tick(Instant::now());
+                }
                 Err(ReadFailure::Interrupted(Interrupt::Wake)) => {}
                 Err(ReadFailure::Interrupted(Interrupt::Shutdown)) => {
+                    self.session.tick(Instant::now());
                     self.stream.set_shutdown(None);
                     self.drain_outbox()?;
                     self.session.start_close(1001, "server shutting down");
                 }
                 Err(ReadFailure::Interrupted(Interrupt::Deadline)) => {
+                    self.session.tick(Instant::now());
                     match self.session.on_deadline(started, &self.info.peer) {
                         AfterDeadline::Go => {}
                         AfterDeadline::Drop(result) => {
@@ -287,6 +294,7 @@ impl Connection {
     /// most [`Limits::close_timeout`]) for the peer's answer. Data messages
     /// that arrive meanwhile are discarded.
     pub fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.session.tick(Instant::now());
         self.session.start_close(code, reason);
         while self.recv()?.is_some() {}
         Ok(())

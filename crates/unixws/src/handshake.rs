@@ -388,11 +388,13 @@ impl HeadBuffer {
         n
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// The whole head, once it has arrived.
     pub(crate) fn head(&self) -> Option<&[u8]> {
         self.end.map(|end| &self.bytes[..end])
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Serve the head again from its start (after a gate looked at it).
     pub(crate) fn rewind(&mut self) {
         self.served = 0;

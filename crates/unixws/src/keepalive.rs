@@ -1,7 +1,8 @@
 //! The clocks of an open connection — keepalive ping and pong, idle time,
-//! close handshake, read timeout — as plain state with no I/O, so that the
-//! blocking and the tokio connections decide the same way and differ only
-//! in how they wait.
+//! close handshake, read timeout — as plain state with no I/O and no clock
+//! of its own: every call takes `now` from the caller (the session, which
+//! a driver ticks once per wake-up, not per message), so that tests drive
+//! it with made-up instants and never sleep.
 
 use std::time::{Duration, Instant};
 
@@ -59,8 +60,7 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn new(limits: &Limits, read_timeout: Option<Duration>) -> Self {
-        let now = Instant::now();
+    pub(crate) fn new(limits: &Limits, read_timeout: Option<Duration>, now: Instant) -> Self {
         Self {
             ping_interval: limits.ping_interval,
             pong_timeout: limits.pong_timeout,
@@ -74,9 +74,13 @@ impl Timers {
         }
     }
 
+    /// True when `recv` calls have a deadline of their own.
+    pub(crate) fn has_read_timeout(&self) -> bool {
+        self.read_timeout.is_some()
+    }
+
     /// A frame arrived (any frame proves the peer alive); `data` for text or binary.
-    pub(crate) fn heard(&mut self, data: bool) {
-        let now = Instant::now();
+    pub(crate) fn heard(&mut self, data: bool, now: Instant) {
         self.last_heard = now;
         self.ping_sent = None;
         if data {
@@ -85,18 +89,18 @@ impl Timers {
     }
 
     /// We sent a data message (it counts against the idle timeout).
-    pub(crate) fn sent_data(&mut self) {
-        self.last_data = Instant::now();
+    pub(crate) fn sent_data(&mut self, now: Instant) {
+        self.last_data = now;
     }
 
     /// We sent a ping and now wait for any frame.
-    pub(crate) fn pinged(&mut self) {
-        self.ping_sent = Some(Instant::now());
+    pub(crate) fn pinged(&mut self, now: Instant) {
+        self.ping_sent = Some(now);
     }
 
     /// The closing handshake started (by either side); the first call counts.
-    pub(crate) fn closing(&mut self) {
-        self.closing_since.get_or_insert_with(Instant::now);
+    pub(crate) fn closing(&mut self, now: Instant) {
+        self.closing_since.get_or_insert(now);
     }
 
     /// The earliest clock to run out for a read that started at `started`.
@@ -121,9 +125,9 @@ impl Timers {
     }
 
     /// The clock that has run out by now, if any.
-    pub(crate) fn expired(&self, started: Instant) -> Option<Deadline> {
+    pub(crate) fn expired(&self, started: Instant, now: Instant) -> Option<Deadline> {
         self.next(started)
-            .filter(|(at, _)| *at <= Instant::now())
+            .filter(|(at, _)| *at <= now)
             .map(|(_, which)| which)
     }
 
@@ -132,10 +136,11 @@ impl Timers {
     pub(crate) fn on_expiry(
         &mut self,
         started: Instant,
+        now: Instant,
         peer: &Peer,
         stats: Option<&ServerStats>,
     ) -> Expiry {
-        match self.expired(started) {
+        match self.expired(started, now) {
             None => Expiry::Nothing,
             Some(Deadline::CloseTimeout) => {
                 tracing::debug!(%peer, "peer did not finish the closing handshake in time; dropping it");
@@ -151,7 +156,7 @@ impl Timers {
                 })
             }
             Some(Deadline::PingDue) => {
-                self.pinged();
+                self.pinged(now);
                 Expiry::Ping
             }
             Some(Deadline::Idle) => {
@@ -181,32 +186,58 @@ mod tests {
 
     #[test]
     fn ping_then_pong_then_close_take_turns() {
-        let mut t = Timers::new(&limits(), None);
-        let now = Instant::now();
-        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PingDue));
-        t.pinged();
-        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PongTimeout));
-        t.heard(false);
-        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::PingDue));
-        t.closing();
-        assert_eq!(t.next(now).map(|d| d.1), Some(Deadline::CloseTimeout));
-        assert_eq!(t.expired(now), None);
+        let t0 = Instant::now();
+        let mut no_idle = limits();
+        no_idle.idle_timeout = None;
+        let mut t = Timers::new(&no_idle, None, t0);
+        assert_eq!(
+            t.next(t0),
+            Some((t0 + Duration::from_secs(30), Deadline::PingDue))
+        );
+        t.pinged(t0 + Duration::from_secs(30));
+        assert_eq!(t.next(t0).map(|d| d.1), Some(Deadline::PongTimeout));
+        t.heard(false, t0 + Duration::from_secs(31));
+        assert_eq!(
+            t.next(t0),
+            Some((t0 + Duration::from_secs(61), Deadline::PingDue))
+        );
+        t.closing(t0 + Duration::from_secs(40));
+        assert_eq!(t.next(t0).map(|d| d.1), Some(Deadline::CloseTimeout));
+        assert_eq!(t.expired(t0, t0 + Duration::from_secs(44)), None);
+        assert_eq!(
+            t.expired(t0, t0 + Duration::from_secs(45)),
+            Some(Deadline::CloseTimeout)
+        );
     }
 
     #[test]
     fn read_timeout_and_idle_compete_by_time() {
-        let t = Timers::new(&limits(), Some(Duration::from_millis(1)));
+        let t0 = Instant::now();
+        let t = Timers::new(&limits(), Some(Duration::from_millis(1)), t0);
+        assert_eq!(t.next(t0).map(|d| d.1), Some(Deadline::ReadTimeout));
+        assert_eq!(t.expired(t0, t0), None);
         assert_eq!(
-            t.next(Instant::now()).map(|d| d.1),
-            Some(Deadline::ReadTimeout)
-        );
-        std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(
-            t.expired(Instant::now() - Duration::from_millis(2)),
+            t.expired(t0, t0 + Duration::from_millis(2)),
             Some(Deadline::ReadTimeout)
         );
         let mut no_ping = Limits::default();
         no_ping.ping_interval = None;
-        assert_eq!(Timers::new(&no_ping, None).next(Instant::now()), None);
+        assert_eq!(Timers::new(&no_ping, None, t0).next(t0), None);
+    }
+
+    #[test]
+    fn data_either_way_holds_the_idle_timeout_off() {
+        let t0 = Instant::now();
+        let mut l = limits();
+        l.ping_interval = None;
+        let mut t = Timers::new(&l, None, t0);
+        t.sent_data(t0 + Duration::from_secs(50));
+        assert_eq!(t.expired(t0, t0 + Duration::from_secs(60)), None);
+        t.heard(true, t0 + Duration::from_secs(100));
+        assert_eq!(t.expired(t0, t0 + Duration::from_secs(150)), None);
+        assert_eq!(
+            t.expired(t0, t0 + Duration::from_secs(160)),
+            Some(Deadline::Idle)
+        );
     }
 }

@@ -52,11 +52,12 @@ mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod keepalive;
 pub mod listen;
-#[cfg(feature = "tokio")]
-mod memory;
 pub mod peer;
 pub mod policy;
 pub mod server;

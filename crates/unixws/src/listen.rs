@@ -177,64 +177,34 @@ impl Listener {
     }
 }
 
-/// A [`Listener`] moved onto a tokio runtime; it keeps the socket file
-/// guard, so dropping it removes the file just the same.
+/// A bound socket as std has it, for a front end that takes the listener
+/// over (the tokio server).
 #[cfg(feature = "tokio")]
 #[derive(Debug)]
-pub(crate) struct AsyncListener {
-    kind: AsyncListenerKind,
-    addr: Address,
+pub(crate) enum StdListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// What removes the socket file when dropped (see [`Listener`]).
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(crate) struct FileGuard {
     _file: Option<SocketFile>,
 }
 
 #[cfg(feature = "tokio")]
-#[derive(Debug)]
-enum AsyncListenerKind {
-    Unix(tokio::net::UnixListener),
-    Tcp(tokio::net::TcpListener),
-}
-
-#[cfg(feature = "tokio")]
 impl Listener {
-    /// Moves the listener onto the current tokio runtime.
-    pub(crate) fn into_async(self) -> io::Result<AsyncListener> {
+    /// The socket, its address, and the guard of its file: whoever holds
+    /// the guard removes the file when it drops it. The socket is made
+    /// non-blocking.
+    pub(crate) fn into_parts(self) -> io::Result<(StdListener, Address, FileGuard)> {
         self.set_nonblocking(true)?;
-        let kind = match self.kind {
-            ListenerKind::Unix(l) => {
-                AsyncListenerKind::Unix(tokio::net::UnixListener::from_std(l)?)
-            }
-            ListenerKind::Tcp(l) => AsyncListenerKind::Tcp(tokio::net::TcpListener::from_std(l)?),
+        let socket = match self.kind {
+            ListenerKind::Unix(l) => StdListener::Unix(l),
+            ListenerKind::Tcp(l) => StdListener::Tcp(l),
         };
-        Ok(AsyncListener {
-            kind,
-            addr: self.addr,
-            _file: self.file,
-        })
-    }
-}
-
-#[cfg(feature = "tokio")]
-impl AsyncListener {
-    pub(crate) fn local_addr(&self) -> &Address {
-        &self.addr
-    }
-
-    /// Accept one connection and find out who it is.
-    pub(crate) async fn accept(&self) -> io::Result<(crate::tokio::AsyncSocket, Peer)> {
-        use crate::peer::PeerCredentials;
-        use crate::tokio::AsyncSocket;
-        match &self.kind {
-            AsyncListenerKind::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                let peer = Peer::Unix(PeerCredentials::of(&s)?);
-                Ok((AsyncSocket::Unix(s), peer))
-            }
-            AsyncListenerKind::Tcp(l) => {
-                let (s, addr) = l.accept().await?;
-                let _ = s.set_nodelay(true);
-                Ok((AsyncSocket::Tcp(s), Peer::Tcp(addr)))
-            }
-        }
+        Ok((socket, self.addr, FileGuard { _file: self.file }))
     }
 }
 

@@ -379,7 +379,8 @@ where
         head,
     } = ws.into_inner();
     stream.set_deadline(None);
-    let session = Session::new(Role::Server, limits, None).with_initial(&head.into_tail());
+    let session =
+        Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer);
     ctx.rules.stats.count(Counter::Upgraded);
     let mut conn =

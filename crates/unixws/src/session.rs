@@ -7,6 +7,8 @@
 //! Each decision is made here once, so the two drivers cannot drift
 //! apart.
 
+use std::time::Instant;
+
 use bytes::BytesMut;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -24,7 +26,7 @@ use crate::stats::{Counter, ServerStats};
 /// Reads ask for at least this much room: small enough for an idle
 /// connection's peak, large enough that a burst of small messages is one
 /// system call.
-pub(crate) const READ_CHUNK: usize = 8 << 10;
+pub(crate) const READ_CHUNK: usize = 1 << 10;
 
 /// The most a read asks for beyond the frame in progress.
 pub(crate) const MAX_READ_HINT: usize = 256 << 10;
@@ -63,6 +65,8 @@ pub(crate) struct Session {
     pub(crate) out: Outgoing,
     closing: Closing,
     pub(crate) timers: Timers,
+    /// The time as of the driver's last wake-up (see [`Session::tick`]).
+    now: Instant,
     peer_close: Option<PeerClose>,
     /// `next_message` returns pings and pongs too (relays).
     pub(crate) control_frames: bool,
@@ -81,6 +85,7 @@ impl Session {
         role: Role,
         limits: &Limits,
         read_timeout: Option<std::time::Duration>,
+        now: Instant,
     ) -> Self {
         Self {
             role,
@@ -89,7 +94,8 @@ impl Session {
             read_hint: READ_CHUNK,
             out: Outgoing::default(),
             closing: Closing::Open,
-            timers: Timers::new(limits, read_timeout),
+            timers: Timers::new(limits, read_timeout, now),
+            now,
             peer_close: None,
             control_frames: false,
             defer_error_close: false,
@@ -97,6 +103,22 @@ impl Session {
             stats: None,
             failed: false,
             write_shut: false,
+        }
+    }
+
+    /// The driver woke up at `now`: the clocks count from here. Once per
+    /// wake-up, not per message (a burst of messages shares one reading).
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// When a `recv` starts: only read if a read timeout needs it (a clock
+    /// reading per message is what this design avoids).
+    pub(crate) fn recv_started(&self) -> Instant {
+        if self.timers.has_read_timeout() {
+            Instant::now()
+        } else {
+            self.now
         }
     }
 
@@ -155,6 +177,7 @@ impl Session {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// An idle connection keeps no buffers: frees them if they hold
     /// nothing (no half-read frame, no fragmented message, nothing unsent).
     pub(crate) fn release_buffers(&mut self) {
@@ -165,6 +188,7 @@ impl Session {
         self.out.release();
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// True when the buffers are as small as they get.
     pub(crate) fn is_released(&self) -> bool {
         self.read.capacity() == 0 && self.out.is_empty()
@@ -184,7 +208,7 @@ impl Session {
                 return Ok(None);
             };
             let data = message.is_text() || message.is_binary();
-            self.timers.heard(data);
+            self.timers.heard(data, self.now);
             match message {
                 Message::Ping(ref payload) => {
                     if self.closing == Closing::Open {
@@ -215,7 +239,7 @@ impl Session {
             self.push(OpCode::Close, &payload);
         }
         self.peer_close = Some(PeerClose::from_frame(frame));
-        self.timers.closing();
+        self.timers.closing(self.now);
         self.closing = Closing::Done;
     }
 
@@ -229,11 +253,11 @@ impl Session {
         }
         match message {
             Message::Text(text) => {
-                self.timers.sent_data();
+                self.timers.sent_data(self.now);
                 self.push_shared(OpCode::Text, &text.into());
             }
             Message::Binary(data) => {
-                self.timers.sent_data();
+                self.timers.sent_data(self.now);
                 self.push_shared(OpCode::Binary, &data);
             }
             Message::Ping(data) => self.push(OpCode::Ping, &data),
@@ -275,7 +299,7 @@ impl Session {
         payload.extend_from_slice(&reason.as_bytes()[..end]);
         self.push(OpCode::Close, &payload);
         self.closing = Closing::Sent;
-        self.timers.closing();
+        self.timers.closing(self.now);
     }
 
     /// Queues a ping (keepalive).
@@ -292,7 +316,10 @@ impl Session {
         started: std::time::Instant,
         peer: &Peer,
     ) -> AfterDeadline {
-        match self.timers.on_expiry(started, peer, self.stats.as_deref()) {
+        match self
+            .timers
+            .on_expiry(started, self.now, peer, self.stats.as_deref())
+        {
             Expiry::Nothing => AfterDeadline::Go,
             Expiry::Drop => {
                 self.abandon();
@@ -354,6 +381,7 @@ impl Session {
         false
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Queues the close code a peer error left waiting (relays).
     pub(crate) fn close_deferred(&mut self) -> bool {
         match self.deferred_close.take() {
@@ -403,5 +431,238 @@ impl Session {
     fn push_shared(&mut self, opcode: OpCode, payload: &bytes::Bytes) {
         let key = self.key();
         self.out.push_shared(true, opcode, payload, key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session driven in memory with made-up instants: no socket, no
+    //! sleeping.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::codec::encode::{encode_head, MAX_SLICES};
+    use crate::codec::mask;
+
+    fn peer() -> Peer {
+        Peer::Tcp("127.0.0.1:1".parse().expect("an address"))
+    }
+
+    fn limits() -> Limits {
+        let mut l = Limits::default();
+        l.ping_interval = Some(Duration::from_secs(30));
+        l.pong_timeout = Duration::from_secs(10);
+        l.close_timeout = Duration::from_secs(5);
+        l.idle_timeout = Some(Duration::from_secs(60));
+        l.max_message_size = 1000;
+        l
+    }
+
+    /// A server session and the instant it started.
+    fn server() -> (Session, Instant) {
+        let t0 = Instant::now();
+        (Session::new(Role::Server, &limits(), None, t0), t0)
+    }
+
+    /// A masked client frame.
+    fn from_client(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let mut head = [0u8; 14];
+        let n = encode_head(&mut head, true, opcode, payload.len(), Some(key));
+        let mut frame = head[..n].to_vec();
+        let start = frame.len();
+        frame.extend_from_slice(payload);
+        mask::apply(&mut frame[start..], key, 0);
+        frame
+    }
+
+    /// What the session has queued for the socket, taken out.
+    fn written(session: &mut Session) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+        let n = session.out.slices(&mut slices);
+        for s in &slices[..n] {
+            bytes.extend_from_slice(s);
+        }
+        session.out.advance(bytes.len());
+        bytes
+    }
+
+    #[test]
+    fn a_ping_is_answered_with_its_payload_and_data_comes_out() {
+        let (mut s, _) = server();
+        s.read.extend_from_slice(&from_client(9, b"are you there"));
+        s.read.extend_from_slice(&from_client(1, b"hello"));
+        assert_eq!(s.next_message(), Ok(Some(Message::text("hello"))));
+        assert_eq!(
+            written(&mut s),
+            [&[0x8a, 13][..], b"are you there"].concat()
+        );
+    }
+
+    #[test]
+    fn keepalive_pings_after_silence_and_drops_a_peer_that_never_answers() {
+        let (mut s, t0) = server();
+        s.tick(t0 + Duration::from_secs(29));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(written(&mut s).is_empty(), "no ping before the interval");
+        s.tick(t0 + Duration::from_secs(30));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert_eq!(
+            written(&mut s),
+            [0x89, 0x00],
+            "a ping after 30 s of silence"
+        );
+        s.tick(t0 + Duration::from_secs(40));
+        match s.on_deadline(t0, &peer()) {
+            AfterDeadline::Drop(Err(Error::KeepaliveTimeout { after })) => {
+                assert_eq!(after, Duration::from_secs(10));
+            }
+            other => panic!("expected a keepalive drop, got {other:?}"),
+        }
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn any_frame_answers_a_ping_and_moves_the_next_one() {
+        let (mut s, t0) = server();
+        let mut no_idle = limits();
+        no_idle.idle_timeout = None;
+        s.timers = Timers::new(&no_idle, None, t0);
+        s.tick(t0 + Duration::from_secs(30));
+        let _ = s.on_deadline(t0, &peer());
+        let _ = written(&mut s);
+        s.tick(t0 + Duration::from_secs(35));
+        s.read.extend_from_slice(&from_client(10, b""));
+        assert_eq!(s.next_message(), Ok(None));
+        s.tick(t0 + Duration::from_secs(45));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(!s.is_closing(), "the pong kept the peer");
+        assert_eq!(
+            s.timers.next(t0).map(|(at, _)| at),
+            Some(t0 + Duration::from_secs(65)),
+            "next ping 30 s after the pong"
+        );
+    }
+
+    #[test]
+    fn our_close_waits_for_the_answer_at_most_the_close_timeout() {
+        let (mut s, t0) = server();
+        s.tick(t0 + Duration::from_secs(1));
+        s.start_close(1001, "going");
+        assert_eq!(
+            written(&mut s),
+            [&[0x88, 7, 0x03, 0xe9][..], b"going"].concat()
+        );
+        assert!(
+            s.send(Message::text("late")).is_err(),
+            "nothing after a close"
+        );
+        s.tick(t0 + Duration::from_secs(5));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        s.tick(t0 + Duration::from_secs(6));
+        assert!(matches!(
+            s.on_deadline(t0, &peer()),
+            AfterDeadline::Drop(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn the_peers_close_is_echoed_with_its_code_and_reason_and_ends_the_session() {
+        let (mut s, _) = server();
+        s.read
+            .extend_from_slice(&from_client(8, &[0x0f, 0xa1, b'b', b'y', b'e']));
+        assert_eq!(s.next_message(), Ok(None));
+        assert!(s.is_done());
+        assert_eq!(
+            s.peer_close().map(|c| (c.code, c.reason.as_str())),
+            Some((4001, "bye"))
+        );
+        assert_eq!(written(&mut s), [0x88, 5, 0x0f, 0xa1, b'b', b'y', b'e']);
+        assert!(s.on_eof().is_ok(), "a hang-up after the handshake is fine");
+    }
+
+    #[test]
+    fn a_hang_up_without_a_close_is_an_error() {
+        let (mut s, _) = server();
+        assert!(s.on_eof().is_err());
+    }
+
+    #[test]
+    fn idle_closes_with_1001_unless_data_moves_either_way() {
+        let (mut s, t0) = server();
+        let mut l = limits();
+        l.ping_interval = None;
+        s.timers = Timers::new(&l, None, t0);
+        s.tick(t0 + Duration::from_secs(50));
+        s.send(Message::text("out")).expect("sent");
+        let _ = written(&mut s);
+        s.tick(t0 + Duration::from_secs(100));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(
+            !s.is_closing(),
+            "data sent 50 s ago holds the idle timeout off"
+        );
+        s.tick(t0 + Duration::from_secs(110));
+        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert_eq!(
+            &written(&mut s)[..4],
+            [0x88, 14, 0x03, 0xe9],
+            "1001 idle timeout"
+        );
+    }
+
+    #[test]
+    fn a_peer_error_queues_its_close_code_then_input_is_ignored_and_the_write_side_shuts() {
+        let (mut s, _) = server();
+        s.read.extend_from_slice(&from_client(2, &[0u8; 1001]));
+        let error = match s.next_message() {
+            Err(e) => s.fail(e, &peer()),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert!(matches!(
+            error,
+            Error::MessageTooLarge {
+                size: 1001,
+                max: 1000
+            }
+        ));
+        assert_eq!(&written(&mut s)[..4], [0x88, 17, 0x03, 0xf1], "1009");
+        s.read
+            .extend_from_slice(&from_client(1, b"after the error"));
+        assert_eq!(s.next_message(), Ok(None), "nothing more is read");
+        assert!(s.take_write_shutdown());
+        assert!(!s.take_write_shutdown(), "once");
+    }
+
+    #[test]
+    fn a_relay_defers_the_close_code_of_a_peer_error() {
+        let (mut s, _) = server();
+        s.defer_error_close = true;
+        s.read.extend_from_slice(&from_client(1, &[0xff]));
+        let Err(e) = s.next_message() else {
+            panic!("invalid UTF-8 must fail");
+        };
+        let _ = s.fail(e, &peer());
+        assert!(written(&mut s).is_empty(), "nothing sent yet");
+        s.send(Message::text("an answer still owed"))
+            .expect("sending still works");
+        let _ = written(&mut s);
+        assert!(s.close_deferred());
+        assert_eq!(&written(&mut s)[..4], [0x88, 15, 0x03, 0xef], "1007");
+    }
+
+    #[test]
+    fn a_slow_consumer_is_closed_with_1013_once() {
+        let (mut s, _) = server();
+        s.close_slow_consumer(&peer(), 8);
+        s.close_slow_consumer(&peer(), 8);
+        let out = written(&mut s);
+        assert_eq!(&out[2..4], [0x03, 0xf5], "1013");
+        assert_eq!(
+            out.len(),
+            2 + 2 + "send queue full: reading too slowly".len()
+        );
     }
 }

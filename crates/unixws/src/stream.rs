@@ -110,8 +110,10 @@ impl AsRawFd for Socket {
     }
 }
 
-/// A one-way, level-triggered signal that any number of blocked streams can
-/// wait on: once [`raise`](ShutdownSignal::raise)d, it stays raised.
+/// A one-way, level-triggered signal that any number of blocked streams
+/// (through a descriptor that `poll(2)` watches) and tasks (through a
+/// [`ShutdownWaiter`], on any runtime) can wait on: once
+/// [`raise`](ShutdownSignal::raise)d, it stays raised.
 #[derive(Debug, Clone)]
 pub(crate) struct ShutdownSignal {
     inner: Arc<SignalInner>,
@@ -123,9 +125,15 @@ struct SignalInner {
     // Readable once raised: a byte is written and never drained.
     read_end: UnixStream,
     write_end: UnixStream,
-    // The same signal for tasks.
-    #[cfg(feature = "tokio")]
-    watch: tokio::sync::watch::Sender<bool>,
+    // The tasks waiting: a slot each, so that a waiter polled again
+    // replaces its waker instead of adding one.
+    waiters: std::sync::Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    slots: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
 }
 
 impl ShutdownSignal {
@@ -138,8 +146,7 @@ impl ShutdownSignal {
                 raised: AtomicBool::new(false),
                 read_end,
                 write_end,
-                #[cfg(feature = "tokio")]
-                watch: tokio::sync::watch::Sender::new(false),
+                waiters: std::sync::Mutex::default(),
             }),
         })
     }
@@ -149,15 +156,28 @@ impl ShutdownSignal {
         if !self.inner.raised.swap(true, Ordering::SeqCst) {
             // A full buffer already means readable, so an error here is moot.
             let _ = (&self.inner.write_end).write(&[1]);
-            #[cfg(feature = "tokio")]
-            self.inner.watch.send_replace(true);
+            let wakers: Vec<_> = {
+                let mut waiters = self.waiters();
+                waiters.slots.iter_mut().filter_map(Option::take).collect()
+            };
+            wakers.into_iter().for_each(std::task::Waker::wake);
         }
     }
 
-    /// A receiver whose value turns true when the signal is raised.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.inner.watch.subscribe()
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A future that completes once the signal is raised.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn waiter(&self) -> ShutdownWaiter {
+        ShutdownWaiter {
+            signal: self.clone(),
+            slot: None,
+        }
     }
 
     /// Has it been raised?
@@ -167,6 +187,67 @@ impl ShutdownSignal {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.inner.read_end.as_fd()
+    }
+}
+
+/// Completes when its [`ShutdownSignal`] is raised; cheap to keep in every
+/// connection (no allocation of its own, one slot in the signal).
+#[derive(Debug)]
+pub(crate) struct ShutdownWaiter {
+    signal: ShutdownSignal,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for ShutdownWaiter {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.signal.is_raised() {
+            return std::task::Poll::Ready(());
+        }
+        {
+            let this = &mut *self;
+            let mut waiters = this.signal.waiters();
+            match this.slot {
+                Some(i) => match &mut waiters.slots[i] {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    other => *other = Some(cx.waker().clone()),
+                },
+                None => {
+                    let waker = Some(cx.waker().clone());
+                    let i = match waiters.free.pop() {
+                        Some(i) => {
+                            waiters.slots[i] = waker;
+                            i
+                        }
+                        None => {
+                            waiters.slots.push(waker);
+                            waiters.slots.len() - 1
+                        }
+                    };
+                    this.slot = Some(i);
+                }
+            }
+        }
+        // Raised between the first look and the registration: seen here.
+        if self.signal.is_raised() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for ShutdownWaiter {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot.take() {
+            let mut waiters = self.signal.waiters();
+            waiters.slots[i] = None;
+            waiters.free.push(i);
+        }
     }
 }
 

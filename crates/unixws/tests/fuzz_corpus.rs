@@ -59,3 +59,15 @@ fn frames_corpus_is_handled_after_a_valid_upgrade() {
         );
     }
 }
+
+/// The differential target's corpus: unixws's codec and tungstenite agree
+/// on every input (feature `fuzzing`, which `scripts/test` turns on).
+#[cfg(feature = "fuzzing")]
+#[test]
+fn codec_corpus_decodes_the_same_as_tungstenite() {
+    for (path, input) in corpus("codec") {
+        if let Err(disagreement) = unixws::fuzzing::codec_vs_tungstenite(&input) {
+            panic!("{}: {disagreement}", path.display());
+        }
+    }
+}

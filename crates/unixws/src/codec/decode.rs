@@ -66,6 +66,7 @@ impl Decoder {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// True when no frame is half-read and no fragmented message is open:
     /// the buffer may be dropped without losing anything.
     pub(crate) fn is_between_messages(&self) -> bool {
@@ -145,13 +146,7 @@ impl Decoder {
         let [first, second, ..] = buf[..] else {
             return Ok(None);
         };
-        if first & 0x70 != 0 {
-            return Err(CodecError::Protocol(
-                "reserved bits set without an extension",
-            ));
-        }
         let fin = first & 0x80 != 0;
-        let opcode = OpCode::from_u8(first & 0x0f).ok_or(CodecError::Protocol("unknown opcode"))?;
         let masked = second & 0x80 != 0;
         let (len_bytes, short) = match second & 0x7f {
             126 => (2, None),
@@ -171,6 +166,26 @@ impl Decoder {
                 u64::from_be_bytes(b)
             }
         };
+        // The checks come in tungstenite's order (opcode, size, then the
+        // rest), so that a frame wrong in two ways gets the same close code
+        // from both engines (the differential fuzz target holds them to it).
+        let opcode = OpCode::from_u8(first & 0x0f).ok_or(CodecError::Protocol("unknown opcode"))?;
+        if length > i64::MAX as u64 {
+            // RFC 6455 5.2: the most significant bit must be 0.
+            return Err(CodecError::Protocol("invalid frame length"));
+        }
+        let size = usize::try_from(length).unwrap_or(usize::MAX);
+        if size > self.max_frame {
+            return Err(CodecError::TooBig {
+                size,
+                max: self.max_frame,
+            });
+        }
+        if first & 0x70 != 0 {
+            return Err(CodecError::Protocol(
+                "reserved bits set without an extension",
+            ));
+        }
         if masked != self.expect_masked {
             return Err(CodecError::Protocol(if masked {
                 "masked frame from a server"
@@ -185,17 +200,6 @@ impl Decoder {
             if length > 125 {
                 return Err(CodecError::Protocol("control frame longer than 125 bytes"));
             }
-        }
-        if length > i64::MAX as u64 {
-            // RFC 6455 5.2: the most significant bit must be 0.
-            return Err(CodecError::Protocol("invalid frame length"));
-        }
-        let size = usize::try_from(length).unwrap_or(usize::MAX);
-        if size > self.max_frame {
-            return Err(CodecError::TooBig {
-                size,
-                max: self.max_frame,
-            });
         }
         match (opcode, &self.fragments) {
             (OpCode::Continue, None) => {
@@ -296,10 +300,11 @@ fn close_message(payload: Bytes) -> Result<Message, CodecError> {
         1 => return Err(CodecError::Protocol("close frame with a one-byte payload")),
         _ => {}
     }
+    // The reason is checked before the code, in tungstenite's order.
+    let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| CodecError::InvalidUtf8)?;
     let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
     if !code.is_allowed() {
         return Err(CodecError::Protocol("close code not allowed on the wire"));
     }
-    let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| CodecError::InvalidUtf8)?;
     Ok(Message::Close(Some(CloseFrame { code, reason })))
 }

@@ -40,11 +40,13 @@ impl Outgoing {
         self.queue.is_empty() && self.tail.len() == self.written
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Bytes waiting.
     pub(crate) fn len(&self) -> usize {
         self.queue.iter().map(Bytes::len).sum::<usize>() + self.tail.len() - self.written
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Frees the buffer if nothing is waiting (an idle connection keeps no
     /// memory for writing).
     pub(crate) fn release(&mut self) {

@@ -74,8 +74,13 @@ impl ClientBuilder {
             Ok(Ok(pair)) => pair,
         };
         let AsyncHeadReader { socket, head } = ws.into_inner();
-        let session = Session::new(Role::Client, &self.limits, self.read_timeout)
-            .with_initial(&head.into_tail());
+        let session = Session::new(
+            Role::Client,
+            &self.limits,
+            self.read_timeout,
+            Instant::now(),
+        )
+        .with_initial(&head.into_tail());
         let info = self.response_info(peer, &response);
         Ok(Connection::new(
             socket,

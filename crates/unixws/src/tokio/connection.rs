@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
 use crate::session::{AfterDeadline, Session};
 use crate::stats::ServerStats;
+use crate::stream::ShutdownWaiter;
 use crate::tokio::io::AsyncSocket;
 
 /// Output beyond this stops reading until the peer takes some: a peer
@@ -93,27 +94,19 @@ struct OutboxReceiver {
     handle: Outbox,
 }
 
-/// A future that fires once (the server's shutdown), polled only through
-/// `&mut`.
-struct Signal(Pin<Box<dyn Future<Output = ()> + Send>>);
-
-// SAFETY: the future is reachable only through `&mut Signal` (`poll`);
-// a shared reference gives no access to it at all, so sharing one between
-// threads cannot race (the `sync_wrapper` argument).
-unsafe impl Sync for Signal {}
-
-impl Signal {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
 /// An open WebSocket connection on tokio.
 ///
 /// [`recv`](Connection::recv) returns data messages; pings, pongs and the
 /// closing handshake are handled inside. It returns `Ok(None)` once the
 /// connection has closed (see [`peer_close`](Connection::peer_close)).
 pub struct Connection {
+    s: Box<State>,
+}
+
+/// Everything a connection holds, boxed: the handler's future holds the
+/// connection by value (sometimes twice, across an `.await`), so a small
+/// `Connection` keeps idle connections small.
+struct State {
     /// `None` once the connection is over.
     socket: Option<AsyncSocket>,
     session: Session,
@@ -121,7 +114,7 @@ pub struct Connection {
     limits: Arc<Limits>,
     outbox: Option<OutboxReceiver>,
     /// Fires once when the server shuts down.
-    shutdown: Option<Signal>,
+    shutdown: Option<ShutdownWaiter>,
     /// The one timer (see the module doc).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Reads done so far, and at the last look at the idle clock.
@@ -134,14 +127,16 @@ pub struct Connection {
     slot: Option<ActiveSlot>,
     /// Set on the background closer's copy: its drop only drops.
     lingering: bool,
+    /// `recv` returned `Pending` last: its next poll reads the clock.
+    woken: bool,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("info", &self.info)
-            .field("open", &self.socket.is_some())
-            .field("session", &self.session)
+            .field("info", &self.s.info)
+            .field("open", &self.s.socket.is_some())
+            .field("session", &self.s.session)
             .finish_non_exhaustive()
     }
 }
@@ -153,7 +148,7 @@ impl Connection {
         info: ConnectionInfo,
         limits: Arc<Limits>,
     ) -> Self {
-        Self {
+        let s = State {
             socket: Some(socket),
             session,
             info,
@@ -167,23 +162,20 @@ impl Connection {
             write_stalled: None,
             slot: None,
             lingering: false,
-        }
+            woken: false,
+        };
+        Self { s: Box::new(s) }
     }
 
     pub(crate) fn serving(
         mut self,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: ShutdownWaiter,
         slot: ActiveSlot,
         stats: Arc<ServerStats>,
     ) -> Self {
-        self.session.counting(stats);
-        self.shutdown = Some(Signal(Box::pin(async move {
-            if shutdown.wait_for(|raised| *raised).await.is_err() {
-                // The server is gone without raising: never fire.
-                std::future::pending::<()>().await;
-            }
-        })));
-        self.slot = Some(slot);
+        self.s.session.counting(stats);
+        self.s.shutdown = Some(shutdown);
+        self.s.slot = Some(slot);
         self
     }
 
@@ -191,32 +183,32 @@ impl Connection {
     /// data. Pings are still answered automatically; this is for relays
     /// that pass them on (a pong sent unsolicited is allowed by RFC 6455).
     pub fn receive_control_frames(&mut self, on: bool) {
-        self.session.control_frames = on;
+        self.s.session.control_frames = on;
     }
 
     /// What is known about the peer and the request.
     pub fn info(&self) -> &ConnectionInfo {
-        &self.info
+        &self.s.info
     }
 
     /// The peer's close code and reason, once it sent one.
     pub fn peer_close(&self) -> Option<&PeerClose> {
-        self.session.peer_close()
+        self.s.session.peer_close()
     }
 
     /// A handle through which other tasks queue messages for this
     /// connection; [`recv`](Connection::recv) sends them as they arrive.
     pub fn outbox(&mut self) -> Outbox {
-        if let Some(o) = &self.outbox {
+        if let Some(o) = &self.s.outbox {
             return o.handle.clone();
         }
-        let (tx, rx) = mpsc::channel(self.limits.send_queue.max(1));
+        let (tx, rx) = mpsc::channel(self.s.limits.send_queue.max(1));
         let overflow = Arc::new(Overflow::default());
         let handle = Outbox {
             tx,
             overflow: overflow.clone(),
         };
-        self.outbox = Some(OutboxReceiver {
+        self.s.outbox = Some(OutboxReceiver {
             rx,
             overflow,
             handle: handle.clone(),
@@ -228,7 +220,8 @@ impl Connection {
     /// A `Message::Frame` is written as given (masked on a client), for
     /// tools that craft frames.
     pub async fn send(&mut self, message: Message) -> Result<()> {
-        self.session.send(message)?;
+        self.s.session.tick(Instant::now());
+        self.s.session.send(message)?;
         self.flush().await
     }
 
@@ -248,19 +241,19 @@ impl Connection {
     /// # }
     /// ```
     pub async fn feed(&mut self, message: Message) -> Result<()> {
-        self.session.send(message)
+        self.s.session.send(message)
     }
 
     /// Write out what [`feed`](Connection::feed) queued.
     pub async fn flush(&mut self) -> Result<()> {
-        if self.session.out.is_empty() {
+        if self.s.session.out.is_empty() {
             return Ok(());
         }
         // Most writes complete at once: no timer unless the socket is full.
         if let Poll::Ready(result) = self.try_flush() {
             return result;
         }
-        let write_timeout = self.limits.write_timeout;
+        let write_timeout = self.s.limits.write_timeout;
         let flushing = poll_fn(|cx| self.poll_flush(cx));
         match write_timeout {
             None => flushing.await,
@@ -276,12 +269,12 @@ impl Connection {
 
     /// Writes what the socket takes now; `Pending` when it is full.
     fn try_flush(&mut self) -> Poll<Result<()>> {
-        let Some(socket) = &self.socket else {
+        let Some(socket) = &self.s.socket else {
             return Poll::Ready(Err(closed()));
         };
-        while !self.session.out.is_empty() {
+        while !self.s.session.out.is_empty() {
             let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-            let n = self.session.out.slices(&mut slices);
+            let n = self.s.session.out.slices(&mut slices);
             match socket.try_write_vectored(&slices[..n]) {
                 Ok(0) => {
                     return Poll::Ready(
@@ -289,15 +282,15 @@ impl Connection {
                     )
                 }
                 Ok(written) => {
-                    self.session.out.advance(written);
-                    self.write_stalled = None;
+                    self.s.session.out.advance(written);
+                    self.s.write_stalled = None;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(self.write_failed(e))),
             }
         }
-        if self.session.take_write_shutdown() {
+        if self.s.session.take_write_shutdown() {
             socket.shutdown_write();
         }
         Poll::Ready(Ok(()))
@@ -309,7 +302,7 @@ impl Connection {
             if let Poll::Ready(result) = self.try_flush() {
                 return Poll::Ready(result);
             }
-            let Some(socket) = &self.socket else {
+            let Some(socket) = &self.s.socket else {
                 return Poll::Ready(Err(closed()));
             };
             if let Err(e) = std::task::ready!(socket.poll_write_ready(cx)) {
@@ -326,7 +319,7 @@ impl Connection {
     fn write_timed_out(&self, after: Duration) -> Error {
         Error::Timeout {
             operation: "write",
-            addr: self.info.peer.to_string(),
+            addr: self.s.info.peer.to_string(),
             after,
         }
     }
@@ -338,7 +331,7 @@ impl Connection {
     /// Cancel-safe: dropping the future (in a `select!`) loses nothing;
     /// the next call carries on where it stopped.
     pub async fn recv(&mut self) -> Result<Option<Message>> {
-        let started = Instant::now();
+        let started = self.s.session.recv_started();
         poll_fn(|cx| self.poll_recv(cx, started)).await
     }
 
@@ -348,15 +341,15 @@ impl Connection {
         started: Instant,
     ) -> Poll<Result<Option<Message>>> {
         loop {
-            if self.socket.is_none() {
+            if self.s.socket.is_none() {
                 return Poll::Ready(Ok(None));
             }
             self.poll_signals(cx)?;
-            match self.session.next_message() {
+            match self.s.session.next_message() {
                 Ok(Some(message)) => return Poll::Ready(Ok(Some(message))),
                 Ok(None) => {}
                 Err(e) => {
-                    let error = self.session.fail(e, &self.info.peer);
+                    let error = self.s.session.fail(e, &self.s.info.peer);
                     let _ = self.try_flush();
                     return Poll::Ready(Err(error));
                 }
@@ -366,25 +359,25 @@ impl Connection {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(e)) => return Poll::Ready(self.after_write_error(e)),
                 Poll::Pending => {
-                    self.write_stalled.get_or_insert_with(Instant::now);
+                    self.s.write_stalled.get_or_insert_with(Instant::now);
                     false
                 }
             };
-            if self.session.is_done() {
+            if self.s.session.is_done() {
                 if flushed {
                     self.finished();
                     return Poll::Ready(Ok(None));
                 }
-            } else if flushed || self.session.out.len() < OUT_HIGH_WATER {
+            } else if flushed || self.s.session.out.len() < OUT_HIGH_WATER {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {
                         self.finished();
-                        return Poll::Ready(self.session.on_eof().map(|()| None));
+                        return Poll::Ready(self.s.session.on_eof().map(|()| None));
                     }
                     Poll::Ready(Err(e)) => {
                         self.finished();
-                        return Poll::Ready(match self.session.on_eof() {
+                        return Poll::Ready(match self.s.session.on_eof() {
                             Ok(()) => Ok(None),
                             Err(_) => Err(Error::io("reading from the connection", e)),
                         });
@@ -395,7 +388,10 @@ impl Connection {
             match self.poll_timer(cx, started) {
                 Poll::Ready(Some(result)) => return Poll::Ready(result),
                 Poll::Ready(None) => continue,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.s.woken = true;
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -403,7 +399,7 @@ impl Connection {
     /// A write failed inside `recv`: a peer that hung up after the close
     /// handshake started is the end of it; anything else is an error.
     fn after_write_error(&mut self, e: Error) -> Result<Option<Message>> {
-        if self.session.is_closing() {
+        if self.s.session.is_closing() {
             self.finished();
             return Ok(None);
         }
@@ -412,19 +408,20 @@ impl Connection {
 
     /// Server shutdown, outbox overflow, queued messages.
     fn poll_signals(&mut self, cx: &mut Context<'_>) -> Result<()> {
-        if let Some(shutdown) = &mut self.shutdown {
-            if shutdown.poll(cx).is_ready() {
-                self.shutdown = None;
+        if let Some(shutdown) = &mut self.s.shutdown {
+            if Pin::new(shutdown).poll(cx).is_ready() {
+                self.s.shutdown = None;
                 // What was queued before the shutdown goes out first.
                 self.take_queued(None)?;
-                self.session.start_close(1001, "server shutting down");
+                self.s.session.start_close(1001, "server shutting down");
             }
         }
-        if let Some(outbox) = &self.outbox {
+        if let Some(outbox) = &self.s.outbox {
             outbox.overflow.waker.register(cx.waker());
             if outbox.overflow.flag.swap(false, Ordering::SeqCst) {
-                self.session
-                    .close_slow_consumer(&self.info.peer, self.limits.send_queue);
+                self.s
+                    .session
+                    .close_slow_consumer(&self.s.info.peer, self.s.limits.send_queue);
             }
         }
         self.take_queued(Some(cx))
@@ -435,8 +432,8 @@ impl Connection {
     fn take_queued(&mut self, mut cx: Option<&mut Context<'_>>) -> Result<()> {
         // Output the peer has not taken yet holds the queue back, so that
         // a slow reader fills its bounded queue, not our memory.
-        while !self.session.is_closing() && self.session.out.len() < OUT_HIGH_WATER {
-            let Some(outbox) = &mut self.outbox else {
+        while !self.s.session.is_closing() && self.s.session.out.len() < OUT_HIGH_WATER {
+            let Some(outbox) = &mut self.s.outbox else {
                 return Ok(());
             };
             let next = match cx.as_deref_mut() {
@@ -450,23 +447,23 @@ impl Connection {
             let Some(message) = next else {
                 return Ok(());
             };
-            self.session.send(message)?;
+            self.s.session.send(message)?;
         }
         Ok(())
     }
 
     /// Reads once: `true` if bytes arrived, `false` at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
-        let Some(socket) = &mut self.socket else {
+        let Some(socket) = &mut self.s.socket else {
             return Poll::Ready(Ok(false));
         };
-        let room = self.session.reserve_read();
+        let room = self.s.session.reserve_read();
         loop {
-            match std::task::ready!(socket.poll_read_buf(cx, &mut self.session.read)) {
+            match std::task::ready!(socket.poll_read_buf(cx, &mut self.s.session.read)) {
                 Ok(0) => return Poll::Ready(Ok(false)),
                 Ok(got) => {
-                    self.session.note_read(got, room);
-                    self.reads += 1;
+                    self.s.session.note_read(got, room);
+                    self.s.reads += 1;
                     return Poll::Ready(Ok(true));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -484,8 +481,9 @@ impl Connection {
     ) -> Poll<Option<Result<Option<Message>>>> {
         loop {
             let now = Instant::now();
-            let mut due = self.session.timers.next(started).map(|(at, _)| at);
-            if let (Some(stalled), Some(t)) = (self.write_stalled, self.limits.write_timeout) {
+            self.s.session.tick(now);
+            let mut due = self.s.session.timers.next(started).map(|(at, _)| at);
+            if let (Some(stalled), Some(t)) = (self.s.write_stalled, self.s.limits.write_timeout) {
                 let at = stalled + t;
                 if at <= now {
                     self.finished();
@@ -494,7 +492,7 @@ impl Connection {
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
             if due.is_some_and(|at| at <= now) {
-                return match self.session.on_deadline(started, &self.info.peer) {
+                return match self.s.session.on_deadline(started, &self.s.info.peer) {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
                         self.finished();
@@ -510,12 +508,12 @@ impl Connection {
                 return Poll::Pending;
             };
             let at = tokio::time::Instant::from_std(at);
-            match &mut self.timer {
+            match &mut self.s.timer {
                 Some(timer) if timer.deadline() <= at => {}
                 Some(timer) => timer.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                None => self.s.timer = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-            let Some(timer) = &mut self.timer else {
+            let Some(timer) = &mut self.s.timer else {
                 return Poll::Pending;
             };
             if timer.as_mut().poll(cx).is_pending() {
@@ -523,43 +521,44 @@ impl Connection {
             }
             // It fired (perhaps early, for a deadline that moved): arm it
             // again for what is due now.
-            self.timer = None;
+            self.s.timer = None;
         }
     }
 
     /// The idle clock: releases the buffers once nothing has been read for
     /// [`Limits::release_idle_after`]; otherwise when to look again.
     fn release_due(&mut self, now: Instant) -> Option<Instant> {
-        let after = self.limits.release_idle_after?;
-        if self.session.is_released() {
-            self.release_at = None;
+        let after = self.s.limits.release_idle_after?;
+        if self.s.session.is_released() {
+            self.s.release_at = None;
             return None;
         }
-        match self.release_at {
+        match self.s.release_at {
             Some(at) if at <= now => {
-                if self.reads == self.reads_seen && self.session.out.is_empty() {
-                    self.session.release_buffers();
-                    self.release_at = None;
-                    crate::memory::freed();
+                if self.s.reads == self.s.reads_seen && self.s.session.out.is_empty() {
+                    self.s.session.release_buffers();
+                    self.s.release_at = None;
+                    crate::tokio::memory::freed();
                     return None;
                 }
-                self.reads_seen = self.reads;
-                self.release_at = Some(now + after);
+                self.s.reads_seen = self.s.reads;
+                self.s.release_at = Some(now + after);
             }
             Some(_) => {}
             None => {
-                self.reads_seen = self.reads;
-                self.release_at = Some(now + after);
+                self.s.reads_seen = self.s.reads;
+                self.s.release_at = Some(now + after);
             }
         }
-        self.release_at
+        self.s.release_at
     }
 
     /// Start the closing handshake with `code` and `reason` and wait (at most
     /// [`Limits::close_timeout`]) for the peer's answer. Data messages that
     /// arrive meanwhile are discarded.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.session.start_close(code, reason);
+        self.s.session.tick(Instant::now());
+        self.s.session.start_close(code, reason);
         while self.recv().await?.is_some() {}
         Ok(())
     }
@@ -569,12 +568,12 @@ impl Connection {
     /// messages sent before the error) can be delivered first; then
     /// [`close_deferred`](Connection::close_deferred) sends it.
     pub(crate) fn defer_error_close(&mut self) {
-        self.session.defer_error_close = true;
+        self.s.session.defer_error_close = true;
     }
 
     /// Sends the close code a peer error left waiting, and awaits the answer.
     pub(crate) async fn close_deferred(&mut self) -> Result<()> {
-        if self.session.close_deferred() {
+        if self.s.session.close_deferred() {
             while self.recv().await?.is_some() {}
         }
         Ok(())
@@ -583,23 +582,24 @@ impl Connection {
     /// Sends a close frame without waiting for the answer: messages the
     /// peer sends before its close still come out of [`recv`](Connection::recv).
     pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.session.start_close(code, reason);
+        self.s.session.tick(Instant::now());
+        self.s.session.start_close(code, reason);
         self.flush().await
     }
 
     /// The connection is over: drop the socket now.
     fn finished(&mut self) {
-        self.session.abandon();
-        self.socket = None;
+        self.s.session.abandon();
+        self.s.socket = None;
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.lingering || self.session.is_done() {
+        if self.s.lingering || self.s.session.is_done() {
             return;
         }
-        let Some(socket) = self.socket.take() else {
+        let Some(socket) = self.s.socket.take() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -608,17 +608,18 @@ impl Drop for Connection {
         // Finish the closing handshake without making the dropper wait; the
         // slot (if any) keeps the server's drain waiting for it.
         let session = std::mem::replace(
-            &mut self.session,
-            Session::new(Role::Server, &self.limits, None),
+            &mut self.s.session,
+            Session::new(Role::Server, &self.s.limits, None, Instant::now()),
         );
-        let mut closer = Connection::new(socket, session, self.info.clone(), self.limits.clone());
-        closer.slot = self.slot.take();
-        closer.lingering = true;
-        let close_timeout = self.limits.close_timeout;
+        let mut closer =
+            Connection::new(socket, session, self.s.info.clone(), self.s.limits.clone());
+        closer.s.slot = self.s.slot.take();
+        closer.s.lingering = true;
+        let close_timeout = self.s.limits.close_timeout;
         runtime.spawn(async move {
             let _ = tokio::time::timeout(close_timeout, closer.close(1000, "")).await;
             drop(closer);
-            crate::memory::freed();
+            crate::tokio::memory::freed();
         });
     }
 }

@@ -31,6 +31,8 @@ mod client;
 mod connection;
 pub mod exec;
 mod io;
+mod listener;
+mod memory;
 pub mod proxy;
 mod server;
 

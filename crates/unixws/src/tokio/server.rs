@@ -20,13 +20,14 @@ use crate::handshake::{
     check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
 };
 use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer};
-use crate::listen::{AcceptBackoff, AsyncListener};
+use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
 use crate::session::Session;
 use crate::stats::{Counter, ServerStats};
 use crate::stream::ShutdownSignal;
 use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
+use crate::tokio::listener::AsyncListener;
 use crate::tokio::Connection;
 use tungstenite::protocol::Role;
 
@@ -66,7 +67,7 @@ impl ServerBuilder {
     /// Bind the socket for the tokio server (call inside a tokio runtime).
     pub fn bind_async(self) -> Result<Server> {
         let (listener, rules, limits) = self.bind_parts()?;
-        let listener = listener.into_async().map_err(|e| {
+        let listener = AsyncListener::new(listener).map_err(|e| {
             Error::io(
                 "registering the listener with tokio (is a runtime running?)",
                 e,
@@ -147,14 +148,14 @@ impl Server {
         F: Future<Output = Result<()>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let _trimming = crate::memory::start_trimming();
-        let mut shutdown = self.ctx.shutdown.subscribe();
+        let _trimming = crate::tokio::memory::start_trimming();
+        let mut shutdown = self.ctx.shutdown.waiter();
         let mut backoff = AcceptBackoff::default();
         tracing::info!(addr = %self.local_addr(), "listening");
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|raised| *raised) => break,
+                _ = &mut shutdown => break,
                 accepted = self.listener.accept() => accepted,
             };
             let (socket, peer) = match accepted {
@@ -167,7 +168,7 @@ impl Server {
                     if let Some(pause) = backoff.on_error(&e) {
                         // Wait out descriptor exhaustion, but wake for shutdown.
                         tokio::select! {
-                            _ = shutdown.wait_for(|raised| *raised) => break,
+                            _ = &mut shutdown => break,
                             _ = tokio::time::sleep(pause) => {}
                         }
                     }
@@ -231,7 +232,7 @@ async fn connection_task<T, H, F>(
         }
     }
     ctx.tasks.fetch_sub(1, Ordering::SeqCst);
-    crate::memory::freed();
+    crate::tokio::memory::freed();
 }
 
 type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;
@@ -305,7 +306,7 @@ async fn upgrade<T: Send + 'static>(
             response
         })
     };
-    let mut shutdown = ctx.shutdown.subscribe();
+    let mut shutdown = ctx.shutdown.waiter();
     // Boxed: the handshake's state is large and must not stay in the
     // connection task's memory for the life of the connection.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -315,7 +316,7 @@ async fn upgrade<T: Send + 'static>(
     ));
     let result = tokio::select! {
         biased;
-        _ = shutdown.wait_for(|raised| *raised) => {
+        _ = &mut shutdown => {
             tracing::debug!(%peer, "shutdown during the handshake");
             return None;
         }
@@ -355,7 +356,8 @@ async fn upgrade<T: Send + 'static>(
         return None;
     };
     let AsyncHeadReader { socket, head } = ws.into_inner();
-    let session = Session::new(Role::Server, limits, None).with_initial(&head.into_tail());
+    let session =
+        Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer);
     ctx.rules.stats.count(Counter::Upgraded);
     let conn = Connection::new(socket, session, info, ctx.limits.clone()).serving(

@@ -1,0 +1,238 @@
+//! Entry points for the fuzz targets (feature `fuzzing`; not part of the
+//! API). The differential check feeds the same bytes to unixws's codec and
+//! to tungstenite's frame engine, split at the same (fuzzer-chosen)
+//! points, and compares the messages each produces and the class of the
+//! error each ends with: any disagreement is a finding.
+
+use std::io::{self, Read, Write};
+
+use bytes::BytesMut;
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+use tungstenite::Message;
+
+use crate::codec::Decoder;
+
+/// How one side's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The input ran out (no error, or tungstenite's end-of-stream error).
+    Input,
+    /// A close frame arrived: nothing after it is read.
+    Closed,
+    /// The peer broke the protocol: the close code it is owed.
+    Error(u16),
+}
+
+/// Reads served in the given pieces, then end of stream; writes vanish.
+struct Pieces<'a> {
+    data: &'a [u8],
+    cuts: Vec<usize>,
+    at: usize,
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let next = self
+            .cuts
+            .iter()
+            .copied()
+            .find(|&c| c > self.at)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let n = (next - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Write for Pieces<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The close code tungstenite's error stands for (what unixws sends for
+/// it), or `None` for the end of the input.
+fn tungstenite_class(e: &WsError) -> Option<u16> {
+    match e {
+        // RFC 6455 5.2: a 64-bit length with its top bit set is a protocol
+        // error; tungstenite calls it a size error.
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+            if *size > i64::MAX as usize =>
+        {
+            Some(1002)
+        }
+        WsError::Capacity(_) => Some(1009),
+        WsError::Utf8(_) => Some(1007),
+        WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(1002),
+        _ => None,
+    }
+}
+
+/// tungstenite's messages from `stream` cut at `cuts`, and how it ended.
+fn tungstenite_reads(
+    stream: &[u8],
+    cuts: Vec<usize>,
+    role: Role,
+    max: usize,
+) -> (Vec<Message>, End) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let pieces = Pieces {
+        data: stream,
+        cuts,
+        at: 0,
+    };
+    let mut ws = WebSocket::from_raw_socket(pieces, role, Some(config));
+    let mut messages = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(message) => {
+                let close = matches!(message, Message::Close(_));
+                messages.push(message);
+                if close {
+                    return (messages, End::Closed);
+                }
+            }
+            Err(e) => {
+                return (
+                    messages,
+                    tungstenite_class(&e).map_or(End::Input, End::Error),
+                )
+            }
+        }
+    }
+}
+
+/// Runs both decoders over `input` (first byte: role and limits; next
+/// two: where to cut; the rest: the byte stream). `Err` describes a
+/// disagreement.
+pub fn codec_vs_tungstenite(input: &[u8]) -> Result<(), String> {
+    let [mode, seed_a, seed_b, stream @ ..] = input else {
+        return Ok(());
+    };
+    let role = if mode & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    let max = if mode & 2 == 0 { 1 << 20 } else { 300 };
+    let mut cuts = Vec::new();
+    let mut state = u32::from(*seed_a) << 8 | u32::from(*seed_b);
+    let mut at = 0usize;
+    while at < stream.len() && state != 0 {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        at += 1 + (state >> 16) as usize % 64;
+        cuts.push(at);
+    }
+
+    // unixws: the same pieces, decoded after each arrives.
+    let mut ours = Vec::new();
+    let mut our_end = End::Input;
+    let mut decoder = Decoder::new(role, max, max);
+    let mut buf = BytesMut::new();
+    let mut from = 0;
+    'pieces: for cut in cuts.iter().copied().chain(std::iter::once(stream.len())) {
+        let cut = cut.min(stream.len());
+        if cut <= from {
+            continue;
+        }
+        buf.extend_from_slice(&stream[from..cut]);
+        from = cut;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(message)) => {
+                    let close = matches!(message, Message::Close(_));
+                    ours.push(message);
+                    if close {
+                        our_end = End::Closed;
+                        break 'pieces;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    our_end = End::Error(e.close_code());
+                    break 'pieces;
+                }
+            }
+        }
+    }
+
+    // tungstenite: its own engine over the same pieces.
+    let (theirs, their_end) = tungstenite_reads(stream, cuts.clone(), role, max);
+
+    let agree = match (our_end, their_end) {
+        (a, b) if a == b => ours == theirs,
+        // A close frame with a code that may not be sent: tungstenite
+        // hands out a 1002 close of its own making; unixws fails with 1002.
+        (End::Error(1002), End::Closed) => {
+            theirs.split_last().is_some_and(|(last, before)| {
+                before == ours.as_slice()
+                    && matches!(last, Message::Close(Some(f)) if u16::from(f.code) == 1002 && f.reason == "Protocol violation")
+            })
+        }
+        // unixws refuses a frame as soon as its header (or a bad UTF-8
+        // byte) shows it is wrong; tungstenite only once the frame is
+        // whole, which a cut-off input never gives it. Completed (with
+        // zeros), the same frame must fail the same way in tungstenite.
+        (End::Error(code), End::Input) if ours == theirs => {
+            let padded = [stream, &vec![0u8; max + 14][..]].concat();
+            let (again, end) = tungstenite_reads(&padded, cuts, role, max);
+            again == ours && end == End::Error(code)
+        }
+        _ => false,
+    };
+    if agree {
+        Ok(())
+    } else {
+        Err(format!(
+            "codec and tungstenite disagree ({role:?}, max {max}):\n  unixws: {ours:?} then {our_end:?}\n  tungstenite: {theirs:?} then {their_end:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codec_vs_tungstenite;
+
+    #[test]
+    fn the_differential_check_agrees_on_ordinary_and_broken_streams() {
+        let key = [1u8, 2, 3, 4];
+        let masked = |first: u8, payload: &[u8]| {
+            let mut f = vec![first, 0x80 | payload.len() as u8];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            f
+        };
+        let streams = [
+            [
+                masked(0x81, b"hello"),
+                masked(0x89, b"p"),
+                masked(0x82, &[0, 1, 2]),
+            ]
+            .concat(),
+            [
+                masked(0x01, b"fra"),
+                masked(0x80, b"gment"),
+                masked(0x88, &[3, 232]),
+            ]
+            .concat(),
+            masked(0x81, &[0xce, 0xff]),
+            masked(0xc1, b"rsv"),
+            vec![0x81, 0x02, b'h', b'i'],
+        ];
+        for stream in streams {
+            for seed in [[0u8, 0], [0, 7], [1, 3]] {
+                let input = [&[0u8, seed[0], seed[1]][..], &stream].concat();
+                codec_vs_tungstenite(&input).unwrap();
+            }
+        }
+    }
+}
