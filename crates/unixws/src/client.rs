@@ -176,15 +176,34 @@ impl ClientBuilder {
         loop {
             match self.connect_once() {
                 Ok(conn) => return Ok(conn),
-                Err(e) if e.is_transient() && retry < self.retry.attempts => {
-                    let delay = self.retry.delay(retry);
-                    tracing::info!(error = %e, retry = retry + 1, of = self.retry.attempts, ?delay, "connect failed; retrying");
-                    thread::sleep(delay);
-                    retry += 1;
-                }
-                Err(e) => return Err(e),
+                Err(e) => thread::sleep(self.retry_after(e, &mut retry)?),
             }
         }
+    }
+
+    /// The retry rule of both clients: after a transient error (missing
+    /// socket, refused, busy), wait the policy's next delay while attempts
+    /// remain; any other error, or the last attempt's, is the answer.
+    pub(crate) fn retry_after(&self, e: Error, retry: &mut u32) -> Result<Duration> {
+        if !e.is_transient() || *retry >= self.retry.attempts {
+            return Err(e);
+        }
+        let delay = self.retry.delay(*retry);
+        *retry += 1;
+        tracing::info!(error = %e, retry = *retry, of = self.retry.attempts, ?delay, "connect failed; retrying");
+        Ok(delay)
+    }
+
+    /// The client's session after a handshake whose head ended where
+    /// `head` says: frames that came with the response are its first input.
+    pub(crate) fn session_after(&self, head: HeadBuffer) -> Session {
+        Session::new(
+            Role::Client,
+            &self.limits,
+            self.read_timeout,
+            Instant::now(),
+        )
+        .with_initial(&head.into_tail())
     }
 
     fn connect_once(&self) -> Result<Connection> {
@@ -216,13 +235,7 @@ impl ClientBuilder {
             head,
         } = ws.into_inner();
         stream.set_deadline(None);
-        let session = Session::new(
-            Role::Client,
-            &self.limits,
-            self.read_timeout,
-            Instant::now(),
-        )
-        .with_initial(&head.into_tail());
+        let session = self.session_after(head);
         let info = self.response_info(peer, &response);
         Ok(Connection::new(stream, session, info, self.limits.clone()))
     }

@@ -61,6 +61,7 @@ pub mod listen;
 pub mod peer;
 pub mod policy;
 pub mod server;
+mod server_core;
 mod session;
 pub mod stats;
 pub mod stream;

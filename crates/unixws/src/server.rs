@@ -9,38 +9,31 @@
 //! timeout and removes the socket file.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use std::os::fd::AsFd;
-use tungstenite::error::Error as WsError;
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::Role;
 
 use crate::addr::{Address, Endpoint, ToAddress};
 use crate::config::Limits;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::handshake::{
-    check_request, handshake_config, is_header_too_large, refuse_bad_request, write_plain_response,
-    Accepted, HandshakeRules, HeadBuffer, HeadReader,
+    check_request, handshake_config, Accepted, HandshakeRules, HeadBuffer, HeadReader,
 };
 use crate::listen::{AcceptBackoff, BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
+use crate::server_core::{Admission, Outcome, ServerCore};
 use crate::session::Session;
-use crate::stats::{Counter, ServerStats};
+use crate::stats::ServerStats;
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
-use tungstenite::protocol::Role;
-
-/// Connections beyond `max_connections` that may still be in their
-/// handshake (to be answered 503) before new ones are dropped unanswered:
-/// this caps the threads a connection flood can start.
-const REFUSAL_SLACK: usize = 64;
 
 /// Everything a server needs besides the handler.
 #[derive(Debug)]
@@ -110,15 +103,9 @@ impl ServerBuilder {
     /// Bind the socket. The server does not accept until [`Server::serve`].
     pub fn bind(self) -> Result<Server> {
         let (listener, rules, limits) = self.bind_parts()?;
-        let shutdown =
-            ShutdownSignal::new().map_err(|e| Error::io("creating the shutdown signal", e))?;
         Ok(Server {
             listener,
-            ctx: Arc::new(ServerContext {
-                rules,
-                limits,
-                shutdown,
-            }),
+            core: ServerCore::new(rules, limits)?,
         })
     }
 
@@ -143,13 +130,6 @@ impl ServerBuilder {
     }
 }
 
-#[derive(Debug)]
-struct ServerContext {
-    rules: HandshakeRules,
-    limits: Limits,
-    shutdown: ShutdownSignal,
-}
-
 /// A bound blocking WebSocket server.
 ///
 /// ```no_run
@@ -165,7 +145,7 @@ struct ServerContext {
 #[derive(Debug)]
 pub struct Server {
     listener: Listener,
-    ctx: Arc<ServerContext>,
+    core: Arc<ServerCore>,
 }
 
 /// Stops a running server from any thread (cheap to clone).
@@ -204,12 +184,12 @@ impl Server {
 
     /// Live counters of what this server accepted, refused and closed.
     pub fn stats(&self) -> Arc<ServerStats> {
-        self.ctx.rules.stats.clone()
+        self.core.rules.stats.clone()
     }
 
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle::new(self.ctx.shutdown.clone())
+        ShutdownHandle::new(self.core.shutdown.clone())
     }
 
     /// Accept connections until shut down, running `handler` for each on
@@ -220,121 +200,92 @@ impl Server {
         H: Fn(&mut Connection) -> Result<()> + Send + Sync + 'static,
     {
         let handler = Arc::new(handler);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        let mut accept_backoff = AcceptBackoff::default();
+        let mut backoff = AcceptBackoff::default();
         self.listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("making the listener non-blocking", e))?;
         tracing::info!(addr = %self.local_addr(), "listening");
-        loop {
-            if !self.wait_for_accept(None) {
-                break;
-            }
-            let (socket, peer) = match self.listener.accept() {
-                Ok(pair) => {
-                    accept_backoff.reset();
-                    self.ctx.rules.stats.count(Counter::Accepted);
-                    pair
-                }
-                Err(e) => {
-                    if let Some(pause) = accept_backoff.on_error(&e) {
+        while self.wait_for_accept(None) {
+            let (socket, peer, in_flight) =
+                match self.core.admit(self.listener.accept(), &mut backoff) {
+                    Admission::Serve(socket, peer, in_flight) => (socket, peer, in_flight),
+                    Admission::Again(None) => continue,
+                    Admission::Again(Some(pause)) => {
                         // Wait out descriptor exhaustion, but wake for shutdown.
-                        if !self.wait_for_accept(Some(pause)) && self.ctx.shutdown.is_raised() {
+                        if !self.wait_for_accept(Some(pause)) && self.core.shutdown.is_raised() {
                             break;
                         }
+                        continue;
                     }
-                    continue;
-                }
-            };
-            if in_flight.load(Ordering::SeqCst) >= self.ctx.limits.max_connections + REFUSAL_SLACK {
-                if let Some(suppressed) = self.ctx.rules.flood_log.allow() {
-                    tracing::warn!(%peer, suppressed, "connection flood: dropping connections unanswered");
-                }
-                continue;
-            }
-            threads.retain(|t| !t.is_finished());
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            let ctx = self.ctx.clone();
+                };
+            let core = self.core.clone();
             let handler = handler.clone();
-            let in_flight_done = in_flight.clone();
             let spawned = thread::Builder::new()
                 .name("unixws-conn".into())
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    serve_connection(&ctx, socket, peer, &*handler);
-                    in_flight_done.fetch_sub(1, Ordering::SeqCst);
+                    let _in_flight = in_flight;
+                    serve_connection(&core, socket, peer, &*handler);
                 });
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    tracing::error!(error = %e, "cannot start a connection thread; dropping the connection");
-                }
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a connection thread; dropping the connection");
             }
         }
-        let Server { listener, ctx } = self;
+        let Server { listener, core } = self;
         // Dropping the listener stops accepting and removes the socket file.
         drop(listener);
-        let deadline = Instant::now() + ctx.limits.drain_timeout;
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
+        let deadline = core.drain_deadline();
+        while core.draining(deadline) {
+            thread::sleep(ServerCore::DRAIN_POLL);
         }
-        let left = threads.iter().filter(|t| !t.is_finished()).count();
-        if left > 0 {
-            tracing::warn!(
-                left,
-                "drain timeout passed with connections still open; leaving them"
-            );
-        }
-        tracing::info!(stats = ?ctx.rules.stats.snapshot(), "server stopped");
+        core.stopped();
         Ok(())
     }
 
     /// Waits until the listener is readable (true) or shutdown/timeout (false).
     fn wait_for_accept(&self, timeout: Option<Duration>) -> bool {
         loop {
-            if self.ctx.shutdown.is_raised() {
+            if self.core.shutdown.is_raised() {
                 return false;
             }
             let mut fds = [
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.ctx.shutdown.fd(), PollFlags::POLLIN),
+                PollFd::new(self.core.shutdown.fd(), PollFlags::POLLIN),
             ];
             let t = timeout.map_or(PollTimeout::NONE, |d| {
                 PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX)
             });
             match poll(&mut fds, t) {
                 Ok(0) => return false,
-                Ok(_) => return !self.ctx.shutdown.is_raised(),
+                Ok(_) => return !self.core.shutdown.is_raised(),
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "poll on the listener failed");
                     thread::sleep(Duration::from_millis(100));
-                    return !self.ctx.shutdown.is_raised();
+                    return !self.core.shutdown.is_raised();
                 }
             }
         }
     }
 }
 
-fn serve_connection<H>(ctx: &ServerContext, socket: Socket, peer: Peer, handler: &H)
+fn serve_connection<H>(core: &ServerCore, socket: Socket, peer: Peer, handler: &H)
 where
     H: Fn(&mut Connection) -> Result<()>,
 {
-    let limits = &ctx.limits;
+    let limits = &*core.limits;
     // Without it (descriptors exhausted) a refused request is only dropped.
     let raw = socket.try_clone().ok();
     let _ = socket.set_write_timeout(limits.write_timeout.or(Some(limits.handshake_timeout)));
     let mut stream = Stream::new(socket);
     stream.set_deadline(Some(Instant::now() + limits.handshake_timeout));
-    stream.set_shutdown(Some(ctx.shutdown.clone()));
+    stream.set_shutdown(Some(core.shutdown.clone()));
     let reader = HeadReader::new(stream, HeadBuffer::new(limits.max_header_bytes));
 
     let accepted: RefCell<Option<Accepted>> = RefCell::new(None);
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        check_request(&ctx.rules, &peer, request, response).map(|(response, a)| {
+        check_request(&core.rules, &peer, request, response).map(|(response, a)| {
             *accepted.borrow_mut() = Some(a);
             response
         })
@@ -343,32 +294,13 @@ where
     let ws = match result {
         Ok(ws) => ws,
         Err(HandshakeError::Interrupted(mut mid)) => {
-            let why = mid.get_mut().get_mut().inner.take_interrupt();
-            if why == Some(Interrupt::Deadline) {
-                ctx.rules.stats.count(Counter::BadHandshake);
-                tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
-            } else {
-                tracing::debug!(%peer, "shutdown during the handshake");
-            }
-            return;
+            let outcome = match mid.get_mut().get_mut().inner.take_interrupt() {
+                Some(Interrupt::Deadline) => Outcome::TimedOut,
+                _ => Outcome::ShutDown,
+            };
+            return core.not_upgraded(&peer, outcome, raw);
         }
-        Err(HandshakeError::Failure(WsError::Http(response))) => {
-            tracing::debug!(%peer, status = %response.status(), "handshake refused");
-            return;
-        }
-        Err(HandshakeError::Failure(WsError::Io(e))) if is_header_too_large(&e) => {
-            ctx.rules.stats.count(Counter::BadHandshake);
-            tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
-            if let Some(raw) = raw {
-                write_plain_response(raw, 431, "request header too large", &[]);
-            }
-            return;
-        }
-        Err(HandshakeError::Failure(e)) => {
-            ctx.rules.stats.count(Counter::BadHandshake);
-            refuse_bad_request(raw, &peer, &e);
-            return;
-        }
+        Err(HandshakeError::Failure(e)) => return core.not_upgraded(&peer, Outcome::of(e), raw),
     };
     let Some(accepted) = accepted.into_inner() else {
         tracing::error!(%peer, "handshake finished without passing the callback; dropping");
@@ -382,9 +314,9 @@ where
     let session =
         Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer);
-    ctx.rules.stats.count(Counter::Upgraded);
+    core.upgraded();
     let mut conn =
-        Connection::new(stream, session, info, limits.clone()).counting(ctx.rules.stats.clone());
+        Connection::new(stream, session, info, limits.clone()).counting(core.rules.stats.clone());
     if let Err(e) = handler(&mut conn) {
         tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
     }
@@ -413,13 +345,9 @@ pub fn serve_bytes_for_fuzzing(first: &[u8], then: &[u8]) -> Vec<u8> {
         write_timeout: Some(Duration::from_secs(1)),
         ..Limits::default()
     };
-    let Ok(shutdown) = ShutdownSignal::new() else {
+    let rules = HandshakeRules::new(&limits, AccessPolicy::default(), vec!["fuzz".into()]);
+    let Ok(core) = ServerCore::new(rules, limits) else {
         return Vec::new();
-    };
-    let ctx = ServerContext {
-        rules: HandshakeRules::new(&limits, AccessPolicy::default(), vec!["fuzz".into()]),
-        limits,
-        shutdown,
     };
     let Ok(credentials) = crate::peer::PeerCredentials::of(&ours) else {
         return Vec::new();
@@ -455,7 +383,7 @@ pub fn serve_bytes_for_fuzzing(first: &[u8], then: &[u8]) -> Vec<u8> {
         output
     });
     serve_connection(
-        &ctx,
+        &core,
         Socket::Unix(ours),
         Peer::Unix(credentials),
         &|conn: &mut Connection| {

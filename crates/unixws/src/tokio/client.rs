@@ -9,11 +9,9 @@ use std::time::Instant;
 use crate::client::{open_socket, ClientBuilder};
 use crate::error::{Error, Result};
 use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer};
-use crate::session::Session;
 use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
 use crate::tokio::Connection;
 use crate::ToAddress;
-use tungstenite::protocol::Role;
 
 /// Connect to `addr` with default settings.
 ///
@@ -34,13 +32,7 @@ impl ClientBuilder {
         loop {
             match self.connect_once_async().await {
                 Ok(conn) => return Ok(conn),
-                Err(e) if e.is_transient() && retry < self.retry.attempts => {
-                    let delay = self.retry.delay(retry);
-                    tracing::info!(error = %e, retry = retry + 1, of = self.retry.attempts, ?delay, "connect failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    retry += 1;
-                }
-                Err(e) => return Err(e),
+                Err(e) => tokio::time::sleep(self.retry_after(e, &mut retry)?).await,
             }
         }
     }
@@ -74,13 +66,7 @@ impl ClientBuilder {
             Ok(Ok(pair)) => pair,
         };
         let AsyncHeadReader { socket, head } = ws.into_inner();
-        let session = Session::new(
-            Role::Client,
-            &self.limits,
-            self.read_timeout,
-            Instant::now(),
-        )
-        .with_initial(&head.into_tail());
+        let session = self.session_after(head);
         let info = self.response_info(peer, &response);
         Ok(Connection::new(
             socket,

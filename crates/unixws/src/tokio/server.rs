@@ -5,35 +5,28 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tungstenite::error::Error as WsError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::HeaderValue;
+use tungstenite::protocol::Role;
 
 use crate::addr::Address;
-use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::handshake::{
-    check_request, refuse_bad_request, write_plain_response, Accepted, HandshakeRules,
+    check_request, handshake_config, write_plain_response, Accepted, HeadBuffer,
 };
-use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer};
 use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
+use crate::server_core::{Admission, InFlight, Outcome, ServerCore};
 use crate::session::Session;
-use crate::stats::{Counter, ServerStats};
-use crate::stream::ShutdownSignal;
+use crate::stats::ServerStats;
 use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
 use crate::tokio::listener::AsyncListener;
 use crate::tokio::Connection;
-use tungstenite::protocol::Role;
-
-/// Connections beyond `max_connections` that may still be in their
-/// handshake (to be answered 503) before new ones are dropped unanswered.
-const REFUSAL_SLACK: usize = 256;
 
 /// A bound tokio WebSocket server.
 ///
@@ -51,16 +44,7 @@ const REFUSAL_SLACK: usize = 256;
 #[derive(Debug)]
 pub struct Server {
     listener: AsyncListener,
-    ctx: Arc<Context>,
-}
-
-#[derive(Debug)]
-struct Context {
-    rules: HandshakeRules,
-    limits: Arc<Limits>,
-    shutdown: ShutdownSignal,
-    /// Connection tasks still running (in handshake or in the handler).
-    tasks: AtomicUsize,
+    core: Arc<ServerCore>,
 }
 
 impl ServerBuilder {
@@ -73,16 +57,9 @@ impl ServerBuilder {
                 e,
             )
         })?;
-        let shutdown =
-            ShutdownSignal::new().map_err(|e| Error::io("creating the shutdown signal", e))?;
         Ok(Server {
             listener,
-            ctx: Arc::new(Context {
-                rules,
-                limits: Arc::new(limits),
-                shutdown,
-                tasks: AtomicUsize::new(0),
-            }),
+            core: ServerCore::new(rules, limits)?,
         })
     }
 }
@@ -95,12 +72,12 @@ impl Server {
 
     /// Live counters of what this server accepted, refused and closed.
     pub fn stats(&self) -> Arc<ServerStats> {
-        self.ctx.rules.stats.clone()
+        self.core.rules.stats.clone()
     }
 
     /// A handle that shuts the server down (the same type as the blocking server's).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle::new(self.ctx.shutdown.clone())
+        ShutdownHandle::new(self.core.shutdown.clone())
     }
 
     /// Accept connections until shut down, running `handler` on its own task
@@ -149,7 +126,7 @@ impl Server {
     {
         let handler = Arc::new(handler);
         let _trimming = crate::tokio::memory::start_trimming();
-        let mut shutdown = self.ctx.shutdown.waiter();
+        let mut shutdown = self.core.shutdown.waiter();
         let mut backoff = AcceptBackoff::default();
         tracing::info!(addr = %self.local_addr(), "listening");
         loop {
@@ -158,50 +135,36 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => accepted,
             };
-            let (socket, peer) = match accepted {
-                Ok(pair) => {
-                    backoff.reset();
-                    self.ctx.rules.stats.count(Counter::Accepted);
-                    pair
+            match self.core.admit(accepted, &mut backoff) {
+                Admission::Serve(socket, peer, in_flight) => {
+                    let task = connection_task(
+                        self.core.clone(),
+                        socket,
+                        peer,
+                        gate.clone(),
+                        handler.clone(),
+                        in_flight,
+                    );
+                    tokio::spawn(task);
                 }
-                Err(e) => {
-                    if let Some(pause) = backoff.on_error(&e) {
-                        // Wait out descriptor exhaustion, but wake for shutdown.
-                        tokio::select! {
-                            _ = &mut shutdown => break,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
+                Admission::Again(None) => {}
+                Admission::Again(Some(pause)) => {
+                    // Wait out descriptor exhaustion, but wake for shutdown.
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(pause) => {}
                     }
-                    continue;
                 }
-            };
-            let ctx = self.ctx.clone();
-            if ctx.tasks.load(Ordering::SeqCst) >= ctx.limits.max_connections + REFUSAL_SLACK {
-                if let Some(suppressed) = ctx.rules.flood_log.allow() {
-                    tracing::warn!(%peer, suppressed, "connection flood: dropping connections unanswered");
-                }
-                continue;
             }
-            ctx.tasks.fetch_add(1, Ordering::SeqCst);
-            let handler = handler.clone();
-            tokio::spawn(connection_task(ctx, socket, peer, gate.clone(), handler));
         }
-        let Server { listener, ctx } = self;
+        let Server { listener, core } = self;
         // Dropping the listener stops accepting and removes the socket file.
         drop(listener);
-        let deadline = Instant::now() + ctx.limits.drain_timeout;
-        let busy =
-            || ctx.tasks.load(Ordering::SeqCst) + ctx.rules.stats.open.load(Ordering::SeqCst);
-        while busy() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let deadline = core.drain_deadline();
+        while core.draining(deadline) {
+            tokio::time::sleep(ServerCore::DRAIN_POLL).await;
         }
-        if busy() > 0 {
-            tracing::warn!(
-                left = busy(),
-                "drain timeout passed with connections still open; leaving them"
-            );
-        }
-        tracing::info!(stats = ?ctx.rules.stats.snapshot(), "server stopped");
+        core.stopped();
         Ok(())
     }
 }
@@ -210,17 +173,18 @@ impl Server {
 /// stays a few words: the handshake's state is freed before the handler
 /// runs, and the handler's state is only what it needs.
 async fn connection_task<T, H, F>(
-    ctx: Arc<Context>,
+    core: Arc<ServerCore>,
     socket: AsyncSocket,
     peer: Peer,
     gate: Option<Arc<GateFn<T>>>,
     handler: Arc<H>,
+    in_flight: InFlight,
 ) where
     T: Send + 'static,
     H: Fn(Connection, Option<T>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<()>> + Send + 'static,
 {
-    let upgrading = boxed_upgrade(&ctx, socket, peer, gate);
+    let upgrading = boxed_upgrade(&core, socket, peer, gate);
     // No binding for the connection here: it would keep its room in the
     // task while the handler runs.
     let handling = upgrading
@@ -231,7 +195,7 @@ async fn connection_task<T, H, F>(
             tracing::info!(error = %e, "connection ended with an error");
         }
     }
-    ctx.tasks.fetch_sub(1, Ordering::SeqCst);
+    drop(in_flight);
     crate::tokio::memory::freed();
 }
 
@@ -240,12 +204,12 @@ type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T
 // Plain functions, not `Box::pin(f(..)).await` in the task: a temporary in
 // an awaited expression keeps its space in the task for the whole await.
 fn boxed_upgrade<T: Send + 'static>(
-    ctx: &Context,
+    core: &ServerCore,
     socket: AsyncSocket,
     peer: Peer,
     gate: Option<Arc<GateFn<T>>>,
 ) -> Upgrading<'_, T> {
-    Box::pin(upgrade(ctx, socket, peer, gate))
+    Box::pin(upgrade(core, socket, peer, gate))
 }
 
 fn boxed_handler<T, H, F>(handler: &H, conn: Connection, value: Option<T>) -> Pin<Box<F>>
@@ -257,12 +221,12 @@ where
 
 /// The upgrade: checks, refusals, handshake timeout; the connection if it succeeded.
 async fn upgrade<T: Send + 'static>(
-    ctx: &Context,
+    core: &ServerCore,
     socket: AsyncSocket,
     peer: Peer,
     gate: Option<Arc<GateFn<T>>>,
 ) -> Option<(Connection, Option<T>)> {
-    let limits = &*ctx.limits;
+    let limits = &*core.limits;
     let started = tokio::time::Instant::now();
     // A second descriptor to answer requests tungstenite refuses (400, 426, 431).
     // Without it (descriptors exhausted) a refused request is only dropped.
@@ -270,7 +234,7 @@ async fn upgrade<T: Send + 'static>(
     let mut reader = AsyncHeadReader::new(socket, HeadBuffer::new(limits.max_header_bytes));
     let mut admitted = None;
     if let Some(gate) = gate {
-        let run_gate = ask_gate(ctx, &mut reader, &peer, &*gate);
+        let run_gate = ask_gate(core, &mut reader, &peer, &*gate);
         match tokio::time::timeout(limits.handshake_timeout, run_gate).await {
             Ok(Ok(a)) => admitted = a,
             Ok(Err(refusal)) => {
@@ -283,8 +247,7 @@ async fn upgrade<T: Send + 'static>(
                 return None;
             }
             Err(_) => {
-                ctx.rules.stats.count(Counter::BadHandshake);
-                tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
+                core.not_upgraded(&peer, Outcome::TimedOut, None);
                 return None;
             }
         }
@@ -295,7 +258,7 @@ async fn upgrade<T: Send + 'static>(
     let accepted: Mutex<Option<Accepted>> = Mutex::new(None);
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        check_request(&ctx.rules, &peer, request, response).map(|(mut response, mut a)| {
+        check_request(&core.rules, &peer, request, response).map(|(mut response, mut a)| {
             if let Some(p) =
                 subprotocol.and_then(|p| HeaderValue::from_str(&p).ok().map(|v| (p, v)))
             {
@@ -306,7 +269,7 @@ async fn upgrade<T: Send + 'static>(
             response
         })
     };
-    let mut shutdown = ctx.shutdown.waiter();
+    let mut shutdown = core.shutdown.waiter();
     // Boxed: the handshake's state is large and must not stay in the
     // connection task's memory for the life of the connection.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -317,7 +280,7 @@ async fn upgrade<T: Send + 'static>(
     let result = tokio::select! {
         biased;
         _ = &mut shutdown => {
-            tracing::debug!(%peer, "shutdown during the handshake");
+            core.not_upgraded(&peer, Outcome::ShutDown, None);
             return None;
         }
         result = tokio::time::timeout_at(started + limits.handshake_timeout, handshake) => result,
@@ -325,25 +288,11 @@ async fn upgrade<T: Send + 'static>(
     let ws = match result {
         Ok(Ok(ws)) => ws,
         Err(_) => {
-            ctx.rules.stats.count(Counter::BadHandshake);
-            tracing::info!(%peer, timeout = ?limits.handshake_timeout, "handshake timeout; dropping the connection");
-            return None;
-        }
-        Ok(Err(WsError::Http(response))) => {
-            tracing::debug!(%peer, status = %response.status(), "handshake refused");
-            return None;
-        }
-        Ok(Err(WsError::Io(e))) if is_header_too_large(&e) => {
-            ctx.rules.stats.count(Counter::BadHandshake);
-            tracing::info!(%peer, limit = limits.max_header_bytes, "handshake request too large; answering 431");
-            if let Some(raw) = raw {
-                write_plain_response(raw, 431, "request header too large", &[]);
-            }
+            core.not_upgraded(&peer, Outcome::TimedOut, None);
             return None;
         }
         Ok(Err(e)) => {
-            ctx.rules.stats.count(Counter::BadHandshake);
-            refuse_bad_request(raw, &peer, &e);
+            core.not_upgraded(&peer, Outcome::of(e), raw);
             return None;
         }
     };
@@ -359,11 +308,11 @@ async fn upgrade<T: Send + 'static>(
     let session =
         Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer);
-    ctx.rules.stats.count(Counter::Upgraded);
-    let conn = Connection::new(socket, session, info, ctx.limits.clone()).serving(
+    core.upgraded();
+    let conn = Connection::new(socket, session, info, core.limits.clone()).serving(
         shutdown,
         slot,
-        ctx.rules.stats.clone(),
+        core.rules.stats.clone(),
     );
     Some((conn, admitted.map(|a| a.value)))
 }
@@ -387,7 +336,7 @@ type GateFn<T> = dyn Fn(Request, Peer) -> GateFuture<T> + Send + Sync;
 /// policy or the connection limit will refuse anyway, skips the gate:
 /// tungstenite and `check_request` answer it as for any server.
 async fn ask_gate<T>(
-    ctx: &Context,
+    core: &ServerCore,
     reader: &mut AsyncHeadReader,
     peer: &Peer,
     gate: &GateFn<T>,
@@ -405,8 +354,8 @@ async fn ask_gate<T>(
     let Some(request) = request else {
         return Ok(None);
     };
-    let busy = ctx.rules.stats.open.load(Ordering::SeqCst) >= ctx.rules.max_connections;
-    if busy || !ctx.rules.policy.allows_peer(peer) {
+    let busy = core.rules.stats.open.load(Ordering::SeqCst) >= core.rules.max_connections;
+    if busy || !core.rules.policy.allows_peer(peer) {
         return Ok(None);
     }
     gate(request, peer.clone()).await.map(Some)

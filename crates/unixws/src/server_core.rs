@@ -1,0 +1,183 @@
+//! What both servers decide the same way, whatever moves their bytes:
+//! accept admission (the flood slack beyond `max_connections`, descriptor
+//! exhaustion back-off), the classification of every handshake that did
+//! not end in an upgrade (logged, counted, answered 431/426/400 where a
+//! peer is owed an answer), and the drain on shutdown. The blocking server
+//! runs a thread per connection and the tokio server a task; each only
+//! calls in here.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tungstenite::error::Error as WsError;
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::handshake::{
+    is_header_too_large, refuse_bad_request, write_plain_response, HandshakeRules,
+};
+use crate::listen::AcceptBackoff;
+use crate::peer::Peer;
+use crate::stats::Counter;
+use crate::stream::{ShutdownSignal, Socket};
+
+/// Connections beyond `max_connections` that may still be in their
+/// handshake (to be answered 503) before new ones are dropped unanswered:
+/// this caps the threads or tasks a connection flood can start.
+pub(crate) const REFUSAL_SLACK: usize = 256;
+
+/// The state both servers share.
+#[derive(Debug)]
+pub(crate) struct ServerCore {
+    pub(crate) rules: HandshakeRules,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) shutdown: ShutdownSignal,
+    /// Connection threads or tasks still running (handshake or handler).
+    in_flight: AtomicUsize,
+}
+
+/// One admitted connection's place in the server, given back on drop.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ServerCore>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What to do with the result of one `accept`.
+#[derive(Debug)]
+pub(crate) enum Admission<S> {
+    /// Serve this connection; the guard counts it until dropped.
+    Serve(S, Peer, InFlight),
+    /// Nothing to serve now; accept again after this pause (if any).
+    Again(Option<Duration>),
+}
+
+/// How a handshake that did not upgrade ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The handshake timeout passed.
+    TimedOut,
+    /// The server shut down meanwhile.
+    ShutDown,
+    /// The access policy, the connection limit or a gate answered with
+    /// this status (the answer is already written).
+    Refused(u16),
+    /// The request head outgrew `max_header_bytes`: answered 431.
+    TooLarge,
+    /// tungstenite refused the request (400, 426, 431) or the peer left.
+    Failed(WsError),
+}
+
+impl Outcome {
+    /// The outcome of a handshake that tungstenite ended with `e`.
+    pub(crate) fn of(e: WsError) -> Self {
+        match e {
+            WsError::Http(response) => Outcome::Refused(response.status().as_u16()),
+            WsError::Io(io) if is_header_too_large(&io) => Outcome::TooLarge,
+            other => Outcome::Failed(other),
+        }
+    }
+}
+
+impl ServerCore {
+    pub(crate) fn new(rules: HandshakeRules, limits: Limits) -> Result<Arc<Self>> {
+        let shutdown =
+            ShutdownSignal::new().map_err(|e| Error::io("creating the shutdown signal", e))?;
+        Ok(Arc::new(Self {
+            rules,
+            limits: Arc::new(limits),
+            shutdown,
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Admits what `accept` returned, or says why not: a flood beyond the
+    /// slack is dropped unanswered; an accept error (descriptors exhausted)
+    /// pauses the loop.
+    pub(crate) fn admit<S>(
+        self: &Arc<Self>,
+        accepted: io::Result<(S, Peer)>,
+        backoff: &mut AcceptBackoff,
+    ) -> Admission<S> {
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => return Admission::Again(backoff.on_error(&e)),
+        };
+        backoff.reset();
+        self.rules.stats.count(Counter::Accepted);
+        if self.in_flight.load(Ordering::SeqCst) >= self.limits.max_connections + REFUSAL_SLACK {
+            if let Some(suppressed) = self.rules.flood_log.allow() {
+                tracing::warn!(%peer, suppressed, "connection flood: dropping connections unanswered");
+            }
+            return Admission::Again(None);
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Admission::Serve(socket, peer, InFlight(self.clone()))
+    }
+
+    /// Logs, counts and answers a handshake that did not upgrade. `raw` is
+    /// a second handle to the socket for the answer (none when descriptors
+    /// ran out: then the peer is only dropped).
+    pub(crate) fn not_upgraded(&self, peer: &Peer, outcome: Outcome, raw: Option<Socket>) {
+        match outcome {
+            Outcome::TimedOut => {
+                self.rules.stats.count(Counter::BadHandshake);
+                tracing::info!(%peer, timeout = ?self.limits.handshake_timeout, "handshake timeout; dropping the connection");
+            }
+            Outcome::ShutDown => tracing::debug!(%peer, "shutdown during the handshake"),
+            Outcome::Refused(status) => tracing::debug!(%peer, status, "handshake refused"),
+            Outcome::TooLarge => {
+                self.rules.stats.count(Counter::BadHandshake);
+                tracing::info!(%peer, limit = self.limits.max_header_bytes, "handshake request too large; answering 431");
+                if let Some(raw) = raw {
+                    write_plain_response(raw, 431, "request header too large", &[]);
+                }
+            }
+            Outcome::Failed(e) => {
+                self.rules.stats.count(Counter::BadHandshake);
+                refuse_bad_request(raw, peer, &e);
+            }
+        }
+    }
+
+    /// The handshake upgraded.
+    pub(crate) fn upgraded(&self) {
+        self.rules.stats.count(Counter::Upgraded);
+    }
+
+    /// Connections still running: threads or tasks, and open connections.
+    fn busy(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst) + self.rules.stats.open.load(Ordering::SeqCst)
+    }
+
+    /// When the drain must end.
+    pub(crate) fn drain_deadline(&self) -> Instant {
+        Instant::now() + self.limits.drain_timeout
+    }
+
+    /// True while connections are still closing and the drain timeout has
+    /// not passed: the server waits a little and asks again.
+    pub(crate) fn draining(&self, deadline: Instant) -> bool {
+        self.busy() > 0 && Instant::now() < deadline
+    }
+
+    /// How often a draining server looks again.
+    pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+    /// The drain is over: say what was left behind, and the counters.
+    pub(crate) fn stopped(&self) {
+        let left = self.busy();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "drain timeout passed with connections still open; leaving them"
+            );
+        }
+        tracing::info!(stats = ?self.rules.stats.snapshot(), "server stopped");
+    }
+}
