@@ -246,7 +246,9 @@ pub(crate) fn write_plain_response(
 /// mechanics of the upgrade itself (`Upgrade`, `Connection`,
 /// `Sec-WebSocket-Key`, `-Version`, `-Extensions`). Every open connection
 /// keeps these, so they are copied into a map of exactly their size.
-fn application_headers(all: &tungstenite::http::HeaderMap) -> tungstenite::http::HeaderMap {
+pub(crate) fn application_headers(
+    all: &tungstenite::http::HeaderMap,
+) -> tungstenite::http::HeaderMap {
     use tungstenite::http::header;
     let mechanics = [
         header::UPGRADE,

@@ -129,6 +129,8 @@ struct State {
     lingering: bool,
     /// `recv` returned `Pending` last: its next poll reads the clock.
     woken: bool,
+    /// When the `recv` in progress started (for the read timeout).
+    recv_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -163,6 +165,7 @@ impl Connection {
             slot: None,
             lingering: false,
             woken: false,
+            recv_started: None,
         };
         Self { s: Box::new(s) }
     }
@@ -296,6 +299,22 @@ impl Connection {
         Poll::Ready(Ok(()))
     }
 
+    /// True when nothing waits to be written.
+    pub(crate) fn output_is_empty(&self) -> bool {
+        self.s.session.out.is_empty()
+    }
+
+    /// Starts the closing handshake now, without waiting (the split halves).
+    pub(crate) fn begin_close_now(&mut self, code: u16, reason: &str) {
+        self.s.session.tick(Instant::now());
+        self.s.session.start_close(code, reason);
+    }
+
+    /// [`poll_flush`](Self::poll_flush), for the split halves.
+    pub(crate) fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_flush(cx)
+    }
+
     /// Writes until everything queued is out, waiting for room.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         loop {
@@ -331,8 +350,25 @@ impl Connection {
     /// Cancel-safe: dropping the future (in a `select!`) loses nothing;
     /// the next call carries on where it stopped.
     pub async fn recv(&mut self) -> Result<Option<Message>> {
-        let started = self.s.session.recv_started();
-        poll_fn(|cx| self.poll_recv(cx, started)).await
+        poll_fn(|cx| self.poll_next_message(cx)).await
+    }
+
+    /// `recv` as a poll function; the read timeout counts from the first
+    /// poll after the last message (so a dropped `recv` future does not
+    /// restart it).
+    pub(crate) fn poll_next_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Message>>> {
+        let started = *self
+            .s
+            .recv_started
+            .get_or_insert_with(|| self.s.session.recv_started());
+        let polled = self.poll_recv(cx, started);
+        if polled.is_ready() {
+            self.s.recv_started = None;
+        }
+        polled
     }
 
     fn poll_recv(
@@ -621,6 +657,49 @@ impl Drop for Connection {
             drop(closer);
             crate::tokio::memory::freed();
         });
+    }
+}
+
+/// Messages as a `futures::Stream`, as tokio-tungstenite's
+/// `WebSocketStream` has them: `while let Some(m) = ws.next().await`. The
+/// stream ends after the closing handshake; an error is an item.
+impl futures_util::Stream for Connection {
+    type Item = Result<Message>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_next_message(cx).map(Result::transpose)
+    }
+}
+
+/// Sending as a `futures::Sink`: `ws.send(m).await`, `ws.feed(m)`,
+/// `ws.close()`. `poll_ready` waits while a megabyte of output is
+/// waiting for the peer; `poll_close` sends a close frame (1000) and
+/// flushes it (the peer's answer comes out of the stream).
+impl futures_util::Sink<Message> for Connection {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.s.session.out.len() < OUT_HIGH_WATER {
+            return Poll::Ready(Ok(()));
+        }
+        Connection::poll_flush(&mut self, cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<()> {
+        self.s.session.tick(Instant::now());
+        self.s.session.send(message)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Connection::poll_flush(&mut self, cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if !self.s.session.is_closing() {
+            self.s.session.tick(Instant::now());
+            self.s.session.start_close(1000, "");
+        }
+        Connection::poll_flush(&mut self, cx)
     }
 }
 

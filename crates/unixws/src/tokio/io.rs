@@ -187,3 +187,26 @@ impl AsyncWrite for AsyncHeadReader {
         }
     }
 }
+
+impl AsyncSocket {
+    /// Who is at the other end.
+    pub fn peer(&self) -> io::Result<crate::peer::Peer> {
+        use crate::peer::{Peer, PeerCredentials};
+        match self {
+            AsyncSocket::Unix(s) => PeerCredentials::of(s).map(Peer::Unix),
+            AsyncSocket::Tcp(s) => s.peer_addr().map(Peer::Tcp),
+        }
+    }
+}
+
+impl From<tokio::net::UnixStream> for AsyncSocket {
+    fn from(s: tokio::net::UnixStream) -> Self {
+        AsyncSocket::Unix(s)
+    }
+}
+
+impl From<tokio::net::TcpStream> for AsyncSocket {
+    fn from(s: tokio::net::TcpStream) -> Self {
+        AsyncSocket::Tcp(s)
+    }
+}

@@ -35,6 +35,8 @@ mod listener;
 mod memory;
 pub mod proxy;
 mod server;
+mod split;
+mod wrap;
 
 pub use client::connect;
 pub use connection::{Connection, Outbox};
@@ -42,3 +44,4 @@ pub use exec::Exec;
 pub use io::AsyncSocket;
 pub use proxy::Proxy;
 pub use server::{Admitted, Server};
+pub use split::{ReadHalf, WriteHalf};

@@ -1,0 +1,280 @@
+//! The async API's conventions, over real Unix sockets: `Stream`/`Sink`
+//! as tokio-tungstenite has them, `Connection::accept`/`client` on sockets
+//! the caller made (with a real Python `websockets` peer, and frames glued
+//! to the handshake), `split` halves used by two tasks at once, and
+//! cancel-safety of `recv` against input that arrives one byte at a time.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use unixws::tokio::Connection;
+use unixws::{Limits, Message};
+use unixws_testkit::client_frame;
+
+/// An echo server made with `Connection::accept` on the test's own
+/// listener; `close:REASON` makes it close with 4000 and REASON (the
+/// convention of `tests/peers/py_client.py`).
+async fn own_echo_server(listener: tokio::net::UnixListener) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut ws = Connection::accept(socket, Limits::default())
+                .await
+                .expect("upgrade");
+            while let Some(message) = ws.next().await {
+                let message = message.expect("a message");
+                if let Message::Text(t) = &message {
+                    if let Some(reason) = t.strip_prefix("close:") {
+                        ws.close(4000, reason).await.expect("close");
+                        return;
+                    }
+                }
+                ws.send(message).await.expect("echo");
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn stream_and_sink_work_as_in_tokio_tungstenite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    tokio::spawn(own_echo_server(
+        tokio::net::UnixListener::bind(&path).unwrap(),
+    ));
+    let mut ws = unixws::tokio::connect(&path).await.unwrap();
+    for i in 0..3 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    ws.feed(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    SinkExt::flush(&mut ws).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(ws.next().await.unwrap().unwrap());
+    }
+    assert_eq!(
+        &got[..3],
+        &[
+            Message::text("m0"),
+            Message::text("m1"),
+            Message::text("m2")
+        ]
+    );
+    assert_eq!(got[3], Message::binary(vec![7u8; 100_000]));
+    SinkExt::close(&mut ws).await.unwrap();
+    assert!(
+        ws.next().await.is_none(),
+        "the stream ends after the close handshake"
+    );
+    assert_eq!(ws.peer_close().map(|c| c.code), Some(1000));
+}
+
+#[tokio::test]
+async fn accept_serves_a_python_websockets_client_on_a_socket_the_caller_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py.sock");
+    tokio::spawn(own_echo_server(
+        tokio::net::UnixListener::bind(&path).unwrap(),
+    ));
+    let path_arg = path.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        unixws_testkit::python("py_client.py")
+            .arg(&path_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("ok"),
+        "python client: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn frames_glued_to_the_request_reach_the_accepting_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut bytes = b"GET /glued?x=1 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        bytes.extend(client_frame(0x81, b"first, in the same write", true));
+        s.write_all(&bytes).unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer[..n]).to_string()
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
+    assert_eq!(ws.info().path, "/glued");
+    assert_eq!(ws.info().query.as_deref(), Some("x=1"));
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        Some(Message::text("first, in the same write"))
+    );
+    assert!(peer.join().unwrap().starts_with("HTTP/1.1 101"));
+}
+
+#[tokio::test]
+async fn client_reads_frames_glued_to_the_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            request.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&request).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let accept = unixws::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes();
+        answer.extend(client_frame(0x82, &[1, 2, 3], false));
+        s.write_all(&answer).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let socket = tokio::net::UnixStream::connect(dir.path().join("c.sock"))
+        .await
+        .unwrap();
+    let mut ws = Connection::client(socket, "ws://localhost/chat", Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(ws.info().path, "/chat");
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        Some(Message::binary(vec![1, 2, 3]))
+    );
+    server.join().unwrap();
+}
+
+#[tokio::test]
+async fn split_halves_send_while_the_reader_waits_and_keep_answering_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("split.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // The peer: pings once, then reads five ticks before it says anything.
+    let peer = std::thread::spawn(move || {
+        let mut s = unixws_testkit::raw_upgraded(&path);
+        s.write_all(&client_frame(0x89, b"are you there", true))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let want_ticks = 5;
+        while count_text_frames(&seen) < want_ticks || !has_pong(&seen) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the server hung up: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(&client_frame(0x81, b"got five", true)).unwrap();
+        s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let ws = Connection::accept(socket, Limits::default()).await.unwrap();
+    let (mut reader, mut writer) = ws.split();
+    let ticking = tokio::spawn(async move {
+        for i in 0..5 {
+            writer
+                .send(Message::text(format!("tick {i}")))
+                .await
+                .unwrap();
+        }
+        writer
+    });
+    // The reader is busy: it receives only once the peer got all five.
+    assert_eq!(
+        reader.recv().await.unwrap(),
+        Some(Message::text("got five"))
+    );
+    assert_eq!(reader.recv().await.unwrap(), None);
+    assert_eq!(reader.peer_close().map(|c| c.code), Some(1000));
+    let writer = ticking.await.unwrap();
+    assert!(reader.unsplit(writer).is_some());
+    peer.join().unwrap();
+}
+
+/// Text frames (server frames are unmasked) in `bytes`, whole ones only.
+fn count_text_frames(bytes: &[u8]) -> usize {
+    frames(bytes).filter(|&(op, _)| op == 0x81).count()
+}
+
+fn has_pong(bytes: &[u8]) -> bool {
+    frames(bytes).any(|(op, payload)| op == 0x8a && payload == b"are you there")
+}
+
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let [op, len, ..] = *bytes else { return None };
+        let len = usize::from(len & 0x7f);
+        if len > 125 || bytes.len() < 2 + len {
+            return None;
+        }
+        let frame = (op, &bytes[2..2 + len]);
+        bytes = &bytes[2 + len..];
+        Some(frame)
+    })
+}
+
+#[tokio::test]
+async fn recv_is_cancel_safe_when_input_arrives_one_byte_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("message {i}: {}", "ü".repeat(i * 7)))
+        .collect();
+    let to_send = texts.clone();
+    let peer = std::thread::spawn(move || {
+        let mut s = unixws_testkit::raw_upgraded(&path);
+        for text in &to_send {
+            for byte in client_frame(0x81, text.as_bytes(), true) {
+                s.write_all(&[byte]).unwrap();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
+    let mut got = Vec::new();
+    let mut cancelled = 0;
+    loop {
+        tokio::select! {
+            message = ws.recv() => match message.unwrap() {
+                Some(Message::Text(t)) => got.push(t.to_string()),
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            },
+            // Drops the recv future, mid-frame most of the time.
+            _ = tokio::task::yield_now() => cancelled += 1,
+        }
+    }
+    assert_eq!(
+        got, texts,
+        "nothing lost or reordered across {cancelled} cancelled receives"
+    );
+    assert!(
+        cancelled > 100,
+        "the receives were hardly ever cancelled ({cancelled})"
+    );
+    peer.join().unwrap();
+}
