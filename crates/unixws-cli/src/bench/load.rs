@@ -92,25 +92,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next_message(&mut self) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
-            while self.end - self.start < 2 {
+            let (header, len, b0) = loop {
+                if let Some(head) = parse_header(&self.buf[self.start..self.end]) {
+                    break head;
+                }
                 self.fill().await?;
-            }
-            let b0 = self.buf[self.start];
-            let b1 = self.buf[self.start + 1];
-            let ext = match b1 & 0x7f {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            };
-            let header = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
-            while self.end - self.start < header {
-                self.fill().await?;
-            }
-            let h = &self.buf[self.start..self.start + header];
-            let len = match ext {
-                2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-                8 => u64::from_be_bytes(h[2..10].try_into().unwrap_or([0; 8])),
-                _ => u64::from(b1 & 0x7f),
             };
             self.start += header;
             let mut left = len;
@@ -122,21 +108,161 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.start += take as usize;
                 left -= take;
             }
-            let opcode = b0 & 0x0f;
-            if opcode == 8 {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the server sent a close frame",
-                ));
-            }
-            if opcode < 8 {
-                total += len;
-                if b0 & 0x80 != 0 {
-                    return Ok(total);
-                }
+            if let Some(done) = count_frame(b0, len, &mut total)? {
+                return Ok(done);
             }
         }
     }
+}
+
+/// A frame header at the front of `buf`: its length, the payload length
+/// and the first byte; `None` while incomplete.
+fn parse_header(buf: &[u8]) -> Option<(usize, u64, u8)> {
+    let [b0, b1, ..] = *buf else {
+        return None;
+    };
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let header = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+    let h = buf.get(..header)?;
+    let len = match ext {
+        2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        8 => u64::from_be_bytes(h[2..10].try_into().unwrap_or([0; 8])),
+        _ => u64::from(b1 & 0x7f),
+    };
+    Some((header, len, b0))
+}
+
+/// Adds a skipped frame to the message in progress: the message's length
+/// once a final data frame ends it; an error for a close frame.
+fn count_frame(b0: u8, len: u64, total: &mut u64) -> io::Result<Option<u64>> {
+    let opcode = b0 & 0x0f;
+    if opcode == 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server sent a close frame",
+        ));
+    }
+    if opcode < 8 {
+        *total += len;
+        if b0 & 0x80 != 0 {
+            return Ok(Some(*total));
+        }
+    }
+    Ok(None)
+}
+
+/// The blocking twin of [`FrameReader`], for the thread-per-connection
+/// client: the same header-only reading over a blocking socket.
+struct BlockingFrames<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: std::io::Read> BlockingFrames<R> {
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        match self.inner.read(&mut self.buf[self.end..])? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )),
+            n => {
+                self.end += n;
+                Ok(())
+            }
+        }
+    }
+
+    fn next_message(&mut self) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let (header, len, b0) = loop {
+                if let Some(head) = parse_header(&self.buf[self.start..self.end]) {
+                    break head;
+                }
+                self.fill()?;
+            };
+            self.start += header;
+            let mut left = len;
+            while left > 0 {
+                if self.start == self.end {
+                    self.fill()?;
+                }
+                let take = left.min((self.end - self.start) as u64);
+                self.start += take as usize;
+                left -= take;
+            }
+            if let Some(done) = count_frame(b0, len, &mut total)? {
+                return Ok(done);
+            }
+        }
+    }
+}
+
+/// The second, independent load client: one OS thread per connection,
+/// blocking reads and writes (what a thread-per-connection program does),
+/// the same pre-masked frames and header-only reading.
+pub fn ping_pong_threads(
+    endpoint: &super::target::Endpoint,
+    websocket: bool,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) -> io::Result<Measured> {
+    use std::io::Write;
+    let frame = std::sync::Arc::new(masked_frame(size));
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        sockets.push(super::target::open_blocking(endpoint, websocket)?);
+    }
+    let started = Instant::now();
+    let until = started + duration;
+    let threads: Vec<_> = sockets
+        .into_iter()
+        .map(|(mut write, read)| {
+            let frame = frame.clone();
+            std::thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let mut frames = BlockingFrames {
+                        inner: read,
+                        buf: vec![0; (size + 14).clamp(4 << 10, 256 << 10)],
+                        start: 0,
+                        end: 0,
+                    };
+                    let mut m = Measured::new();
+                    while Instant::now() < until {
+                        let sent = Instant::now();
+                        write.write_all(&frame)?;
+                        let n = frames.next_message()?;
+                        let _ = m.latency.record(sent.elapsed().as_nanos() as u64);
+                        m.messages += 1;
+                        m.bytes += n;
+                    }
+                    Ok::<_, io::Error>(m)
+                })
+        })
+        .collect::<io::Result<_>>()?;
+    let mut total = Measured::new();
+    for t in threads {
+        let m = t
+            .join()
+            .map_err(|_| io::Error::other("a load thread panicked"))??;
+        total.merge(&m);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
 }
 
 /// What one workload measured.

@@ -29,6 +29,7 @@ Examples:
   unixws bench                               # about a minute: the main table
   unixws bench --quick --json out.json --svg out.svg
   unixws bench --peers --matrix --repeat 3   # Python, Node and Rust servers too
+  unixws bench --proxy --matrix --transports tcp  # unixws proxy and nginx in front of a UDS backend
   unixws bench --transports uds --sizes 1MiB --connections 1,100";
 
 /// Options of `unixws bench`.
@@ -65,9 +66,14 @@ pub struct Args {
     #[arg(long)]
     peers: bool,
     /// Only these servers (comma-separated): raw, unixws, tungstenite,
-    /// tokio-tungstenite, fastwebsockets, tokio-websockets, node, python
+    /// tokio-tungstenite, fastwebsockets, tokio-websockets, node, python,
+    /// unixws-proxy, nginx-proxy
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     servers: Vec<String>,
+    /// Also measure proxies on TCP in front of `unixws serve` on a Unix
+    /// socket: `unixws proxy` and nginx (one worker)
+    #[arg(long)]
+    proxy: bool,
     /// Also run uWebSockets' load_test cases (100×20 B, 10×1 KiB, 200×16 KiB, 500×16 KiB)
     #[arg(long)]
     matrix: bool,
@@ -90,6 +96,12 @@ pub struct Args {
 pub enum Client {
     /// Pre-masked frames, headers-only reading (see `load`).
     Load,
+    /// The load client pinned to the server's CPU (64 B latency).
+    SameCpu,
+    /// The load client pinned to another CPU than the server's.
+    CrossCpu,
+    /// One OS thread per connection, blocking I/O (see `load::ping_pong_threads`).
+    Threads,
     Blocking,
     Async,
 }
@@ -98,6 +110,9 @@ impl Client {
     pub fn name(self) -> &'static str {
         match self {
             Client::Load => "load",
+            Client::SameCpu => "load, same CPU",
+            Client::CrossCpu => "load, cross CPU",
+            Client::Threads => "threads",
             Client::Blocking => "unixws blocking",
             Client::Async => "unixws tokio",
         }
@@ -125,6 +140,12 @@ impl Workload {
                 format!("load_test {conns} × {}", report::size(size))
             }
         }
+    }
+
+    /// Fan-in and load_test cases: the thread-per-connection client runs these.
+    fn has_many_connections(self) -> bool {
+        matches!(self, Workload::Matrix { .. })
+            || matches!(self, Workload::PingPong { conns, .. } if conns > 1)
     }
 
     pub fn section(self) -> &'static str {
@@ -158,15 +179,21 @@ fn servers(args: &Args) -> Result<Vec<ServerKind>, String> {
     all.extend(RUST_PEERS.iter().map(|p| ServerKind::Peer(p)));
     all.push(ServerKind::Node);
     all.push(ServerKind::Python);
+    let proxies = [ServerKind::UnixwsProxy, ServerKind::NginxProxy];
     if args.servers.is_empty() {
         let defaults = if args.peers { all.len() } else { 2 };
-        return Ok(all.into_iter().take(defaults).collect());
+        let mut chosen: Vec<ServerKind> = all.into_iter().take(defaults).collect();
+        if args.proxy {
+            chosen.extend(proxies);
+        }
+        return Ok(chosen);
     }
+    all.extend(proxies);
     let short = |s: ServerKind| match s {
         ServerKind::Raw => "raw".to_string(),
         ServerKind::Node => "node".to_string(),
         ServerKind::Python => "python".to_string(),
-        other => other.name(),
+        other => other.name().replace(' ', "-"),
     };
     for wanted in &args.servers {
         if !all.iter().any(|s| short(*s) == wanted.trim()) {
@@ -258,6 +285,15 @@ pub fn run(args: Args) -> Result<(), String> {
             }
             let mut rows: Vec<(Client, Workload)> =
                 workloads.iter().map(|&w| (Client::Load, w)).collect();
+            let latency = Workload::PingPong { conns: 1, size: 64 };
+            rows.push((Client::SameCpu, latency));
+            rows.push((Client::CrossCpu, latency));
+            rows.extend(
+                workloads
+                    .iter()
+                    .filter(|w| w.has_many_connections())
+                    .map(|&w| (Client::Threads, w)),
+            );
             if server == ServerKind::Unixws && !args.no_clients {
                 for client in [Client::Blocking, Client::Async] {
                     rows.extend(client_workloads().into_iter().map(|w| (client, w)));
@@ -344,6 +380,28 @@ async fn measure(
                 .await
                 .map_err(|e| e.to_string())
         }
+        (Client::SameCpu | Client::CrossCpu, Workload::PingPong { conns: 1, size }) => {
+            let pid = running.pid();
+            let endpoint = endpoint.clone();
+            let cross = client == Client::CrossCpu;
+            tokio::task::spawn_blocking(move || {
+                placed_ping_pong(pid, cross, endpoint, websocket, size, duration)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+        (
+            Client::Threads,
+            Workload::PingPong { conns, size } | Workload::Matrix { conns, size },
+        ) => {
+            let endpoint = endpoint.clone();
+            tokio::task::spawn_blocking(move || {
+                load::ping_pong_threads(&endpoint, websocket, conns, size, duration)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        }
         (Client::Blocking | Client::Async, Workload::PingPong { size, .. }) => {
             let which = if client == Client::Blocking {
                 LibraryClient::Blocking
@@ -358,6 +416,81 @@ async fn measure(
             client.name()
         )),
     }
+}
+
+/// One connection's ping-pong with placement under control: every thread
+/// of the server pinned to CPU 0, the client on CPU 0 (same) or CPU 1
+/// (cross), on a runtime of its own. On a small machine the scheduler
+/// otherwise decides, run by run, which of the two is measured.
+fn placed_ping_pong(
+    server: u32,
+    cross: bool,
+    endpoint: target::Endpoint,
+    websocket: bool,
+    size: usize,
+    duration: Duration,
+) -> Result<Measured, String> {
+    if cross && online_cpus() < 2 {
+        return Err("a cross-CPU row needs two CPUs; this machine has one".into());
+    }
+    pin_process(server, Some(0))?;
+    pin_thread(0, Some(usize::from(cross)))?;
+    let measured = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| {
+            rt.block_on(load::ping_pong(
+                || target::Conn::open(&endpoint, websocket),
+                1,
+                size,
+                duration,
+            ))
+            .map_err(|e| e.to_string())
+        });
+    pin_thread(0, None)?;
+    pin_process(server, None)?;
+    measured
+}
+
+/// The CPUs online (not those this thread may use: a pinned thread sees one).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Pins every thread of process `pid` to `cpu` (`None`: every CPU).
+fn pin_process(pid: u32, cpu: Option<usize>) -> Result<(), String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("cannot list the threads of process {pid}: {e}"))?;
+    for task in tasks.flatten() {
+        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin_thread(tid, cpu)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu` (`None`: every CPU).
+fn pin_thread(tid: i32, cpu: Option<usize>) -> Result<(), String> {
+    let cpus = online_cpus();
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // within it, and sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => (0..cpus).for_each(|c| libc::CPU_SET(c, &mut set)),
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!(
+                "cannot pin thread {tid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1,000 connections need 2,000+ descriptors between the bench and a server.

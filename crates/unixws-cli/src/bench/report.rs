@@ -98,7 +98,13 @@ impl Report {
         let ratios: Vec<(Option<f64>, Option<f64>)> = rows
             .iter()
             .map(|r| {
-                let base_raw = find(&rows, raw, uds, Client::Load, r.key.workload);
+                // The raw echo measured by the same client (the unixws
+                // clients have no raw row: theirs is the load client's).
+                let raw_client = match r.key.client {
+                    Client::Blocking | Client::Async => Client::Load,
+                    other => other,
+                };
+                let base_raw = find(&rows, raw, uds, raw_client, r.key.workload);
                 let base_tcp = find(
                     &rows,
                     Some(r.key.server.0),

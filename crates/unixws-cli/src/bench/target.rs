@@ -38,6 +38,10 @@ pub enum ServerKind {
     Node,
     /// A Rust server from `bench/peers` (`unixws-bench-peers KIND ADDR`).
     Peer(&'static str),
+    /// `unixws proxy` on TCP in front of `unixws serve --echo` on a Unix socket.
+    UnixwsProxy,
+    /// nginx (one worker) on TCP in front of the same kind of backend.
+    NginxProxy,
 }
 
 /// The Rust servers of `bench/peers`.
@@ -56,6 +60,8 @@ impl ServerKind {
             ServerKind::Python => "python websockets".into(),
             ServerKind::Node => "node ws".into(),
             ServerKind::Peer(kind) => kind.to_string(),
+            ServerKind::UnixwsProxy => "unixws proxy".into(),
+            ServerKind::NginxProxy => "nginx proxy".into(),
         }
     }
 
@@ -67,6 +73,8 @@ impl ServerKind {
     pub fn transports(self) -> &'static [Transport] {
         match self {
             ServerKind::Python | ServerKind::Node => &[Transport::Uds],
+            // A proxy faces browsers and other hosts: TCP in front, UDS behind.
+            ServerKind::UnixwsProxy | ServerKind::NginxProxy => &[Transport::Tcp],
             _ => &[Transport::Uds, Transport::Tcp],
         }
     }
@@ -82,14 +90,24 @@ pub enum Endpoint {
 /// A server process, killed on drop.
 pub struct Running {
     child: Child,
+    /// The backend behind a proxy (killed after the proxy).
+    backend: Option<Box<Running>>,
     pub endpoint: Endpoint,
     pub websocket: bool,
+}
+
+impl Running {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(self.backend.take());
         // A killed peer leaves its socket file; the next run binds there again.
         if let Endpoint::Path(path) = &self.endpoint {
             let _ = std::fs::remove_file(path);
@@ -169,7 +187,23 @@ pub fn start(
         Endpoint::Tcp(port) => format!("127.0.0.1:{port}"),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the unixws binary: {e}"))?;
+    let mut backend = None;
     let mut cmd = match kind {
+        ServerKind::UnixwsProxy | ServerKind::NginxProxy => {
+            let behind = start(ServerKind::Unixws, Transport::Uds, dir, at)?;
+            let Endpoint::Path(sock) = behind.endpoint.clone() else {
+                return Err("the proxy's backend is not on a Unix socket".into());
+            };
+            backend = Some(Box::new(behind));
+            if kind == ServerKind::UnixwsProxy {
+                let mut c = Command::new(&exe);
+                c.args(["proxy", "--listen", &addr, "--to"])
+                    .arg(format!("ws+unix://{}", sock.display()));
+                c
+            } else {
+                nginx_command(dir, &addr, &sock)?
+            }
+        }
         ServerKind::Raw => {
             let mut c = Command::new(&exe);
             c.args(["bench-echo", &addr]);
@@ -188,6 +222,10 @@ pub fn start(
                 "100000",
                 &addr,
             ]);
+            if transport == Transport::Uds {
+                // nginx's workers (another uid) connect to it as a backend.
+                c.args(["--mode", "666"]);
+            }
             c
         }
         ServerKind::Python => {
@@ -235,6 +273,7 @@ pub fn start(
         .map_err(|e| format!("cannot start the {} server: {e}", kind.name()))?;
     let running = Running {
         child,
+        backend,
         endpoint,
         websocket: kind.websocket(),
     };
@@ -289,12 +328,7 @@ impl Conn {
     }
 
     async fn upgrade(&mut self) -> io::Result<()> {
-        self.write
-            .write_all(
-                b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .await?;
+        self.write.write_all(UPGRADE).await?;
         // Byte by byte: nothing after the head may be consumed here.
         let mut head = Vec::with_capacity(256);
         let mut byte = [0u8; 1];
@@ -307,17 +341,121 @@ impl Conn {
             }
             head.push(byte[0]);
         }
-        if !head.starts_with(b"HTTP/1.1 101") {
-            let line = String::from_utf8_lossy(&head);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("upgrade refused: {}", line.lines().next().unwrap_or("")),
-            ));
-        }
-        Ok(())
+        check_upgrade(&head)
     }
 
     pub fn split(self) -> (Reader, Writer) {
         (self.read, self.write)
     }
+}
+
+/// A blocking connection for the thread-per-connection client: a writer
+/// and a reader (two handles to one socket), upgraded when the server
+/// speaks WebSocket.
+pub fn open_blocking(
+    endpoint: &Endpoint,
+    websocket: bool,
+) -> io::Result<(
+    Box<dyn std::io::Write + Send>,
+    Box<dyn std::io::Read + Send>,
+)> {
+    use std::io::{Read, Write};
+    let (mut write, mut read): (Box<dyn Write + Send>, Box<dyn Read + Send>) = match endpoint {
+        Endpoint::Path(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        Endpoint::Tcp(port) => {
+            let s = std::net::TcpStream::connect(("127.0.0.1", *port))?;
+            s.set_nodelay(true)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+    };
+    if websocket {
+        write.write_all(UPGRADE)?;
+        let mut head = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if read.read(&mut byte)? == 0 || head.len() > 16 << 10 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no upgrade response",
+                ));
+            }
+            head.push(byte[0]);
+        }
+        check_upgrade(&head)?;
+    }
+    Ok((write, read))
+}
+
+/// The upgrade request of every load connection.
+const UPGRADE: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn check_upgrade(head: &[u8]) -> io::Result<()> {
+    if head.starts_with(b"HTTP/1.1 101") {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(head);
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("upgrade refused: {}", line.lines().next().unwrap_or("")),
+    ))
+}
+
+/// nginx with one worker on `addr`, proxying WebSocket upgrades to the Unix
+/// socket `backend`; its files (configuration, pid, logs, temp dirs) in `dir`.
+fn nginx_command(dir: &Path, addr: &str, backend: &Path) -> Result<Command, String> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("nginx is not installed: `apt-get install nginx` (scripts/test installs it)")?;
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://unix:{sock}:/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_read_timeout 3600s;
+            proxy_buffering off;
+        }}
+    }}
+}}
+",
+            sock = backend.display()
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+    // nginx's workers run as another uid: they must reach the socket.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot open {} to nginx's workers: {e}", dir.display()))?;
+    let mut c = Command::new(nginx);
+    c.arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"));
+    Ok(c)
 }

@@ -304,6 +304,17 @@ impl Connection {
         self.s.session.out.is_empty()
     }
 
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_output(&self) -> usize {
+        self.s.session.out.len()
+    }
+
+    /// Queues `message` without writing it (the relay and the split halves).
+    pub(crate) fn queue(&mut self, message: Message) -> Result<()> {
+        self.s.session.tick(Instant::now());
+        self.s.session.send(message)
+    }
+
     /// Starts the closing handshake now, without waiting (the split halves).
     pub(crate) fn begin_close_now(&mut self, code: u16, reason: &str) {
         self.s.session.tick(Instant::now());

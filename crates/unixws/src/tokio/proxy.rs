@@ -22,7 +22,9 @@
 //! - The listening side has the server's limits, access policy and
 //!   backpressure; `allow_origin` restricts browsers by `Origin`.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tungstenite::handshake::server::{ErrorResponse, Request};
 use tungstenite::http::StatusCode;
@@ -176,6 +178,43 @@ fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
     response
 }
 
+/// Output a side may have waiting before the relay stops reading from
+/// the other side: a peer that does not read slows its sender down instead
+/// of growing the relay's memory.
+const RELAY_WINDOW: usize = 256 << 10;
+
+/// What one step of the relay produced.
+enum Step {
+    FromClient(Result<Option<Message>>),
+    FromBackend(Result<Option<Message>>),
+}
+
+/// One step: writes what both sides have waiting, then takes the next
+/// message from whichever side has one, reading from a side only while
+/// the other side's output is under [`RELAY_WINDOW`]. Messages are queued,
+/// not written one by one: a burst goes out in one write.
+fn poll_step(
+    cx: &mut Context<'_>,
+    client: &mut Connection,
+    backend: &mut Connection,
+) -> Poll<Step> {
+    if backend.pending_output() < RELAY_WINDOW {
+        if let Poll::Ready(r) = client.poll_next_message(cx) {
+            return Poll::Ready(Step::FromClient(r));
+        }
+    } else if let Poll::Ready(Err(e)) = backend.poll_flush_out(cx) {
+        return Poll::Ready(Step::FromBackend(Err(e)));
+    }
+    if client.pending_output() < RELAY_WINDOW {
+        if let Poll::Ready(r) = backend.poll_next_message(cx) {
+            return Poll::Ready(Step::FromBackend(r));
+        }
+    } else if let Poll::Ready(Err(e)) = client.poll_flush_out(cx) {
+        return Poll::Ready(Step::FromClient(Err(e)));
+    }
+    Poll::Pending
+}
+
 /// Relays messages both ways until either side closes, then passes its
 /// close code and reason to the other.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
@@ -185,25 +224,27 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
     backend.defer_error_close();
     let (mut to_backend, mut to_client) = (PingLedger::default(), PingLedger::default());
     loop {
-        tokio::select! {
-            message = client.recv() => match message {
-                Ok(Some(message)) => {
-                    if let Some(message) = to_backend.pass(message, &mut to_client) {
-                        backend.send(message).await?;
-                    }
+        match poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await {
+            Step::FromClient(Ok(Some(message))) => {
+                if let Some(message) = to_backend.pass(message, &mut to_client) {
+                    backend.queue(message)?;
                 }
-                Ok(None) => return pass_close(&client, &mut backend).await,
-                Err(e) => return fail(client, backend, e).await,
-            },
-            message = backend.recv() => match message {
-                Ok(Some(message)) => {
-                    if let Some(message) = to_client.pass(message, &mut to_backend) {
-                        client.send(message).await?;
-                    }
+            }
+            Step::FromClient(Ok(None)) => {
+                backend.flush().await?;
+                return pass_close(&client, &mut backend).await;
+            }
+            Step::FromClient(Err(e)) => return fail(client, backend, e).await,
+            Step::FromBackend(Ok(Some(message))) => {
+                if let Some(message) = to_client.pass(message, &mut to_backend) {
+                    client.queue(message)?;
                 }
-                Ok(None) => return pass_close(&backend, &mut client).await,
-                Err(e) => return fail(backend, client, e).await,
-            },
+            }
+            Step::FromBackend(Ok(None)) => {
+                client.flush().await?;
+                return pass_close(&backend, &mut client).await;
+            }
+            Step::FromBackend(Err(e)) => return fail(backend, client, e).await,
         }
     }
 }

@@ -166,10 +166,6 @@ impl futures_util::Sink<Message> for WriteHalf {
 }
 
 impl Connection {
-    fn queue(&mut self, message: Message) -> Result<()> {
-        futures_util::Sink::start_send(Pin::new(self), message)
-    }
-
     fn queue_close(&mut self, code: u16, reason: &str) {
         self.begin_close_now(code, reason);
     }
