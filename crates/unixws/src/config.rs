@@ -1,7 +1,8 @@
 //! Limits and timeouts: one struct with the defaults of DESIGN.md, shared by
-//! clients and servers, blocking and async. [`Limits::websocket_config`] maps
-//! the protocol limits onto tungstenite's `WebSocketConfig`; the rest are
-//! enforced by unixws itself (connection count, header bytes, timeouts).
+//! clients and servers, blocking and async, all enforced by unixws itself
+//! (its codec checks frame and message sizes). [`Limits::websocket_config`]
+//! maps the protocol limits onto tungstenite's `WebSocketConfig`, for code
+//! that drives tungstenite directly.
 
 use std::time::Duration;
 
@@ -51,11 +52,11 @@ pub struct Limits {
     pub write_timeout: Option<Duration>,
     /// Client: how long connecting to the socket may take (default: 5 s).
     pub connect_timeout: Duration,
-    /// A tokio server connection that has been quiet this long drops
-    /// tungstenite's read and write buffers (128 KiB and more) and rebuilds
-    /// them when data arrives, so idle connections cost a few KiB (default:
-    /// 1 s; `None` keeps the buffers). The blocking server keeps them: it
-    /// spends a thread per connection anyway.
+    /// A tokio connection that has read nothing for this long frees its
+    /// read and write buffers (they come back, small, with the next bytes),
+    /// so idle connections cost a few KiB (default: 250 ms; `None` keeps
+    /// the buffers). The blocking driver keeps them: it spends a thread per
+    /// connection anyway.
     pub release_idle_after: Option<Duration>,
     /// Per-connection queue of messages waiting to be sent by other threads
     /// (broadcast, stdin) (default: 256 messages). A broadcast to a full queue closes

@@ -29,19 +29,32 @@
 //!
 //! ## Layout
 //!
+//! One engine, two drivers (quinn-proto's shape: the protocol has no I/O
+//! and no clock; the drivers pass bytes and `now`):
+//!
+//! - `codec` (private): frames in and out of buffers the connection owns:
+//!   in-place unmasking, incremental UTF-8, fragments, close-code rules,
+//!   payloads as `Bytes` without a copy, batched and vectored output.
+//! - `session` (private): one connection's decisions: ping answers, close
+//!   handshake, peer-error close codes, keepalive and idle clocks, slow
+//!   consumer.
+//! - `server_core` (private): what both servers decide: admission, flood
+//!   slack, handshake outcomes, drain.
+//! - [`connection`], [`client`], [`server`]: the blocking driver
+//!   ([`Connection`], [`connect`] and [`ClientBuilder`], [`Server`]).
+//! - [`tokio`] (feature `tokio`): the async driver: client, server,
+//!   `Connection` (a `Stream` and `Sink`, with `split`), proxy, exec.
+//! - [`stream`]: the blocking socket under a connection, with interruptible
+//!   reads (shutdown, wake-ups, deadlines).
 //! - [`addr`]: [`Address`], the one parser for every address form.
 //! - [`listen`]: binding, permissions, stale-socket handling, cleanup.
 //! - [`peer`]: [`PeerCredentials`] of a Unix-socket peer.
 //! - [`policy`]: [`AccessPolicy`], who may connect.
 //! - [`config`]: [`Limits`], every limit and timeout with its default.
-//! - [`stream`]: the socket under a WebSocket, with interruptible reads.
-//! - [`connection`]: [`Connection`], an open WebSocket with close codes,
-//!   keepalive and a bounded [`Outbox`].
-//! - [`client`]: [`connect`] and [`ClientBuilder`] (retry, timeouts, headers).
-//! - [`server`]: the blocking [`Server`], a thread per connection.
-//! - [`tokio`] (feature `tokio`): the async client, server and connection.
 //! - [`stats`]: [`ServerStats`], what a server accepted, refused and closed.
 //! - [`error`]: [`Error`], whose messages say what to do.
+//! - `sys` (private): the platform calls std lacks (reading into spare
+//!   capacity without zero-filling).
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
 #![deny(missing_docs)]

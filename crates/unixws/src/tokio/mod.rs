@@ -4,10 +4,12 @@
 //! and [`Connection`]: tokio-tungstenite does the upgrade, unixws's own
 //! codec and session (shared with the blocking API) the rest.
 //!
-//! It shares the transport core with the blocking API — addresses, binding,
-//! peer credentials, access policy, limits, the upgrade checks, the
-//! keepalive clocks and the close-code rules — and differs only in how it
-//! waits.
+//! It shares everything but the waiting with the blocking API: addresses,
+//! binding, peer credentials, access policy, limits, the upgrade checks,
+//! the codec and the session (keepalive clocks, close handshake, close
+//! codes). [`Connection`] is a `futures` `Stream` and `Sink`, splits into
+//! halves for two tasks ([`Connection::split`]), and wraps sockets the
+//! caller made ([`Connection::accept`], [`Connection::client`]).
 //!
 //! ```no_run
 //! use unixws::{Message, Server};
