@@ -177,6 +177,7 @@ impl ShutdownSignal {
         ShutdownWaiter {
             signal: self.clone(),
             slot: None,
+            registered: None,
         }
     }
 
@@ -196,6 +197,9 @@ impl ShutdownSignal {
 pub(crate) struct ShutdownWaiter {
     signal: ShutdownSignal,
     slot: Option<usize>,
+    /// The waker registered in the slot: a poll from the same task (the
+    /// usual case) takes no lock.
+    registered: Option<std::task::Waker>,
 }
 
 impl std::future::Future for ShutdownWaiter {
@@ -208,8 +212,16 @@ impl std::future::Future for ShutdownWaiter {
         if self.signal.is_raised() {
             return std::task::Poll::Ready(());
         }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return std::task::Poll::Pending;
+        }
         {
             let this = &mut *self;
+            this.registered = Some(cx.waker().clone());
             let mut waiters = this.signal.waiters();
             match this.slot {
                 Some(i) => match &mut waiters.slots[i] {

@@ -313,6 +313,7 @@ pub fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let mut results = Results::new();
+    let mut failures = Vec::new();
     for _ in 0..args.repeat {
         for (si, server, ti, transport, rows) in &plan {
             let running = target::start(*server, *transport, dir.path(), &locations)?;
@@ -324,17 +325,25 @@ pub fn run(args: Args) -> Result<(), String> {
                     client.name(),
                     workload.label()
                 ));
-                let measured = runtime
-                    .block_on(measure(&running, client, workload, duration))
-                    .map_err(|e| {
-                        format!(
+                let measured = runtime.block_on(measure(&running, client, workload, duration));
+                let measured = match measured {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // One failing row must not cost the whole run: it is
+                        // reported (stderr, and the exit status) and left out.
+                        let failure = format!(
                             "{} over {}, {} client, {}: {e}",
                             server.name(),
                             transport.name(),
                             client.name(),
                             workload.label()
-                        )
-                    })?;
+                        );
+                        progress.suspend(|| eprintln!("unixws bench: {failure}"));
+                        failures.push(failure);
+                        progress.inc(1);
+                        continue;
+                    }
+                };
                 let key = Key {
                     server: ServerOrder(*si),
                     transport: TransportOrder(*ti),
@@ -356,7 +365,13 @@ pub fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.svg {
         report.svg(path)?;
     }
-    Ok(())
+    match failures.len() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} measurement(s) failed and are missing from the report; the first: {}",
+            failures[0]
+        )),
+    }
 }
 
 async fn measure(
@@ -466,7 +481,12 @@ fn pin_process(pid: u32, cpu: Option<usize>) -> Result<(), String> {
         .map_err(|e| format!("cannot list the threads of process {pid}: {e}"))?;
     for task in tasks.flatten() {
         if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
-            pin_thread(tid, cpu)?;
+            match pin_thread(tid, cpu) {
+                // A thread that ended since the listing (a thread-per-connection
+                // server's, say) needs no pinning.
+                Err(_) if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}
+                other => other?,
+            }
         }
     }
     Ok(())

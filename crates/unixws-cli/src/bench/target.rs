@@ -262,7 +262,7 @@ pub fn start(
     };
     // Our own servers announce themselves on stderr; peers only complain there.
     let stderr = match kind {
-        ServerKind::Raw | ServerKind::Unixws => Stdio::null(),
+        ServerKind::Raw | ServerKind::Unixws | ServerKind::UnixwsProxy => Stdio::null(),
         _ => Stdio::inherit(),
     };
     let child = cmd

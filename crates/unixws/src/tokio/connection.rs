@@ -131,6 +131,10 @@ struct State {
     woken: bool,
     /// When the `recv` in progress started (for the read timeout).
     recv_started: Option<Instant>,
+    /// Reads go on however much output waits (the relay, which holds the
+    /// other side back instead: two relays' connections that each stopped
+    /// reading while their output waited would wait for each other).
+    read_past_output: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -166,6 +170,7 @@ impl Connection {
             lingering: false,
             woken: false,
             recv_started: None,
+            read_past_output: false,
         };
         Self { s: Box::new(s) }
     }
@@ -415,7 +420,10 @@ impl Connection {
                     self.finished();
                     return Poll::Ready(Ok(None));
                 }
-            } else if flushed || self.s.session.out.len() < OUT_HIGH_WATER {
+            } else if flushed
+                || self.s.read_past_output
+                || self.s.session.out.len() < OUT_HIGH_WATER
+            {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {
@@ -616,6 +624,11 @@ impl Connection {
     /// [`close_deferred`](Connection::close_deferred) sends it.
     pub(crate) fn defer_error_close(&mut self) {
         self.s.session.defer_error_close = true;
+    }
+
+    /// For relays: keep reading while output waits (see `read_past_output`).
+    pub(crate) fn read_past_output(&mut self) {
+        self.s.read_past_output = true;
     }
 
     /// Sends the close code a peer error left waiting, and awaits the answer.

@@ -218,10 +218,11 @@ fn poll_step(
 /// Relays messages both ways until either side closes, then passes its
 /// close code and reason to the other.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
-    client.receive_control_frames(true);
-    client.defer_error_close();
-    backend.receive_control_frames(true);
-    backend.defer_error_close();
+    for side in [&mut client, &mut backend] {
+        side.receive_control_frames(true);
+        side.defer_error_close();
+        side.read_past_output();
+    }
     let (mut to_backend, mut to_client) = (PingLedger::default(), PingLedger::default());
     loop {
         match poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await {
