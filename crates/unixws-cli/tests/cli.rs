@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,6 +23,22 @@ fn unixws() -> Command {
     Command::new(env!("CARGO_BIN_EXE_unixws"))
 }
 
+/// `unixws` run as uid/gid 65534. The build may sit where that uid cannot
+/// reach it (a clone in a private home directory), so the binary is copied
+/// into `dir` (a [`shared_tempdir`]) and run from there.
+fn unixws_as_nobody(dir: &Path) -> Command {
+    let copy = dir.join("unixws-bin");
+    if !copy.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_unixws"), &copy).expect("copy the unixws binary");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+    }
+    let mut cmd = Command::new(copy);
+    cmd.current_dir(dir);
+    as_nobody(&mut cmd);
+    cmd
+}
+
 /// Starts `unixws serve ARGS..` and waits for its socket file.
 fn serve(socket: &Path, args: &[&str]) -> Process {
     let mut cmd = unixws();
@@ -35,17 +52,18 @@ fn serve(socket: &Path, args: &[&str]) -> Process {
     p
 }
 
-/// Runs `unixws connect ARGS..` with `input` on stdin.
-fn connect(args: &[&str], input: &str, nobody: bool) -> Output {
-    let mut cmd = unixws();
+/// Runs `unixws connect ARGS..` with `input` on stdin (as uid 65534 from
+/// a copy in `nobody`'s shared dir, when given).
+fn connect(args: &[&str], input: &str, nobody: Option<&Path>) -> Output {
+    let mut cmd = match nobody {
+        Some(dir) => unixws_as_nobody(dir),
+        None => unixws(),
+    };
     cmd.arg("connect")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if nobody {
-        as_nobody(&mut cmd);
-    }
     let mut child = cmd.spawn().expect("start unixws connect");
     child
         .stdin
@@ -84,11 +102,11 @@ fn connect_round_trips_lines_through_serve_echo_over_uds() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("echo.sock");
     let _server = serve(&sock, &["--echo"]);
-    let out = connect(&[&ws_unix(&sock)], "hello\nworld ✓\n\nlast\n", false);
+    let out = connect(&[&ws_unix(&sock)], "hello\nworld ✓\n\nlast\n", None);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hello\nworld ✓\n\nlast\n");
     // EOF right away is a normal close too.
-    let out = connect(&[&ws_unix(&sock)], "", false);
+    let out = connect(&[&ws_unix(&sock)], "", None);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "");
 }
@@ -125,7 +143,7 @@ fn connect_round_trips_binary_lines() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("bin.sock");
     let _server = serve(&sock, &["--echo"]);
-    let out = connect(&[&ws_unix(&sock), "--binary"], "raw\n", false);
+    let out = connect(&[&ws_unix(&sock), "--binary"], "raw\n", None);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "raw\n");
 }
@@ -142,7 +160,7 @@ fn connect_round_trips_lines_through_serve_echo_over_tcp() {
     cmd.args(["serve", "--echo", &addr]);
     let _server = Process::spawn(&mut cmd);
     let url = format!("ws://{addr}/");
-    let out = connect(&[&url, "--retry", "50"], "over tcp\n", false);
+    let out = connect(&[&url, "--retry", "50"], "over tcp\n", None);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "over tcp\n");
 }
@@ -151,26 +169,26 @@ fn connect_round_trips_lines_through_serve_echo_over_tcp() {
 fn errors_are_one_line_with_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
-    assert_one_line_error(&connect(&[&ws_unix(&missing)], "", false), "no socket at");
+    assert_one_line_error(&connect(&[&ws_unix(&missing)], "", None), "no socket at");
 
     let stale = dir.path().join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     assert_one_line_error(
-        &connect(&[&ws_unix(&stale)], "", false),
+        &connect(&[&ws_unix(&stale)], "", None),
         "connection refused",
     );
 
     let mute = dir.path().join("mute.sock");
     let _mute = UnixListener::bind(&mute).unwrap();
     assert_one_line_error(
-        &connect(&[&ws_unix(&mute), "--timeout", "200ms"], "", false),
+        &connect(&[&ws_unix(&mute), "--timeout", "200ms"], "", None),
         "timed out after 200ms",
     );
 
-    assert_one_line_error(&connect(&["nonsense.sock"], "", false), "./nonsense.sock");
-    assert_one_line_error(&connect(&["wss://h:1/"], "", false), "wss://");
+    assert_one_line_error(&connect(&["nonsense.sock"], "", None), "./nonsense.sock");
+    assert_one_line_error(&connect(&["wss://h:1/"], "", None), "wss://");
     assert_one_line_error(
-        &connect(&["ws+unix:///x.sock", "-H", "NoColon"], "", false),
+        &connect(&["ws+unix:///x.sock", "-H", "NoColon"], "", None),
         "'Name: value'",
     );
 }
@@ -232,7 +250,7 @@ fn mode_0600_keeps_another_uid_out_and_0666_lets_it_in() {
     let dir = shared_tempdir();
     let private = dir.path().join("private.sock");
     let _p = serve(&private, &["--echo", "--mode", "600"]);
-    let out = connect(&[&ws_unix(&private)], "hi\n", true);
+    let out = connect(&[&ws_unix(&private)], "hi\n", Some(dir.path()));
     assert_one_line_error(&out, "permission denied on");
     assert!(
         stderr(&out).contains("mode 0600 owned by root:root"),
@@ -242,7 +260,7 @@ fn mode_0600_keeps_another_uid_out_and_0666_lets_it_in() {
 
     let open = dir.path().join("open.sock");
     let _o = serve(&open, &["--echo", "--mode", "666"]);
-    let out = connect(&[&ws_unix(&open)], "hi\n", true);
+    let out = connect(&[&ws_unix(&open)], "hi\n", Some(dir.path()));
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hi\n");
 }
@@ -254,14 +272,14 @@ fn allow_uid_rejects_others_with_403() {
     let dir = shared_tempdir();
     let sock = dir.path().join("policy.sock");
     let _s = serve(&sock, &["--echo", "--mode", "666", "--allow-uid", "root"]);
-    let out = connect(&[&ws_unix(&sock)], "hi\n", true);
+    let out = connect(&[&ws_unix(&sock)], "hi\n", Some(dir.path()));
     assert_one_line_error(&out, "HTTP 403");
     assert!(
         stderr(&out).contains("--allow-uid 65534"),
         "{}",
         stderr(&out)
     );
-    let out = connect(&[&ws_unix(&sock)], "root may\n", false);
+    let out = connect(&[&ws_unix(&sock)], "root may\n", None);
     assert_eq!(stdout(&out), "root may\n", "stderr: {}", stderr(&out));
 }
 
@@ -283,12 +301,11 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
         }
         unixws_testkit::echo(conn)
     });
-    let mut cmd = unixws();
+    let mut cmd = unixws_as_nobody(dir.path());
     cmd.arg("connect")
         .arg(ws_unix(&sock))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    as_nobody(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let pid = child.id() as i32;
     child
@@ -430,7 +447,7 @@ fn systemd_socket_activation_and_ready_notification() {
     assert_eq!(&buf[..n], b"READY=1");
     drop(listener); // only the service holds the socket now
 
-    let out = connect(&[&ws_unix(&sock)], "activated\n", false);
+    let out = connect(&[&ws_unix(&sock)], "activated\n", None);
     assert_eq!(stdout(&out), "activated\n", "stderr: {}", stderr(&out));
     let (ok, _) = server.terminate(T);
     assert!(ok);
@@ -648,14 +665,13 @@ fn exec_sees_the_clients_real_uid() {
     ]);
     let _s = Process::spawn(&mut cmd);
     assert!(wait_until(T, || sock.exists()));
-    let mut client = unixws();
+    let mut client = unixws_as_nobody(dir.path());
     client
         .arg("connect")
         .arg(ws_unix(&sock))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    as_nobody(&mut client);
     let mut child = client.spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
@@ -800,7 +816,7 @@ fn bad_peer_round(sock: &Path) {
     }
     // Everything above is in the server's buffers now: a real client still
     // gets its echo (the server keeps working during the bad round).
-    let echoed = connect(&[sock.to_str().unwrap()], "during\n", false);
+    let echoed = connect(&[sock.to_str().unwrap()], "during\n", None);
     assert_eq!(stdout(&echoed), "during\n");
     drop(open);
 }
@@ -812,7 +828,7 @@ fn bad_peers_leave_the_servers_memory_at_its_baseline() {
     let server = serve(&sock, &["--echo", "--max-message", "1MiB"]);
     let settle = || {
         std::thread::sleep(Duration::from_millis(1500));
-        let echoed = connect(&[sock.to_str().unwrap()], "after\n", false);
+        let echoed = connect(&[sock.to_str().unwrap()], "after\n", None);
         assert_eq!(stdout(&echoed), "after\n");
         std::thread::sleep(Duration::from_millis(500));
         rss_kib(server.id())
