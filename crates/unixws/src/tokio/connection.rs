@@ -326,13 +326,8 @@ impl Connection {
         self.s.session.start_close(code, reason);
     }
 
-    /// [`poll_flush`](Self::poll_flush), for the split halves.
-    pub(crate) fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.poll_flush(cx)
-    }
-
     /// Writes until everything queued is out, waiting for room.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         loop {
             if let Poll::Ready(result) = self.try_flush() {
                 return Poll::Ready(result);

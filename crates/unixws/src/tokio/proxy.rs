@@ -202,14 +202,14 @@ fn poll_step(
         if let Poll::Ready(r) = client.poll_next_message(cx) {
             return Poll::Ready(Step::FromClient(r));
         }
-    } else if let Poll::Ready(Err(e)) = backend.poll_flush_out(cx) {
+    } else if let Poll::Ready(Err(e)) = backend.poll_flush(cx) {
         return Poll::Ready(Step::FromBackend(Err(e)));
     }
     if client.pending_output() < RELAY_WINDOW {
         if let Poll::Ready(r) = backend.poll_next_message(cx) {
             return Poll::Ready(Step::FromBackend(r));
         }
-    } else if let Poll::Ready(Err(e)) = client.poll_flush_out(cx) {
+    } else if let Poll::Ready(Err(e)) = client.poll_flush(cx) {
         return Poll::Ready(Step::FromClient(Err(e)));
     }
     Poll::Pending

@@ -132,7 +132,7 @@ impl WriteHalf {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.shared.writer.register(cx.waker());
-        self.shared.lock().poll_flush_out(cx)
+        self.shared.lock().poll_flush(cx)
     }
 }
 
