@@ -442,8 +442,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::codec::encode::{encode_head, MAX_SLICES};
-    use crate::codec::mask;
+    use crate::codec::tests::{client_frame, drain};
 
     fn peer() -> Peer {
         Peer::Tcp("127.0.0.1:1".parse().expect("an address"))
@@ -465,28 +464,12 @@ mod tests {
         (Session::new(Role::Server, &limits(), None, t0), t0)
     }
 
-    /// A masked client frame.
     fn from_client(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [9, 8, 7, 6];
-        let mut head = [0u8; 14];
-        let n = encode_head(&mut head, true, opcode, payload.len(), Some(key));
-        let mut frame = head[..n].to_vec();
-        let start = frame.len();
-        frame.extend_from_slice(payload);
-        mask::apply(&mut frame[start..], key, 0);
-        frame
+        client_frame(true, opcode, payload)
     }
 
-    /// What the session has queued for the socket, taken out.
     fn written(session: &mut Session) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-        let n = session.out.slices(&mut slices);
-        for s in &slices[..n] {
-            bytes.extend_from_slice(s);
-        }
-        session.out.advance(bytes.len());
-        bytes
+        drain(&mut session.out)
     }
 
     #[test]

@@ -107,4 +107,4 @@ impl std::fmt::Display for CodecError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

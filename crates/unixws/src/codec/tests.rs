@@ -12,8 +12,8 @@ use super::{CodecError, Decoder, OpCode, Outgoing};
 
 const KEY: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
 
-/// What `out` holds, as one byte string.
-fn drain(out: &mut Outgoing) -> Vec<u8> {
+/// What `out` holds, as one byte string (taken out).
+pub(crate) fn drain(out: &mut Outgoing) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
     let n = out.slices(&mut slices);
@@ -26,7 +26,7 @@ fn drain(out: &mut Outgoing) -> Vec<u8> {
 }
 
 /// A client frame (masked), as a server receives it.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut head = [0u8; 14];
     let n = encode_head(&mut head, fin, opcode, payload.len(), Some(KEY));
     let mut frame = head[..n].to_vec();

@@ -228,8 +228,7 @@ impl Connection {
     /// A `Message::Frame` is written as given (masked on a client), for
     /// tools that craft frames.
     pub async fn send(&mut self, message: Message) -> Result<()> {
-        self.s.session.tick(Instant::now());
-        self.s.session.send(message)?;
+        self.queue(message)?;
         self.flush().await
     }
 
@@ -314,14 +313,15 @@ impl Connection {
         self.s.session.out.len()
     }
 
-    /// Queues `message` without writing it (the relay and the split halves).
+    /// Queues `message` without writing it (`send`, `Sink`, the relay and
+    /// the split halves).
     pub(crate) fn queue(&mut self, message: Message) -> Result<()> {
         self.s.session.tick(Instant::now());
         self.s.session.send(message)
     }
 
-    /// Starts the closing handshake now, without waiting (the split halves).
-    pub(crate) fn begin_close_now(&mut self, code: u16, reason: &str) {
+    /// Queues the close frame (unless one is out already), without waiting.
+    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
         self.s.session.tick(Instant::now());
         self.s.session.start_close(code, reason);
     }
@@ -607,8 +607,7 @@ impl Connection {
     /// [`Limits::close_timeout`]) for the peer's answer. Data messages that
     /// arrive meanwhile are discarded.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.s.session.tick(Instant::now());
-        self.s.session.start_close(code, reason);
+        self.queue_close(code, reason);
         while self.recv().await?.is_some() {}
         Ok(())
     }
@@ -637,8 +636,7 @@ impl Connection {
     /// Sends a close frame without waiting for the answer: messages the
     /// peer sends before its close still come out of [`recv`](Connection::recv).
     pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.s.session.tick(Instant::now());
-        self.s.session.start_close(code, reason);
+        self.queue_close(code, reason);
         self.flush().await
     }
 
@@ -705,8 +703,7 @@ impl futures_util::Sink<Message> for Connection {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<()> {
-        self.s.session.tick(Instant::now());
-        self.s.session.send(message)
+        self.queue(message)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -714,10 +711,7 @@ impl futures_util::Sink<Message> for Connection {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if !self.s.session.is_closing() {
-            self.s.session.tick(Instant::now());
-            self.s.session.start_close(1000, "");
-        }
+        self.queue_close(1000, "");
         Connection::poll_flush(&mut self, cx)
     }
 }

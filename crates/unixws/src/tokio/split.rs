@@ -164,9 +164,3 @@ impl futures_util::Sink<Message> for WriteHalf {
         WriteHalf::poll_flush(&mut self, cx)
     }
 }
-
-impl Connection {
-    fn queue_close(&mut self, code: u16, reason: &str) {
-        self.begin_close_now(code, reason);
-    }
-}
