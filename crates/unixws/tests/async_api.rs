@@ -278,3 +278,120 @@ async fn recv_is_cancel_safe_when_input_arrives_one_byte_at_a_time() {
     );
     peer.join().unwrap();
 }
+
+/// Messages queued through an `Outbox` go out while no task is inside
+/// `recv`: the handler only reads once the peer has told it, on a channel
+/// beside the socket, that it got them all; if the outbox waited for
+/// `recv`, both would wait (bounded by the peer's read timeout: a
+/// failure). Both `send` and `try_send`.
+#[tokio::test]
+async fn outbox_messages_go_out_while_nobody_is_in_recv() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (got_them, all_arrived) = tokio::sync::oneshot::channel();
+    let peer = std::thread::spawn(move || {
+        let mut s = unixws_testkit::raw_upgraded(&path);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while count_text_frames(&seen) < 6 {
+            let n = s
+                .read(&mut buf)
+                .expect("the ticks should arrive while the handler is not in recv");
+            assert!(n > 0, "the server hung up: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let ticks: Vec<&[u8]> = frames(&seen).map(|(_, p)| p).collect();
+        assert_eq!(
+            ticks,
+            [
+                &b"send 0"[..],
+                b"send 1",
+                b"send 2",
+                b"try 0",
+                b"try 1",
+                b"try 2"
+            ]
+        );
+        got_them.send(()).unwrap();
+        s.write_all(&client_frame(0x81, b"got six", true)).unwrap();
+        s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
+    let outbox = ws.outbox();
+    let ticker = tokio::spawn(async move {
+        for i in 0..3 {
+            outbox
+                .send(Message::text(format!("send {i}")))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        for i in 0..3 {
+            outbox.try_send(Message::text(format!("try {i}"))).unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    ticker.await.unwrap();
+    // The handler reads only once the peer has everything.
+    let peer = tokio::task::spawn_blocking(move || peer.join());
+    if all_arrived.await.is_err() {
+        // The peer's thread ended without the ticks: its panic says why.
+        peer.await.unwrap().unwrap();
+        panic!("the peer ended without reporting");
+    }
+    let got = ws.recv().await.unwrap();
+    assert_eq!(got, Some(Message::text("got six")));
+    assert_eq!(ws.recv().await.unwrap(), None);
+    assert_eq!(ws.peer_close().map(|c| c.code), Some(1000));
+    peer.await.unwrap().unwrap();
+}
+
+/// A handler that returns with its connection open and an outbox in use:
+/// the outbox's writer task closes the connection (1000), the peer sees
+/// the close, and messages queued before are delivered first.
+#[tokio::test]
+async fn an_abandoned_connection_with_an_outbox_is_closed_after_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("abandoned.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        let mut s = unixws_testkit::raw_upgraded(&path);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !frames(&seen).any(|(op, _)| op == 0x88) {
+            let n = s.read(&mut buf).expect("a close should arrive");
+            assert!(n > 0, "the server hung up without a close: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let got: Vec<(u8, &[u8])> = frames(&seen).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], (0x81, &b"last words"[..]));
+        assert_eq!(got[1].0, 0x88);
+        assert_eq!(&got[1].1[..2], &1000u16.to_be_bytes());
+        s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+            .unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .expect("the server closes its side");
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
+    let outbox = ws.outbox();
+    outbox.try_send(Message::text("last words")).unwrap();
+    drop(ws);
+    tokio::task::spawn_blocking(move || peer.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        outbox.send(Message::text("too late")).await.is_err(),
+        "the outbox of a closed connection refuses messages"
+    );
+}

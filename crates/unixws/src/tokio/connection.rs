@@ -18,14 +18,25 @@
 //! re-armed per message: it fires at the earliest deadline it was armed
 //! for, and the connection then looks at its clocks and arms it again.
 //!
+//! Sharing: a connection starts owned by one task, without a lock. It
+//! becomes shared (`Arc<Mutex<State>>`, locked only inside a poll) when it
+//! is [split](Connection::split) or given an [`Outbox`]: then a small
+//! writer task moves queued outbox messages to the socket as they come, so
+//! they go out while no task is inside `recv` (a handler that sleeps
+//! between reads still sends its ticks on time). The tokio socket keeps
+//! one waker per direction, so a shared connection registers one that
+//! wakes every party waiting for the socket to take output (reader, write
+//! half, writer task).
+//!
 //! Dropping a `Connection` that is still open finishes the closing
 //! handshake (1000) on a background task, bounded by the close timeout.
 
 use std::future::{poll_fn, Future};
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
@@ -100,12 +111,61 @@ struct OutboxReceiver {
 /// closing handshake are handled inside. It returns `Ok(None)` once the
 /// connection has closed (see [`peer_close`](Connection::peer_close)).
 pub struct Connection {
-    s: Box<State>,
+    core: Core,
 }
 
-/// Everything a connection holds, boxed: the handler's future holds the
-/// connection by value (sometimes twice, across an `.await`), so a small
-/// `Connection` keeps idle connections small.
+enum Core {
+    /// One task owns the connection: no lock. Boxed: the handler's future
+    /// holds the connection by value (sometimes twice, across an
+    /// `.await`), so a small `Connection` keeps idle connections small.
+    Own(Box<State>),
+    /// Split halves or an outbox's writer task share it; `Party` is who
+    /// this handle waits as.
+    Shared(Arc<Shared>, Party),
+}
+
+/// A connection shared by several tasks (see the module doc).
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    info: ConnectionInfo,
+    /// The peer's close, copied out of the session once it is known, so
+    /// that `peer_close` can lend it without holding the lock.
+    peer_close: OnceLock<PeerClose>,
+    /// Handles (a `Connection` or a half) that users hold.
+    handles: AtomicUsize,
+}
+
+/// Who waits for the socket to take output, on a shared connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Party {
+    /// The `Connection` itself, or its read half.
+    Reader = 0,
+    /// The write half.
+    Writer = 1,
+    /// The outbox's writer task (and the closer).
+    Pump = 2,
+}
+
+/// The waker a shared connection gives the socket: it wakes every party
+/// that waits for room to write (the socket keeps only one).
+#[derive(Debug, Default)]
+struct Wakers {
+    parties: [AtomicWaker; 3],
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        for party in &self.parties {
+            party.wake();
+        }
+    }
+}
+
+/// Everything a connection holds.
 struct State {
     /// `None` once the connection is over.
     socket: Option<AsyncSocket>,
@@ -125,10 +185,12 @@ struct State {
     /// Since when the socket has taken none of our pending output.
     write_stalled: Option<Instant>,
     slot: Option<ActiveSlot>,
-    /// Set on the background closer's copy: its drop only drops.
-    lingering: bool,
-    /// `recv` returned `Pending` last: its next poll reads the clock.
-    woken: bool,
+    /// Set once the connection is shared.
+    wakers: Option<Arc<Wakers>>,
+    /// An outbox writer task runs: it alone takes queued messages.
+    pumped: bool,
+    /// Every user handle is gone: the writer task closes the connection.
+    abandoned: bool,
     /// When the `recv` in progress started (for the read timeout).
     recv_started: Option<Instant>,
     /// Reads go on however much output waits (the relay, which holds the
@@ -137,12 +199,43 @@ struct State {
     read_past_output: bool,
 }
 
+/// The state behind a handle: owned, or locked for the length of a call.
+enum StateRef<'a> {
+    Own(&'a mut State),
+    Locked(MutexGuard<'a, State>),
+}
+
+impl Deref for StateRef<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        match self {
+            StateRef::Own(s) => s,
+            StateRef::Locked(s) => s,
+        }
+    }
+}
+
+impl DerefMut for StateRef<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        match self {
+            StateRef::Own(s) => s,
+            StateRef::Locked(s) => s,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("info", &self.s.info)
-            .field("open", &self.s.socket.is_some())
-            .field("session", &self.s.session)
+            .field("info", self.info())
+            .field("shared", &matches!(self.core, Core::Shared(..)))
             .finish_non_exhaustive()
     }
 }
@@ -167,12 +260,15 @@ impl Connection {
             release_at: None,
             write_stalled: None,
             slot: None,
-            lingering: false,
-            woken: false,
+            wakers: None,
+            pumped: false,
+            abandoned: false,
             recv_started: None,
             read_past_output: false,
         };
-        Self { s: Box::new(s) }
+        Self {
+            core: Core::Own(Box::new(s)),
+        }
     }
 
     pub(crate) fn serving(
@@ -181,46 +277,120 @@ impl Connection {
         slot: ActiveSlot,
         stats: Arc<ServerStats>,
     ) -> Self {
-        self.s.session.counting(stats);
-        self.s.shutdown = Some(shutdown);
-        self.s.slot = Some(slot);
+        let mut s = self.state();
+        s.session.counting(stats);
+        s.shutdown = Some(shutdown);
+        s.slot = Some(slot);
+        drop(s);
         self
+    }
+
+    /// The state, locked if shared.
+    fn state(&mut self) -> StateRef<'_> {
+        match &mut self.core {
+            Core::Own(s) => StateRef::Own(s),
+            Core::Shared(shared, _) => StateRef::Locked(shared.lock()),
+        }
+    }
+
+    /// Who this handle waits as.
+    fn party(&self) -> Party {
+        match &self.core {
+            Core::Own(_) => Party::Reader,
+            Core::Shared(_, party) => *party,
+        }
+    }
+
+    /// Makes the connection shared (if it is not yet) and returns the
+    /// shared core.
+    fn share(&mut self) -> Arc<Shared> {
+        let shared = match &mut self.core {
+            Core::Shared(shared, _) => return shared.clone(),
+            Core::Own(state) => {
+                let mut state = state.detach();
+                state.wakers = Some(Arc::default());
+                Arc::new(Shared {
+                    info: state.info.clone(),
+                    state: Mutex::new(state),
+                    peer_close: OnceLock::new(),
+                    handles: AtomicUsize::new(1),
+                })
+            }
+        };
+        self.core = Core::Shared(shared.clone(), Party::Reader);
+        shared
+    }
+
+    /// Another handle on the same shared connection (a split half).
+    pub(crate) fn handle(&mut self, party: Party) -> Connection {
+        let shared = self.share();
+        shared.handles.fetch_add(1, Ordering::SeqCst);
+        Connection {
+            core: Core::Shared(shared, party),
+        }
+    }
+
+    /// True when both handles share one connection.
+    pub(crate) fn same_as(&self, other: &Connection) -> bool {
+        match (&self.core, &other.core) {
+            (Core::Shared(a, _), Core::Shared(b, _)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// Make [`recv`](Connection::recv) return pings and pongs as well as
     /// data. Pings are still answered automatically; this is for relays
     /// that pass them on (a pong sent unsolicited is allowed by RFC 6455).
     pub fn receive_control_frames(&mut self, on: bool) {
-        self.s.session.control_frames = on;
+        self.state().session.control_frames = on;
     }
 
     /// What is known about the peer and the request.
     pub fn info(&self) -> &ConnectionInfo {
-        &self.s.info
+        match &self.core {
+            Core::Own(s) => &s.info,
+            Core::Shared(shared, _) => &shared.info,
+        }
     }
 
     /// The peer's close code and reason, once it sent one.
     pub fn peer_close(&self) -> Option<&PeerClose> {
-        self.s.session.peer_close()
+        match &self.core {
+            Core::Own(s) => s.session.peer_close(),
+            Core::Shared(shared, _) => {
+                if let Some(close) = shared.peer_close.get() {
+                    return Some(close);
+                }
+                let known = shared.lock().session.peer_close().cloned();
+                known.map(|close| shared.peer_close.get_or_init(|| close))
+            }
+        }
     }
 
     /// A handle through which other tasks queue messages for this
-    /// connection; [`recv`](Connection::recv) sends them as they arrive.
+    /// connection. A writer task sends them as they arrive, whether or not
+    /// a task is inside [`recv`](Connection::recv) (outside a tokio
+    /// runtime, `recv` sends them).
     pub fn outbox(&mut self) -> Outbox {
-        if let Some(o) = &self.s.outbox {
+        if let Some(o) = &self.state().outbox {
             return o.handle.clone();
         }
-        let (tx, rx) = mpsc::channel(self.s.limits.send_queue.max(1));
+        let (tx, rx) = mpsc::channel(self.state().limits.send_queue.max(1));
         let overflow = Arc::new(Overflow::default());
         let handle = Outbox {
             tx,
             overflow: overflow.clone(),
         };
-        self.s.outbox = Some(OutboxReceiver {
+        self.state().outbox = Some(OutboxReceiver {
             rx,
             overflow,
             handle: handle.clone(),
         });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.share();
+            shared.lock().pumped = true;
+            runtime.spawn(pump(shared));
+        }
         handle
     }
 
@@ -248,40 +418,158 @@ impl Connection {
     /// # }
     /// ```
     pub async fn feed(&mut self, message: Message) -> Result<()> {
-        self.s.session.send(message)
+        self.state().session.send(message)
     }
 
     /// Write out what [`feed`](Connection::feed) queued.
     pub async fn flush(&mut self) -> Result<()> {
-        if self.s.session.out.is_empty() {
-            return Ok(());
-        }
-        // Most writes complete at once: no timer unless the socket is full.
-        if let Poll::Ready(result) = self.try_flush() {
-            return result;
-        }
-        let write_timeout = self.s.limits.write_timeout;
+        let write_timeout = {
+            let mut s = self.state();
+            if s.session.out.is_empty() {
+                return Ok(());
+            }
+            // Most writes complete at once: no timer unless the socket is full.
+            if let Poll::Ready(result) = s.try_flush() {
+                return result;
+            }
+            s.limits.write_timeout
+        };
         let flushing = poll_fn(|cx| self.poll_flush(cx));
         match write_timeout {
             None => flushing.await,
             Some(t) => match tokio::time::timeout(t, flushing).await {
                 Ok(result) => result,
                 Err(_) => {
-                    self.finished();
-                    Err(self.write_timed_out(t))
+                    let mut s = self.state();
+                    s.finished();
+                    Err(s.write_timed_out(t))
                 }
             },
         }
     }
 
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_output(&mut self) -> usize {
+        self.state().session.out.len()
+    }
+
+    /// Queues `message` without writing it (`send`, `Sink`, the relay and
+    /// the split halves).
+    pub(crate) fn queue(&mut self, message: Message) -> Result<()> {
+        let mut s = self.state();
+        s.session.tick(Instant::now());
+        s.session.send(message)
+    }
+
+    /// Queues the close frame (unless one is out already), without waiting.
+    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
+        let mut s = self.state();
+        s.session.tick(Instant::now());
+        s.session.start_close(code, reason);
+    }
+
+    /// Writes until everything queued is out, waiting for room.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let party = self.party();
+        self.state().poll_flush(cx, party)
+    }
+
+    /// Receive the next text or binary message (and pings and pongs, see
+    /// [`receive_control_frames`](Connection::receive_control_frames));
+    /// `Ok(None)` once closed.
+    ///
+    /// Cancel-safe: dropping the future (in a `select!`) loses nothing;
+    /// the next call carries on where it stopped.
+    pub async fn recv(&mut self) -> Result<Option<Message>> {
+        poll_fn(|cx| self.poll_next_message(cx)).await
+    }
+
+    /// `recv` as a poll function.
+    pub(crate) fn poll_next_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Message>>> {
+        let party = self.party();
+        self.state().poll_next_message(cx, party)
+    }
+
+    /// Start the closing handshake with `code` and `reason` and wait (at most
+    /// [`Limits::close_timeout`]) for the peer's answer. Data messages that
+    /// arrive meanwhile are discarded.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.queue_close(code, reason);
+        while self.recv().await?.is_some() {}
+        Ok(())
+    }
+
+    /// For relays: a peer's protocol error does not send its close code at
+    /// once, so that what the other side still owes this peer (answers to
+    /// messages sent before the error) can be delivered first; then
+    /// [`close_deferred`](Connection::close_deferred) sends it.
+    pub(crate) fn defer_error_close(&mut self) {
+        self.state().session.defer_error_close = true;
+    }
+
+    /// For relays: keep reading while output waits (see `read_past_output`).
+    pub(crate) fn read_past_output(&mut self) {
+        self.state().read_past_output = true;
+    }
+
+    /// Sends the close code a peer error left waiting, and awaits the answer.
+    pub(crate) async fn close_deferred(&mut self) -> Result<()> {
+        if self.state().session.close_deferred() {
+            while self.recv().await?.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame without waiting for the answer: messages the
+    /// peer sends before its close still come out of [`recv`](Connection::recv).
+    pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.queue_close(code, reason);
+        self.flush().await
+    }
+}
+
+impl State {
+    /// Moves everything out into a new `State`, leaving this one over
+    /// (no socket, no slot), to be shared or handed to a closer.
+    fn detach(&mut self) -> State {
+        let husk = State {
+            socket: None,
+            session: Session::new(Role::Server, &self.limits, None, Instant::now()),
+            info: self.info.clone(),
+            limits: self.limits.clone(),
+            outbox: None,
+            shutdown: None,
+            timer: None,
+            reads: 0,
+            reads_seen: 0,
+            release_at: None,
+            write_stalled: None,
+            slot: None,
+            wakers: None,
+            pumped: false,
+            abandoned: false,
+            recv_started: None,
+            read_past_output: false,
+        };
+        std::mem::replace(self, husk)
+    }
+
+    /// The connection is open and its closing handshake is not over.
+    fn is_open(&self) -> bool {
+        self.socket.is_some() && !self.session.is_done()
+    }
+
     /// Writes what the socket takes now; `Pending` when it is full.
     fn try_flush(&mut self) -> Poll<Result<()>> {
-        let Some(socket) = &self.s.socket else {
+        let Some(socket) = &self.socket else {
             return Poll::Ready(Err(closed()));
         };
-        while !self.s.session.out.is_empty() {
+        while !self.session.out.is_empty() {
             let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-            let n = self.s.session.out.slices(&mut slices);
+            let n = self.session.out.slices(&mut slices);
             match socket.try_write_vectored(&slices[..n]) {
                 Ok(0) => {
                     return Poll::Ready(
@@ -289,53 +577,38 @@ impl Connection {
                     )
                 }
                 Ok(written) => {
-                    self.s.session.out.advance(written);
-                    self.s.write_stalled = None;
+                    self.session.out.advance(written);
+                    self.write_stalled = None;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(self.write_failed(e))),
             }
         }
-        if self.s.session.take_write_shutdown() {
+        if self.session.take_write_shutdown() {
             socket.shutdown_write();
         }
         Poll::Ready(Ok(()))
     }
 
-    /// True when nothing waits to be written.
-    pub(crate) fn output_is_empty(&self) -> bool {
-        self.s.session.out.is_empty()
-    }
-
-    /// Bytes waiting to be written.
-    pub(crate) fn pending_output(&self) -> usize {
-        self.s.session.out.len()
-    }
-
-    /// Queues `message` without writing it (`send`, `Sink`, the relay and
-    /// the split halves).
-    pub(crate) fn queue(&mut self, message: Message) -> Result<()> {
-        self.s.session.tick(Instant::now());
-        self.s.session.send(message)
-    }
-
-    /// Queues the close frame (unless one is out already), without waiting.
-    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
-        self.s.session.tick(Instant::now());
-        self.s.session.start_close(code, reason);
-    }
-
-    /// Writes until everything queued is out, waiting for room.
-    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    /// Writes until everything queued is out, waiting for room as `party`.
+    fn poll_flush(&mut self, cx: &mut Context<'_>, party: Party) -> Poll<Result<()>> {
         loop {
             if let Poll::Ready(result) = self.try_flush() {
                 return Poll::Ready(result);
             }
-            let Some(socket) = &self.s.socket else {
+            let Some(socket) = &self.socket else {
                 return Poll::Ready(Err(closed()));
             };
-            if let Err(e) = std::task::ready!(socket.poll_write_ready(cx)) {
+            let ready = match &self.wakers {
+                None => socket.poll_write_ready(cx),
+                Some(wakers) => {
+                    wakers.parties[party as usize].register(cx.waker());
+                    let all = Waker::from(wakers.clone());
+                    socket.poll_write_ready(&mut Context::from_waker(&all))
+                }
+            };
+            if let Err(e) = std::task::ready!(ready) {
                 return Poll::Ready(Err(self.write_failed(e)));
             }
         }
@@ -349,35 +622,25 @@ impl Connection {
     fn write_timed_out(&self, after: Duration) -> Error {
         Error::Timeout {
             operation: "write",
-            addr: self.s.info.peer.to_string(),
+            addr: self.info.peer.to_string(),
             after,
         }
-    }
-
-    /// Receive the next text or binary message (and pings and pongs, see
-    /// [`receive_control_frames`](Connection::receive_control_frames));
-    /// `Ok(None)` once closed.
-    ///
-    /// Cancel-safe: dropping the future (in a `select!`) loses nothing;
-    /// the next call carries on where it stopped.
-    pub async fn recv(&mut self) -> Result<Option<Message>> {
-        poll_fn(|cx| self.poll_next_message(cx)).await
     }
 
     /// `recv` as a poll function; the read timeout counts from the first
     /// poll after the last message (so a dropped `recv` future does not
     /// restart it).
-    pub(crate) fn poll_next_message(
+    fn poll_next_message(
         &mut self,
         cx: &mut Context<'_>,
+        party: Party,
     ) -> Poll<Result<Option<Message>>> {
         let started = *self
-            .s
             .recv_started
-            .get_or_insert_with(|| self.s.session.recv_started());
-        let polled = self.poll_recv(cx, started);
+            .get_or_insert_with(|| self.session.recv_started());
+        let polled = self.poll_recv(cx, started, party);
         if polled.is_ready() {
-            self.s.recv_started = None;
+            self.recv_started = None;
         }
         polled
     }
@@ -386,48 +649,46 @@ impl Connection {
         &mut self,
         cx: &mut Context<'_>,
         started: Instant,
+        party: Party,
     ) -> Poll<Result<Option<Message>>> {
         loop {
-            if self.s.socket.is_none() {
+            if self.socket.is_none() {
                 return Poll::Ready(Ok(None));
             }
             self.poll_signals(cx)?;
-            match self.s.session.next_message() {
+            match self.session.next_message() {
                 Ok(Some(message)) => return Poll::Ready(Ok(Some(message))),
                 Ok(None) => {}
                 Err(e) => {
-                    let error = self.s.session.fail(e, &self.s.info.peer);
+                    let error = self.session.fail(e, &self.info.peer);
                     let _ = self.try_flush();
                     return Poll::Ready(Err(error));
                 }
             }
             // Everything at hand is decoded: answers go out before waiting.
-            let flushed = match self.poll_flush(cx) {
+            let flushed = match self.poll_flush(cx, party) {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(e)) => return Poll::Ready(self.after_write_error(e)),
                 Poll::Pending => {
-                    self.s.write_stalled.get_or_insert_with(Instant::now);
+                    self.write_stalled.get_or_insert_with(Instant::now);
                     false
                 }
             };
-            if self.s.session.is_done() {
+            if self.session.is_done() {
                 if flushed {
                     self.finished();
                     return Poll::Ready(Ok(None));
                 }
-            } else if flushed
-                || self.s.read_past_output
-                || self.s.session.out.len() < OUT_HIGH_WATER
-            {
+            } else if flushed || self.read_past_output || self.session.out.len() < OUT_HIGH_WATER {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {
                         self.finished();
-                        return Poll::Ready(self.s.session.on_eof().map(|()| None));
+                        return Poll::Ready(self.session.on_eof().map(|()| None));
                     }
                     Poll::Ready(Err(e)) => {
                         self.finished();
-                        return Poll::Ready(match self.s.session.on_eof() {
+                        return Poll::Ready(match self.session.on_eof() {
                             Ok(()) => Ok(None),
                             Err(_) => Err(Error::io("reading from the connection", e)),
                         });
@@ -438,10 +699,7 @@ impl Connection {
             match self.poll_timer(cx, started) {
                 Poll::Ready(Some(result)) => return Poll::Ready(result),
                 Poll::Ready(None) => continue,
-                Poll::Pending => {
-                    self.s.woken = true;
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -449,29 +707,38 @@ impl Connection {
     /// A write failed inside `recv`: a peer that hung up after the close
     /// handshake started is the end of it; anything else is an error.
     fn after_write_error(&mut self, e: Error) -> Result<Option<Message>> {
-        if self.s.session.is_closing() {
+        if self.session.is_closing() {
             self.finished();
             return Ok(None);
         }
         Err(e)
     }
 
-    /// Server shutdown, outbox overflow, queued messages.
+    /// Server shutdown; the outbox's overflow and queued messages, unless
+    /// a writer task takes them.
     fn poll_signals(&mut self, cx: &mut Context<'_>) -> Result<()> {
-        if let Some(shutdown) = &mut self.s.shutdown {
+        if let Some(shutdown) = &mut self.shutdown {
             if Pin::new(shutdown).poll(cx).is_ready() {
-                self.s.shutdown = None;
+                self.shutdown = None;
                 // What was queued before the shutdown goes out first.
                 self.take_queued(None)?;
-                self.s.session.start_close(1001, "server shutting down");
+                self.session.start_close(1001, "server shutting down");
             }
         }
-        if let Some(outbox) = &self.s.outbox {
+        if self.pumped {
+            return Ok(());
+        }
+        self.poll_outbox(cx)
+    }
+
+    /// The outbox: its overflow (the slow-consumer close) and its queued
+    /// messages, registering `cx` to hear of more.
+    fn poll_outbox(&mut self, cx: &mut Context<'_>) -> Result<()> {
+        if let Some(outbox) = &self.outbox {
             outbox.overflow.waker.register(cx.waker());
             if outbox.overflow.flag.swap(false, Ordering::SeqCst) {
-                self.s
-                    .session
-                    .close_slow_consumer(&self.s.info.peer, self.s.limits.send_queue);
+                self.session
+                    .close_slow_consumer(&self.info.peer, self.limits.send_queue);
             }
         }
         self.take_queued(Some(cx))
@@ -482,8 +749,8 @@ impl Connection {
     fn take_queued(&mut self, mut cx: Option<&mut Context<'_>>) -> Result<()> {
         // Output the peer has not taken yet holds the queue back, so that
         // a slow reader fills its bounded queue, not our memory.
-        while !self.s.session.is_closing() && self.s.session.out.len() < OUT_HIGH_WATER {
-            let Some(outbox) = &mut self.s.outbox else {
+        while !self.session.is_closing() && self.session.out.len() < OUT_HIGH_WATER {
+            let Some(outbox) = &mut self.outbox else {
                 return Ok(());
             };
             let next = match cx.as_deref_mut() {
@@ -497,23 +764,43 @@ impl Connection {
             let Some(message) = next else {
                 return Ok(());
             };
-            self.s.session.send(message)?;
+            self.session.tick(Instant::now());
+            self.session.send(message)?;
         }
         Ok(())
     }
 
+    /// The outbox writer task's step: queued messages to the socket.
+    /// `Ready` when the task's work is over (the connection ended, or every
+    /// user handle is gone and the task is to close it).
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(wakers) = &self.wakers {
+            wakers.parties[Party::Pump as usize].register(cx.waker());
+        }
+        if self.socket.is_none() || self.abandoned {
+            return Poll::Ready(());
+        }
+        // Nothing but `SendAfterClosing` can fail here, and taking stops
+        // once the close is queued.
+        let _ = self.poll_outbox(cx);
+        match self.poll_flush(cx, Party::Pump) {
+            Poll::Ready(Err(_)) => Poll::Ready(()),
+            Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Reads once: `true` if bytes arrived, `false` at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
-        let Some(socket) = &mut self.s.socket else {
+        let Some(socket) = &mut self.socket else {
             return Poll::Ready(Ok(false));
         };
-        let room = self.s.session.reserve_read();
+        let room = self.session.reserve_read();
         loop {
-            match std::task::ready!(socket.poll_read_buf(cx, &mut self.s.session.read)) {
+            match std::task::ready!(socket.poll_read_buf(cx, &mut self.session.read)) {
                 Ok(0) => return Poll::Ready(Ok(false)),
                 Ok(got) => {
-                    self.s.session.note_read(got, room);
-                    self.s.reads += 1;
+                    self.session.note_read(got, room);
+                    self.reads += 1;
                     return Poll::Ready(Ok(true));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -531,9 +818,9 @@ impl Connection {
     ) -> Poll<Option<Result<Option<Message>>>> {
         loop {
             let now = Instant::now();
-            self.s.session.tick(now);
-            let mut due = self.s.session.timers.next(started).map(|(at, _)| at);
-            if let (Some(stalled), Some(t)) = (self.s.write_stalled, self.s.limits.write_timeout) {
+            self.session.tick(now);
+            let mut due = self.session.timers.next(started).map(|(at, _)| at);
+            if let (Some(stalled), Some(t)) = (self.write_stalled, self.limits.write_timeout) {
                 let at = stalled + t;
                 if at <= now {
                     self.finished();
@@ -542,7 +829,7 @@ impl Connection {
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
             if due.is_some_and(|at| at <= now) {
-                return match self.s.session.on_deadline(started, &self.s.info.peer) {
+                return match self.session.on_deadline(started, &self.info.peer) {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
                         self.finished();
@@ -558,12 +845,12 @@ impl Connection {
                 return Poll::Pending;
             };
             let at = tokio::time::Instant::from_std(at);
-            match &mut self.s.timer {
+            match &mut self.timer {
                 Some(timer) if timer.deadline() <= at => {}
                 Some(timer) => timer.as_mut().reset(at),
-                None => self.s.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-            let Some(timer) = &mut self.s.timer else {
+            let Some(timer) = &mut self.timer else {
                 return Poll::Pending;
             };
             if timer.as_mut().poll(cx).is_pending() {
@@ -571,109 +858,125 @@ impl Connection {
             }
             // It fired (perhaps early, for a deadline that moved): arm it
             // again for what is due now.
-            self.s.timer = None;
+            self.timer = None;
         }
     }
 
     /// The idle clock: releases the buffers once nothing has been read for
     /// [`Limits::release_idle_after`]; otherwise when to look again.
     fn release_due(&mut self, now: Instant) -> Option<Instant> {
-        let after = self.s.limits.release_idle_after?;
-        if self.s.session.is_released() {
-            self.s.release_at = None;
+        let after = self.limits.release_idle_after?;
+        if self.session.is_released() {
+            self.release_at = None;
             return None;
         }
-        match self.s.release_at {
+        match self.release_at {
             Some(at) if at <= now => {
-                if self.s.reads == self.s.reads_seen && self.s.session.out.is_empty() {
-                    self.s.session.release_buffers();
-                    self.s.release_at = None;
+                if self.reads == self.reads_seen && self.session.out.is_empty() {
+                    self.session.release_buffers();
+                    self.release_at = None;
                     crate::tokio::memory::freed();
                     return None;
                 }
-                self.s.reads_seen = self.s.reads;
-                self.s.release_at = Some(now + after);
+                self.reads_seen = self.reads;
+                self.release_at = Some(now + after);
             }
             Some(_) => {}
             None => {
-                self.s.reads_seen = self.s.reads;
-                self.s.release_at = Some(now + after);
+                self.reads_seen = self.reads;
+                self.release_at = Some(now + after);
             }
         }
-        self.s.release_at
+        self.release_at
     }
 
-    /// Start the closing handshake with `code` and `reason` and wait (at most
-    /// [`Limits::close_timeout`]) for the peer's answer. Data messages that
-    /// arrive meanwhile are discarded.
-    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.queue_close(code, reason);
-        while self.recv().await?.is_some() {}
-        Ok(())
-    }
-
-    /// For relays: a peer's protocol error does not send its close code at
-    /// once, so that what the other side still owes this peer (answers to
-    /// messages sent before the error) can be delivered first; then
-    /// [`close_deferred`](Connection::close_deferred) sends it.
-    pub(crate) fn defer_error_close(&mut self) {
-        self.s.session.defer_error_close = true;
-    }
-
-    /// For relays: keep reading while output waits (see `read_past_output`).
-    pub(crate) fn read_past_output(&mut self) {
-        self.s.read_past_output = true;
-    }
-
-    /// Sends the close code a peer error left waiting, and awaits the answer.
-    pub(crate) async fn close_deferred(&mut self) -> Result<()> {
-        if self.s.session.close_deferred() {
-            while self.recv().await?.is_some() {}
-        }
-        Ok(())
-    }
-
-    /// Sends a close frame without waiting for the answer: messages the
-    /// peer sends before its close still come out of [`recv`](Connection::recv).
-    pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.queue_close(code, reason);
-        self.flush().await
-    }
-
-    /// The connection is over: drop the socket now.
+    /// The connection is over: drop the socket now (and let a writer task
+    /// know).
     fn finished(&mut self) {
-        self.s.session.abandon();
-        self.s.socket = None;
+        self.session.abandon();
+        self.socket = None;
+        if let Some(wakers) = &self.wakers {
+            wakers.parties[Party::Pump as usize].wake();
+        }
     }
+}
+
+/// The outbox writer task of a shared connection; once every user handle
+/// is gone, it closes the connection.
+async fn pump(shared: Arc<Shared>) {
+    poll_fn(|cx| shared.lock().poll_pump(cx)).await;
+    close_abandoned(shared).await;
+}
+
+/// Finishes the closing handshake (1000) of a connection nobody holds,
+/// after what its outbox still holds, bounded by the close timeout; the server's slot (if any) keeps its
+/// drain waiting until then.
+async fn close_abandoned(shared: Arc<Shared>) {
+    let close_timeout = {
+        let mut s = shared.lock();
+        if !s.is_open() {
+            return;
+        }
+        s.session.tick(Instant::now());
+        // Messages queued before the handle went go out before the close.
+        let _ = s.take_queued(None);
+        s.session.start_close(1000, "");
+        s.limits.close_timeout
+    };
+    let closing = poll_fn(|cx| {
+        let mut s = shared.lock();
+        loop {
+            match s.poll_next_message(cx, Party::Pump) {
+                Poll::Ready(Ok(Some(_))) => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(close_timeout, closing).await;
+    shared.lock().finished();
+    drop(shared);
+    crate::tokio::memory::freed();
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.s.lingering || self.s.session.is_done() {
-            return;
+        let shared = match &mut self.core {
+            Core::Own(state) => {
+                if !state.is_open() {
+                    return;
+                }
+                Arc::new(Shared {
+                    info: state.info.clone(),
+                    state: Mutex::new(state.detach()),
+                    peer_close: OnceLock::new(),
+                    handles: AtomicUsize::new(0),
+                })
+            }
+            Core::Shared(shared, _) => {
+                if shared.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
+                    return;
+                }
+                let mut s = shared.lock();
+                if s.pumped {
+                    // The writer task closes it.
+                    s.abandoned = true;
+                    if let Some(wakers) = &s.wakers {
+                        wakers.parties[Party::Pump as usize].wake();
+                    }
+                    return;
+                }
+                if !s.is_open() {
+                    return;
+                }
+                drop(s);
+                shared.clone()
+            }
+        };
+        // Finish the closing handshake without making the dropper wait.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close_abandoned(shared));
         }
-        let Some(socket) = self.s.socket.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        // Finish the closing handshake without making the dropper wait; the
-        // slot (if any) keeps the server's drain waiting for it.
-        let session = std::mem::replace(
-            &mut self.s.session,
-            Session::new(Role::Server, &self.s.limits, None, Instant::now()),
-        );
-        let mut closer =
-            Connection::new(socket, session, self.s.info.clone(), self.s.limits.clone());
-        closer.s.slot = self.s.slot.take();
-        closer.s.lingering = true;
-        let close_timeout = self.s.limits.close_timeout;
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(close_timeout, closer.close(1000, "")).await;
-            drop(closer);
-            crate::tokio::memory::freed();
-        });
     }
 }
 
@@ -696,7 +999,7 @@ impl futures_util::Sink<Message> for Connection {
     type Error = Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.s.session.out.len() < OUT_HIGH_WATER {
+        if self.pending_output() < OUT_HIGH_WATER {
             return Poll::Ready(Ok(()));
         }
         Connection::poll_flush(&mut self, cx)
