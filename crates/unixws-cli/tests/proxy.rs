@@ -533,3 +533,72 @@ async fn pings_and_pongs_are_relayed_both_ways() {
     stop_backend.shutdown();
     serving.await.unwrap().unwrap();
 }
+
+/// Cut-through, seen from a raw backend: the proxy passes a 1 MiB frame
+/// on while it streams in (the backend has the first half while the client
+/// still holds the second), byte for byte as the client sent it, still
+/// masked with the client's key.
+#[test]
+fn a_large_frame_streams_through_verbatim_before_it_is_whole() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let backend_sock = dir.path().join("raw-backend.sock");
+    let proxy_sock = dir.path().join("proxy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&backend_sock).unwrap();
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let frame = unixws_testkit::client_frame(0x82, &payload, true);
+    let half = frame.len() / 2;
+    let (first_half_in, first_half_seen) = std::sync::mpsc::channel();
+    let expected = frame.clone();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte)
+                .expect("the proxy's upgrade request");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Sec-WebSocket-Key: ")
+                    .or(l.strip_prefix("sec-websocket-key: "))
+            })
+            .expect("a Sec-WebSocket-Key header");
+        let accept = unixws::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut told = false;
+        while got.len() < expected.len() {
+            let n = s.read(&mut buf).expect("the frame's bytes");
+            assert!(n > 0, "the proxy hung up after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            if !told && got.len() >= half - (64 << 10) {
+                first_half_in.send(got.len()).unwrap();
+                told = true;
+            }
+        }
+        assert!(got == expected, "the frame changed on its way");
+    });
+    let _proxy = proxy(
+        proxy_sock.to_str().unwrap(),
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let mut client = unixws_testkit::raw_upgraded(&proxy_sock);
+    client.write_all(&frame[..half]).unwrap();
+    let arrived = first_half_seen
+        .recv_timeout(T)
+        .expect("the backend should get the first half while the client holds the second");
+    assert!(arrived < frame.len());
+    client.write_all(&frame[half..]).unwrap();
+    backend.join().unwrap();
+}

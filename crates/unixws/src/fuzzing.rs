@@ -2,7 +2,9 @@
 //! API). The differential check feeds the same bytes to unixws's codec and
 //! to tungstenite's frame engine, split at the same (fuzzer-chosen)
 //! points, and compares the messages each produces and the class of the
-//! error each ends with: any disagreement is a finding.
+//! error each ends with: any disagreement is a finding. The relay's
+//! forward mode runs over the same pieces too: what it passes on must
+//! decode to the same messages, and it must end the same way.
 
 use std::io::{self, Read, Write};
 
@@ -11,6 +13,7 @@ use tungstenite::error::{CapacityError, Error as WsError};
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
+use crate::codec::decode::Forward;
 use crate::codec::Decoder;
 
 /// How one side's reading ended.
@@ -165,6 +168,8 @@ pub fn codec_vs_tungstenite(input: &[u8]) -> Result<(), String> {
         }
     }
 
+    forward_agrees(stream, &cuts, role, max, &ours, our_end)?;
+
     // tungstenite: its own engine over the same pieces.
     let (theirs, their_end) = tungstenite_reads(stream, cuts.clone(), role, max);
 
@@ -196,6 +201,73 @@ pub fn codec_vs_tungstenite(input: &[u8]) -> Result<(), String> {
             "codec and tungstenite disagree ({role:?}, max {max}):\n  unixws: {ours:?} then {our_end:?}\n  tungstenite: {theirs:?} then {their_end:?}"
         ))
     }
+}
+
+/// The forward mode over the same pieces: the data bytes it passes on,
+/// decoded whole, and its control frames must be `ours` (in order), and it
+/// must end as `decode` did.
+fn forward_agrees(
+    stream: &[u8],
+    cuts: &[usize],
+    role: Role,
+    max: usize,
+    ours: &[Message],
+    our_end: End,
+) -> Result<(), String> {
+    let mut decoder = Decoder::new(role, max, max);
+    let mut buf = BytesMut::new();
+    let mut passed = BytesMut::new();
+    let mut controls = Vec::new();
+    let mut end = End::Input;
+    let mut from = 0;
+    'pieces: for cut in cuts.iter().copied().chain(std::iter::once(stream.len())) {
+        let cut = cut.min(stream.len());
+        if cut <= from {
+            continue;
+        }
+        buf.extend_from_slice(&stream[from..cut]);
+        from = cut;
+        loop {
+            match decoder.forward(&mut buf) {
+                Ok(Some(Forward::Data { bytes, .. })) => passed.extend_from_slice(&bytes),
+                Ok(Some(Forward::Control(message))) => {
+                    let close = matches!(message, Message::Close(_));
+                    controls.push(message);
+                    if close {
+                        end = End::Closed;
+                        break 'pieces;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    end = End::Error(e.close_code());
+                    break 'pieces;
+                }
+            }
+        }
+    }
+    // What was passed on, decoded by a fresh decoder in one piece.
+    let mut data = Vec::new();
+    let mut again = Decoder::new(role, max, max);
+    loop {
+        match again.decode(&mut passed) {
+            Ok(Some(message)) => data.push(message),
+            Ok(None) => break,
+            Err(e) => return Err(format!("forward mode passed on bytes that fail: {e}")),
+        }
+    }
+    let is_data = |m: &&Message| m.is_text() || m.is_binary();
+    let our_data: Vec<&Message> = ours.iter().filter(is_data).collect();
+    let our_controls: Vec<&Message> = ours.iter().filter(|m| !is_data(m)).collect();
+    if end != our_end
+        || data.iter().collect::<Vec<_>>() != our_data
+        || controls.iter().collect::<Vec<_>>() != our_controls
+    {
+        return Err(format!(
+            "forward mode and decode disagree ({role:?}, max {max}):\n  decode: {ours:?} then {our_end:?}\n  forward: data {data:?}, control {controls:?} then {end:?}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::Message;
 
+use crate::codec::decode::Forward;
 use crate::codec::{CodecError, Decoder, OpCode, Outgoing};
 use crate::config::Limits;
 use crate::connection::PeerClose;
@@ -207,24 +208,58 @@ impl Session {
             let Some(message) = self.decoder.decode(&mut self.read)? else {
                 return Ok(None);
             };
-            let data = message.is_text() || message.is_binary();
-            self.timers.heard(data, self.now);
-            match message {
-                Message::Ping(ref payload) => {
-                    if self.closing == Closing::Open {
-                        self.push(OpCode::Pong, payload);
-                    }
-                    if self.control_frames {
-                        return Ok(Some(message));
-                    }
-                }
-                Message::Pong(_) if self.control_frames => return Ok(Some(message)),
-                Message::Close(frame) => self.on_close_frame(frame),
-                message if data => return Ok(Some(message)),
-                _ => {}
+            if let Some(message) = self.take(message) {
+                return Ok(Some(message));
             }
         }
         Ok(None)
+    }
+
+    /// Forward mode (relays): as `next_message`, but data comes out as the
+    /// checked bytes of its frames, to pass on as they are (see
+    /// `Decoder::forward`), a large frame in pieces as it arrives.
+    pub(crate) fn next_forward(&mut self) -> Result<Option<Forward>, CodecError> {
+        if self.failed {
+            self.read.clear();
+            return Ok(None);
+        }
+        while self.closing != Closing::Done {
+            match self.decoder.forward(&mut self.read)? {
+                None => return Ok(None),
+                Some(Forward::Control(message)) => {
+                    if let Some(message) = self.take(message) {
+                        return Ok(Some(Forward::Control(message)));
+                    }
+                }
+                Some(data) => {
+                    self.timers.heard(true, self.now);
+                    return Ok(Some(data));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A decoded message: answers a ping, handles a close; returns what the
+    /// caller should see.
+    fn take(&mut self, message: Message) -> Option<Message> {
+        let data = message.is_text() || message.is_binary();
+        self.timers.heard(data, self.now);
+        match message {
+            Message::Ping(ref payload) => {
+                if self.closing == Closing::Open {
+                    self.push(OpCode::Pong, payload);
+                }
+                self.control_frames.then_some(message)
+            }
+            Message::Pong(_) if self.control_frames => Some(message),
+            Message::Close(frame) => {
+                self.on_close_frame(frame);
+                None
+            }
+            message if data => Some(message),
+            _ => None,
+        }
     }
 
     fn on_close_frame(&mut self, frame: Option<CloseFrame>) {
@@ -280,6 +315,21 @@ impl Session {
                 self.out.push_raw_frame(first, frame.payload(), key);
             }
         }
+        Ok(())
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Queues bytes of frames another connection's `next_forward` checked
+    /// (relays). Once a close frame is out, only the rest of a frame
+    /// already begun may follow.
+    pub(crate) fn forward(&mut self, bytes: bytes::Bytes, frame_done: bool) -> Result<(), Error> {
+        if self.closing != Closing::Open && !self.out.is_mid_frame() {
+            return Err(Error::WebSocket(Box::new(WsError::Protocol(
+                ProtocolError::SendAfterClosing,
+            ))));
+        }
+        self.timers.sent_data(self.now);
+        self.out.push_forwarded(bytes, frame_done);
         Ok(())
     }
 

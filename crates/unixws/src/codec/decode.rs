@@ -32,11 +32,38 @@ struct Head {
     seen: usize,
 }
 
+/// A data frame at the front of the buffer, when forwarding.
+#[derive(Debug, Clone, Copy)]
+struct Forwarding {
+    /// Its header; `seen` counts the payload bytes checked.
+    head: Head,
+    /// Bytes of the frame (header included) handed out already.
+    sent: usize,
+}
+
 /// A fragmented data message in progress.
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// The payload so far (empty when forwarding: nothing is kept).
     data: BytesMut,
+    /// Payload bytes so far.
+    len: usize,
+}
+
+/// Data frames at least this large pass a relay cut-through: their payload
+/// is forwarded as it arrives instead of once the frame is whole.
+pub(crate) const CUT_THROUGH_FROM: usize = 16 << 10;
+
+/// What [`Decoder::forward`] found.
+#[derive(Debug)]
+pub(crate) enum Forward {
+    /// Data frames as they arrived (headers, masking and all), checked:
+    /// to pass on verbatim. `frame_done` is false when the bytes end in
+    /// the middle of a frame (cut-through).
+    Data { bytes: Bytes, frame_done: bool },
+    /// A control frame, decoded.
+    Control(Message),
 }
 
 /// Decodes the frames of one direction of one connection.
@@ -47,6 +74,10 @@ pub(crate) struct Decoder {
     max_frame: usize,
     max_message: usize,
     head: Option<Head>,
+    /// The data frame at the front of the buffer, when forwarding.
+    forwarding: Option<Forwarding>,
+    /// An error found after whole frames that were handed out first.
+    pending_error: Option<CodecError>,
     fragments: Option<Box<Fragments>>,
     /// The text message in progress (single frame or fragmented).
     utf8: Utf8Check,
@@ -61,6 +92,8 @@ impl Decoder {
             max_frame,
             max_message,
             head: None,
+            forwarding: None,
+            pending_error: None,
             fragments: None,
             utf8: Utf8Check::default(),
         }
@@ -70,13 +103,21 @@ impl Decoder {
     /// True when no frame is half-read and no fragmented message is open:
     /// the buffer may be dropped without losing anything.
     pub(crate) fn is_between_messages(&self) -> bool {
-        self.head.is_none() && self.fragments.is_none()
+        self.head.is_none() && self.forwarding.is_none() && self.fragments.is_none()
     }
 
     /// How many more bytes the frame in progress needs (0 when unknown: a
     /// header is still incomplete). A reader sizes its next read with it,
     /// so that a large frame lands in one allocation.
     pub(crate) fn wanted(&self, buffered: usize) -> usize {
+        if let Some(f) = self.forwarding {
+            // A cut-through frame is never held whole.
+            return if f.head.payload_len >= CUT_THROUGH_FROM {
+                0
+            } else {
+                (f.head.header_len + f.head.payload_len).saturating_sub(f.sent + buffered)
+            };
+        }
         self.head.map_or(0, |h| {
             (h.header_len + h.payload_len).saturating_sub(buffered)
         })
@@ -89,7 +130,10 @@ impl Decoder {
             let head = match self.head {
                 Some(head) => head,
                 None => match self.parse_head(buf)? {
-                    Some(head) => head,
+                    Some(head) => {
+                        self.head = Some(head);
+                        head
+                    }
                     None => return Ok(None),
                 },
             };
@@ -110,6 +154,126 @@ impl Decoder {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// Forward mode (relays): the next checked bytes of data frames, to
+    /// pass on as they are, or the next control frame, decoded. The checks
+    /// are `decode`'s (headers, sizes, sequencing, UTF-8 as it arrives);
+    /// nothing is reassembled, and nothing passed on is unmasked: masked
+    /// text is unmasked to be checked and masked again (the key stays
+    /// valid for the next hop, whose frames must be masked too). Whole
+    /// frames in a row come out as one piece; a frame of
+    /// [`CUT_THROUGH_FROM`] bytes or more comes out as it arrives, so that
+    /// a large message is never held whole and its latency is not doubled.
+    pub(crate) fn forward(&mut self, buf: &mut BytesMut) -> Result<Option<Forward>, CodecError> {
+        if self.head.is_some() {
+            // A control frame in progress.
+            return Ok(self.decode(buf)?.map(Forward::Control));
+        }
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
+        let mut end = 0;
+        match self.scan(buf, &mut end) {
+            // The whole frames before the error go first.
+            Err(e) if end > 0 => self.pending_error = Some(e),
+            Err(e) => return Err(e),
+            Ok(Some(piece)) => return Ok(Some(piece)),
+            Ok(None) => {}
+        }
+        if end == 0 {
+            return Ok(None);
+        }
+        let bytes = buf.split_to(end).freeze();
+        Ok(Some(Forward::Data {
+            bytes,
+            frame_done: true,
+        }))
+    }
+
+    /// `forward`'s walk over the buffer: whole checked data frames extend
+    /// `end`; a frame that is not whole stops it (and is cut through if it
+    /// is at the front and large); so does a control frame after data.
+    fn scan(&mut self, buf: &mut BytesMut, end: &mut usize) -> Result<Option<Forward>, CodecError> {
+        loop {
+            let mut f = match self.forwarding {
+                Some(f) if *end == 0 => f,
+                _ => match self.parse_head(&buf[*end..])? {
+                    Some(head) => Forwarding { head, sent: 0 },
+                    None => return Ok(None),
+                },
+            };
+            let head = f.head;
+            if head.opcode.is_control() {
+                if *end > 0 {
+                    return Ok(None);
+                }
+                return Ok(self.decode(buf)?.map(Forward::Control));
+            }
+            let frame_left = head.header_len + head.payload_len - f.sent;
+            let have = (buf.len() - *end).min(frame_left);
+            if have < frame_left && *end > 0 {
+                // The whole frames before it go first.
+                return Ok(None);
+            }
+            // How much of the payload is here (an offset into it).
+            let payload_have = (f.sent + have).saturating_sub(head.header_len);
+            if payload_have > head.seen {
+                if self.is_text(head.opcode) {
+                    // The buffer starts `f.sent` bytes into the frame.
+                    let from = *end + head.header_len + head.seen - f.sent;
+                    let to = from + (payload_have - head.seen);
+                    check_text(&mut self.utf8, &mut buf[from..to], head.key, head.seen)?;
+                }
+                f.head.seen = payload_have;
+            }
+            if have == frame_left {
+                self.forwarding = None;
+                self.forwarded(&head)?;
+                *end += have;
+                continue;
+            }
+            // A frame that is not whole yet, at the front.
+            let checked = head.header_len + f.head.seen - f.sent;
+            self.forwarding = Some(f);
+            if head.payload_len >= CUT_THROUGH_FROM && f.head.seen > 0 && checked > 0 {
+                if let Some(f) = &mut self.forwarding {
+                    f.sent += checked;
+                }
+                let bytes = buf.split_to(checked).freeze();
+                return Ok(Some(Forward::Data {
+                    bytes,
+                    frame_done: false,
+                }));
+            }
+            return Ok(None);
+        }
+    }
+
+    /// A data frame was forwarded whole: the message's sequencing, size
+    /// and UTF-8 state move on.
+    fn forwarded(&mut self, head: &Head) -> Result<(), CodecError> {
+        let text = self.is_text(head.opcode);
+        match head.opcode {
+            OpCode::Text | OpCode::Binary if !head.fin => {
+                self.fragments = Some(Box::new(Fragments {
+                    text,
+                    data: BytesMut::new(),
+                    len: head.payload_len,
+                }));
+            }
+            OpCode::Continue if head.fin => self.fragments = None,
+            OpCode::Continue => {
+                if let Some(f) = self.fragments.as_mut() {
+                    f.len += head.payload_len;
+                }
+            }
+            _ => {}
+        }
+        if head.fin && text {
+            self.utf8.finish().map_err(|_| CodecError::InvalidUtf8)?;
+        }
+        Ok(())
     }
 
     /// Unmasks payload bytes `head.seen..available` in place and checks
@@ -142,7 +306,7 @@ impl Decoder {
     }
 
     /// Parses and checks the header at the front of `buf`, if complete.
-    fn parse_head(&mut self, buf: &BytesMut) -> Result<Option<Head>, CodecError> {
+    fn parse_head(&self, buf: &[u8]) -> Result<Option<Head>, CodecError> {
         let [first, second, ..] = buf[..] else {
             return Ok(None);
         };
@@ -213,7 +377,7 @@ impl Decoder {
                 ))
             }
             (OpCode::Continue, Some(f)) => {
-                let total = f.data.len().saturating_add(size);
+                let total = f.len.saturating_add(size);
                 if total > self.max_message {
                     return Err(CodecError::TooBig {
                         size: total,
@@ -241,7 +405,6 @@ impl Decoder {
             payload_len: size,
             seen: 0,
         };
-        self.head = Some(head);
         Ok(Some(head))
     }
 
@@ -258,7 +421,8 @@ impl Decoder {
                 let mut data = BytesMut::with_capacity(payload.len().max(64));
                 data.extend_from_slice(&payload);
                 let text = head.opcode == OpCode::Text;
-                self.fragments = Some(Box::new(Fragments { text, data }));
+                let len = data.len();
+                self.fragments = Some(Box::new(Fragments { text, data, len }));
                 Ok(None)
             }
             OpCode::Continue => {
@@ -268,13 +432,14 @@ impl Decoder {
                     ));
                 };
                 fragments.data.extend_from_slice(&payload);
+                fragments.len = fragments.data.len();
                 if !head.fin {
                     return Ok(None);
                 }
                 let Some(done) = self.fragments.take() else {
                     return Ok(None);
                 };
-                let Fragments { text, data } = *done;
+                let Fragments { text, data, .. } = *done;
                 self.finish(text, data.freeze()).map(Some)
             }
         }
@@ -291,6 +456,23 @@ impl Decoder {
             Utf8Bytes::from_bytes_unchecked(data)
         }))
     }
+}
+
+/// Checks a piece of text that may be masked (`offset` into the payload
+/// gives the key's phase), leaving it as it was.
+fn check_text(
+    utf8: &mut Utf8Check,
+    piece: &mut [u8],
+    key: Option<[u8; 4]>,
+    offset: usize,
+) -> Result<(), CodecError> {
+    let Some(key) = key else {
+        return utf8.feed(piece).map_err(|_| CodecError::InvalidUtf8);
+    };
+    mask::apply(piece, key, offset);
+    let checked = utf8.feed(piece);
+    mask::apply(piece, key, offset);
+    checked.map_err(|_| CodecError::InvalidUtf8)
 }
 
 /// A close frame's payload: none, or a code (2 bytes) and a UTF-8 reason.

@@ -6,6 +6,11 @@
 //! header ends the buffer, and the payload's `Bytes` (shared with the
 //! message the caller gave) follows as its own slice of a vectored write.
 //! Masked payloads (a client's) are copied once, masked on the way.
+//!
+//! A relay appends frames it forwards as they arrived
+//! ([`Outgoing::push_forwarded`]), a large frame in pieces as it streams
+//! through; frames the connection makes itself meanwhile (a pong, a close)
+//! are held until the forwarded frame is whole, never written inside it.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -32,6 +37,10 @@ pub(crate) struct Outgoing {
     /// How much of the first segment (the queue's front, or the tail when
     /// the queue is empty) has been written already.
     written: usize,
+    /// A forwarded frame is not whole yet.
+    mid_frame: bool,
+    /// Frames made while `mid_frame`: they follow the forwarded frame.
+    held: Option<Box<Outgoing>>,
 }
 
 impl Outgoing {
@@ -64,6 +73,9 @@ impl Outgoing {
         payload: &[u8],
         key: Option<[u8; 4]>,
     ) {
+        if self.mid_frame {
+            return self.held().push_frame(fin, opcode, payload, key);
+        }
         self.push_head(fin, opcode, payload.len(), key);
         self.push_payload(payload, key);
     }
@@ -77,6 +89,9 @@ impl Outgoing {
         payload: &Bytes,
         key: Option<[u8; 4]>,
     ) {
+        if self.mid_frame {
+            return self.held().push_shared(fin, opcode, payload, key);
+        }
         if key.is_some() || payload.len() < ZERO_COPY_FROM {
             return self.push_frame(fin, opcode, payload, key);
         }
@@ -89,6 +104,9 @@ impl Outgoing {
     /// as is, reserved bits and opcodes included: for tests and tools that
     /// craft frames.
     pub(crate) fn push_raw_frame(&mut self, first: u8, payload: &[u8], key: Option<[u8; 4]>) {
+        if self.mid_frame {
+            return self.held().push_raw_frame(first, payload, key);
+        }
         let mut head = [0u8; 14];
         let n = encode_head(
             &mut head,
@@ -100,6 +118,36 @@ impl Outgoing {
         head[0] = first;
         self.tail.extend_from_slice(&head[..n]);
         self.push_payload(payload, key);
+    }
+
+    /// Appends bytes of forwarded frames as they are (see the module
+    /// doc); `frame_done` is false when they end inside a frame.
+    pub(crate) fn push_forwarded(&mut self, bytes: Bytes, frame_done: bool) {
+        if bytes.len() < ZERO_COPY_FROM {
+            self.tail.extend_from_slice(&bytes);
+        } else {
+            self.seal_tail();
+            self.queue.push_back(bytes);
+        }
+        self.mid_frame = !frame_done;
+        if let Some(held) = self.held.take().filter(|_| frame_done) {
+            let Outgoing { queue, tail, .. } = *held;
+            for segment in queue {
+                self.seal_tail();
+                self.queue.push_back(segment);
+            }
+            self.tail.extend_from_slice(&tail);
+        }
+    }
+
+    /// True while a forwarded frame is not whole: nothing else can be
+    /// written to this connection until it is.
+    pub(crate) fn is_mid_frame(&self) -> bool {
+        self.mid_frame
+    }
+
+    fn held(&mut self) -> &mut Outgoing {
+        self.held.get_or_insert_with(Box::default)
     }
 
     fn push_payload(&mut self, payload: &[u8], key: Option<[u8; 4]>) {

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
+use super::decode::Forward;
 use super::encode::{encode_head, MAX_SLICES};
 use super::{CodecError, Decoder, OpCode, Outgoing};
 
@@ -269,4 +270,113 @@ fn the_decoder_asks_for_the_rest_of_a_large_frame() {
     assert_eq!(decoder.decode(&mut buf), Ok(None));
     assert_eq!(decoder.wanted(buf.len()), frame.len() - 1000);
     assert!(!decoder.is_between_messages());
+}
+
+/// Forward mode over `bytes` fed in pieces of `step`: the data bytes
+/// passed on (concatenated), the control messages, and how many data
+/// pieces ended inside a frame (cut-through).
+fn forward_all(
+    decoder: &mut Decoder,
+    bytes: &[u8],
+    step: usize,
+) -> Result<(Vec<u8>, Vec<Message>, usize), CodecError> {
+    let mut buf = BytesMut::new();
+    let (mut data, mut controls, mut partial) = (Vec::new(), Vec::new(), 0);
+    for piece in bytes.chunks(step) {
+        buf.extend_from_slice(piece);
+        while let Some(got) = decoder.forward(&mut buf)? {
+            match got {
+                Forward::Data { bytes, frame_done } => {
+                    data.extend_from_slice(&bytes);
+                    partial += usize::from(!frame_done);
+                }
+                Forward::Control(m) => controls.push(m),
+            }
+        }
+    }
+    assert!(buf.is_empty(), "bytes left over: {buf:?}");
+    Ok((data, controls, partial))
+}
+
+#[test]
+fn forwarding_passes_data_frames_on_verbatim_and_cuts_large_ones_through() {
+    let big_text = "ü".repeat(60_000);
+    let big_binary: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let frames = [
+        client_frame(true, 1, b"hello"),
+        client_frame(true, 2, &big_binary),
+        client_frame(false, 1, "frag".as_bytes()),
+        client_frame(true, 9, b"ping"),
+        client_frame(false, 0, &"mént".as_bytes()[..2]),
+        client_frame(true, 0, &"mént".as_bytes()[2..]),
+        client_frame(true, 1, big_text.as_bytes()),
+        client_frame(true, 8, &1000u16.to_be_bytes()),
+    ];
+    let data_frames: Vec<u8> = frames
+        .iter()
+        .filter(|f| f[0] & 0x08 == 0)
+        .flatten()
+        .copied()
+        .collect();
+    let bytes: Vec<u8> = frames.concat();
+    for step in [1, 7, 1000, 65_536, bytes.len()] {
+        let (data, controls, partial) = forward_all(&mut server(), &bytes, step).unwrap();
+        assert!(data == data_frames, "step {step}: data frames changed");
+        assert_eq!(controls.len(), 2, "step {step}: {controls:?}");
+        assert_eq!(controls[0], Message::Ping(Bytes::from_static(b"ping")));
+        assert!(matches!(controls[1], Message::Close(Some(_))));
+        if step < big_binary.len() {
+            assert!(partial > 0, "step {step}: nothing was cut through");
+        } else {
+            assert_eq!(partial, 0, "step {step}: whole frames were cut");
+        }
+    }
+}
+
+#[test]
+fn forwarding_checks_what_decoding_checks() {
+    let mut invalid = vec![b'a'; 40_000];
+    invalid[39_900] = 0xff;
+    let bad_utf8 = [
+        client_frame(true, 1, b"ok"),
+        client_frame(true, 1, &invalid),
+    ]
+    .concat();
+    let late_bad = [
+        client_frame(false, 1, b"ok"),
+        client_frame(true, 0, &invalid),
+    ]
+    .concat();
+    let cases = [
+        bad_utf8,
+        late_bad,
+        client_frame(true, 0, b"continuation first"),
+        [client_frame(false, 1, b"a"), client_frame(true, 2, b"b")].concat(),
+        vec![0x81 | 0x40, 0x80, 0, 0, 0, 0],
+        [client_frame(true, 1, b"ok"), vec![0x83, 0x80, 0, 0, 0, 0]].concat(),
+    ];
+    for bytes in cases {
+        for step in [1, 3, bytes.len()] {
+            let decoded = decode_all(&mut server(), &bytes, step).map(|_| ());
+            let forwarded = forward_all(&mut server(), &bytes, step).map(|_| ());
+            assert_eq!(forwarded, decoded, "step {step}: {:?}", &bytes[..8]);
+            assert!(decoded.is_err());
+        }
+    }
+}
+
+#[test]
+fn forwarding_passes_large_server_frames_through_in_pieces() {
+    let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 7) as u8 + b'a').collect();
+    let mut out = Outgoing::default();
+    out.push_frame(true, OpCode::Text, &big, None);
+    out.push_frame(true, OpCode::Binary, &big[..70_000], None);
+    let bytes = drain(&mut out);
+    for step in [65_536, 200_000, 1 << 20] {
+        let mut decoder = Decoder::new(Role::Client, 16 << 20, 16 << 20);
+        let (data, controls, partial) = forward_all(&mut decoder, &bytes, step).unwrap();
+        assert!(data == bytes, "step {step}: frames changed");
+        assert!(controls.is_empty());
+        assert!(partial > 0);
+    }
 }

@@ -44,7 +44,9 @@ use tokio::sync::mpsc;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
+use crate::codec::decode::Forward;
 use crate::codec::encode::MAX_SLICES;
+use crate::codec::CodecError;
 use crate::config::Limits;
 use crate::connection::{ConnectionInfo, OutboxError, PeerClose};
 use crate::error::{Error, Result};
@@ -515,6 +517,42 @@ impl Connection {
         self.state().read_past_output = true;
     }
 
+    /// For relays: the next data frames as they arrived (checked, to pass
+    /// on verbatim with [`forward`](Connection::forward)), or a control
+    /// frame; `Ok(None)` once closed. Cancel-safe, as `recv`.
+    pub(crate) fn poll_next_forward(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Forward>>> {
+        let party = self.party();
+        self.state().poll_next(cx, party, Session::next_forward)
+    }
+
+    /// `poll_next_forward` as a future.
+    pub(crate) async fn recv_forward(&mut self) -> Result<Option<Forward>> {
+        poll_fn(|cx| self.poll_next_forward(cx)).await
+    }
+
+    /// For relays: queues frames another connection's
+    /// [`poll_next_forward`](Connection::poll_next_forward) produced.
+    pub(crate) fn forward(&mut self, bytes: bytes::Bytes, frame_done: bool) -> Result<()> {
+        let mut s = self.state();
+        s.session.tick(Instant::now());
+        s.session.forward(bytes, frame_done)
+    }
+
+    /// For relays: a forwarded frame is not whole yet on this connection,
+    /// so no close frame can be sent until it is.
+    pub(crate) fn output_mid_frame(&mut self) -> bool {
+        self.state().session.out.is_mid_frame()
+    }
+
+    /// For relays: ends the connection at once, without a close frame
+    /// (a frame forwarded to it will never be completed).
+    pub(crate) fn abort(&mut self) {
+        self.state().finished();
+    }
+
     /// Sends the close code a peer error left waiting, and awaits the answer.
     pub(crate) async fn close_deferred(&mut self) -> Result<()> {
         if self.state().session.close_deferred() {
@@ -635,28 +673,40 @@ impl State {
         cx: &mut Context<'_>,
         party: Party,
     ) -> Poll<Result<Option<Message>>> {
+        self.poll_next(cx, party, Session::next_message)
+    }
+
+    /// `poll_next_message`, with what to take from the session: messages,
+    /// or forwarded frames (`Session::next_forward`).
+    fn poll_next<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        party: Party,
+        next: fn(&mut Session) -> std::result::Result<Option<T>, CodecError>,
+    ) -> Poll<Result<Option<T>>> {
         let started = *self
             .recv_started
             .get_or_insert_with(|| self.session.recv_started());
-        let polled = self.poll_recv(cx, started, party);
+        let polled = self.poll_recv(cx, started, party, next);
         if polled.is_ready() {
             self.recv_started = None;
         }
         polled
     }
 
-    fn poll_recv(
+    fn poll_recv<T>(
         &mut self,
         cx: &mut Context<'_>,
         started: Instant,
         party: Party,
-    ) -> Poll<Result<Option<Message>>> {
+        next: fn(&mut Session) -> std::result::Result<Option<T>, CodecError>,
+    ) -> Poll<Result<Option<T>>> {
         loop {
             if self.socket.is_none() {
                 return Poll::Ready(Ok(None));
             }
             self.poll_signals(cx)?;
-            match self.session.next_message() {
+            match next(&mut self.session) {
                 Ok(Some(message)) => return Poll::Ready(Ok(Some(message))),
                 Ok(None) => {}
                 Err(e) => {
@@ -668,7 +718,9 @@ impl State {
             // Everything at hand is decoded: answers go out before waiting.
             let flushed = match self.poll_flush(cx, party) {
                 Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(e)) => return Poll::Ready(self.after_write_error(e)),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(self.after_write_error(e).map(|()| None))
+                }
                 Poll::Pending => {
                     self.write_stalled.get_or_insert_with(Instant::now);
                     false
@@ -697,7 +749,7 @@ impl State {
                 }
             }
             match self.poll_timer(cx, started) {
-                Poll::Ready(Some(result)) => return Poll::Ready(result),
+                Poll::Ready(Some(result)) => return Poll::Ready(result.map(|()| None)),
                 Poll::Ready(None) => continue,
                 Poll::Pending => return Poll::Pending,
             }
@@ -706,10 +758,10 @@ impl State {
 
     /// A write failed inside `recv`: a peer that hung up after the close
     /// handshake started is the end of it; anything else is an error.
-    fn after_write_error(&mut self, e: Error) -> Result<Option<Message>> {
+    fn after_write_error(&mut self, e: Error) -> Result<()> {
         if self.session.is_closing() {
             self.finished();
-            return Ok(None);
+            return Ok(());
         }
         Err(e)
     }
@@ -810,12 +862,8 @@ impl State {
     }
 
     /// Looks at the clocks when the timer fires: `Ready(None)` to go on,
-    /// `Ready(Some(result))` to end `recv`.
-    fn poll_timer(
-        &mut self,
-        cx: &mut Context<'_>,
-        started: Instant,
-    ) -> Poll<Option<Result<Option<Message>>>> {
+    /// `Ready(Some(result))` to end `recv` (with no message).
+    fn poll_timer(&mut self, cx: &mut Context<'_>, started: Instant) -> Poll<Option<Result<()>>> {
         loop {
             let now = Instant::now();
             self.session.tick(now);
@@ -833,7 +881,7 @@ impl State {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
                         self.finished();
-                        Poll::Ready(Some(result.map(|()| None)))
+                        Poll::Ready(Some(result))
                     }
                     AfterDeadline::Fail(e) => Poll::Ready(Some(Err(e))),
                 };

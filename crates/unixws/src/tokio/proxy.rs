@@ -13,9 +13,17 @@
 //!   replaced, never passed on).
 //! - Text, binary, ping and pong messages are relayed both ways in order; a
 //!   close code and reason from either side reach the other. Each hop
-//!   answers pings itself (tungstenite always does), so the pong that
-//!   answers a relayed ping is dropped rather than sent a second time; each
-//!   side keeps its own keepalive.
+//!   answers pings itself, so the pong that answers a relayed ping is
+//!   dropped rather than sent a second time; each side keeps its own
+//!   keepalive.
+//! - Data frames are not re-framed: the relay checks each header, size and
+//!   text (UTF-8, as it arrives) and passes the frame on as it came, still
+//!   masked from the client (the key is valid for the backend hop too),
+//!   fragments as fragments. A frame of 16 KiB or more is passed on as it
+//!   streams in (cut-through): a large message is never held whole, and
+//!   its latency is not doubled. The cost: if such a frame turns out bad
+//!   halfway (invalid UTF-8, a hang-up), the side that got its first half
+//!   cannot be sent a close frame inside it, and is dropped instead.
 //! - A side that breaks the protocol first gets the other side's answers to
 //!   its earlier messages, then its close code (1002, 1007, 1009); the other
 //!   side is closed with 1001.
@@ -31,6 +39,7 @@ use tungstenite::http::StatusCode;
 
 use crate::addr::{Address, ToAddress};
 use crate::client::ClientBuilder;
+use crate::codec::decode::Forward;
 use crate::config::Limits;
 use crate::error::Result;
 use crate::peer::Peer;
@@ -185,38 +194,49 @@ const RELAY_WINDOW: usize = 256 << 10;
 
 /// What one step of the relay produced.
 enum Step {
-    FromClient(Result<Option<Message>>),
-    FromBackend(Result<Option<Message>>),
+    FromClient(Result<Option<Forward>>),
+    FromBackend(Result<Option<Forward>>),
 }
 
 /// One step: writes what both sides have waiting, then takes the next
-/// message from whichever side has one, reading from a side only while
-/// the other side's output is under [`RELAY_WINDOW`]. Messages are queued,
+/// frames from whichever side has some, reading from a side only while
+/// the other side's output is under [`RELAY_WINDOW`]. Frames are queued,
 /// not written one by one: a burst goes out in one write.
 fn poll_step(
     cx: &mut Context<'_>,
     client: &mut Connection,
     backend: &mut Connection,
 ) -> Poll<Step> {
+    // A side over the window is flushed first; if that made room, the
+    // other side is read in this same step (nothing else would wake it).
+    if backend.pending_output() >= RELAY_WINDOW {
+        if let Poll::Ready(Err(e)) = backend.poll_flush(cx) {
+            return Poll::Ready(Step::FromBackend(Err(e)));
+        }
+    }
     if backend.pending_output() < RELAY_WINDOW {
-        if let Poll::Ready(r) = client.poll_next_message(cx) {
+        if let Poll::Ready(r) = client.poll_next_forward(cx) {
             return Poll::Ready(Step::FromClient(r));
         }
-    } else if let Poll::Ready(Err(e)) = backend.poll_flush(cx) {
-        return Poll::Ready(Step::FromBackend(Err(e)));
+    }
+    if client.pending_output() >= RELAY_WINDOW {
+        if let Poll::Ready(Err(e)) = client.poll_flush(cx) {
+            return Poll::Ready(Step::FromClient(Err(e)));
+        }
     }
     if client.pending_output() < RELAY_WINDOW {
-        if let Poll::Ready(r) = backend.poll_next_message(cx) {
+        if let Poll::Ready(r) = backend.poll_next_forward(cx) {
             return Poll::Ready(Step::FromBackend(r));
         }
-    } else if let Poll::Ready(Err(e)) = client.poll_flush(cx) {
-        return Poll::Ready(Step::FromClient(Err(e)));
     }
     Poll::Pending
 }
 
-/// Relays messages both ways until either side closes, then passes its
-/// close code and reason to the other.
+/// Relays frames both ways until either side closes, then passes its
+/// close code and reason to the other. Data frames pass as they arrived
+/// (checked, still masked from the client, never reassembled; a large one
+/// as it streams in); pings and pongs are relayed as messages, so that
+/// each hop answers its own.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
     for side in [&mut client, &mut backend] {
         side.receive_control_frames(true);
@@ -226,7 +246,10 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
     let (mut to_backend, mut to_client) = (PingLedger::default(), PingLedger::default());
     loop {
         match poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await {
-            Step::FromClient(Ok(Some(message))) => {
+            Step::FromClient(Ok(Some(Forward::Data { bytes, frame_done }))) => {
+                backend.forward(bytes, frame_done)?;
+            }
+            Step::FromClient(Ok(Some(Forward::Control(message)))) => {
                 if let Some(message) = to_backend.pass(message, &mut to_client) {
                     backend.queue(message)?;
                 }
@@ -236,7 +259,10 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
                 return pass_close(&client, &mut backend).await;
             }
             Step::FromClient(Err(e)) => return fail(client, backend, e).await,
-            Step::FromBackend(Ok(Some(message))) => {
+            Step::FromBackend(Ok(Some(Forward::Data { bytes, frame_done }))) => {
+                client.forward(bytes, frame_done)?;
+            }
+            Step::FromBackend(Ok(Some(Forward::Control(message)))) => {
                 if let Some(message) = to_client.pass(message, &mut to_backend) {
                     client.queue(message)?;
                 }
@@ -254,19 +280,29 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
 /// still sends (answers to messages the broken side sent before its error)
 /// is delivered first; then the broken side gets its close code (1002,
 /// 1007, 1009), in the order an endpoint without the proxy would answer.
+/// A side that was left inside a frame forwarded cut-through cannot be
+/// sent a close frame: it is dropped.
 async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error) -> Result<()> {
-    if other
+    if other.output_mid_frame() {
+        other.abort();
+    } else if other
         .begin_close(1001, "the other side broke the protocol")
         .await
         .is_ok()
     {
-        while let Ok(Some(message)) = other.recv().await {
-            if message.is_text() || message.is_binary() {
-                let _ = broken.send(message).await;
+        while let Ok(Some(relayed)) = other.recv_forward().await {
+            if let Forward::Data { bytes, frame_done } = relayed {
+                if broken.forward(bytes, frame_done).is_ok() {
+                    let _ = broken.flush().await;
+                }
             }
         }
     }
-    let _ = broken.close_deferred().await;
+    if broken.output_mid_frame() {
+        broken.abort();
+    } else {
+        let _ = broken.close_deferred().await;
+    }
     Err(error)
 }
 
@@ -307,7 +343,8 @@ impl PingLedger {
 
 /// Closes `to` the way `from` was closed. Codes that must not appear in a
 /// close frame (1005 none given, 1006 dropped, 1015 TLS) become 1000 or
-/// 1011.
+/// 1011. What `to` still sends is read (through the forwarding path, which
+/// may be inside a frame) and dropped, until its close.
 async fn pass_close(from: &Connection, to: &mut Connection) -> Result<()> {
     let (code, reason) = match from.peer_close() {
         Some(c) if c.code == 1005 => (1000, String::new()),
@@ -315,7 +352,9 @@ async fn pass_close(from: &Connection, to: &mut Connection) -> Result<()> {
         Some(c) => (c.code, c.reason.clone()),
         None => (1011, "the other side went away".to_string()),
     };
-    to.close(code, &reason).await
+    to.queue_close(code, &reason);
+    while to.recv_forward().await?.is_some() {}
+    Ok(())
 }
 
 #[cfg(test)]
