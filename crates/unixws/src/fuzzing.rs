@@ -140,33 +140,23 @@ pub fn codec_vs_tungstenite(input: &[u8]) -> Result<(), String> {
     let mut ours = Vec::new();
     let mut our_end = End::Input;
     let mut decoder = Decoder::new(role, max, max);
-    let mut buf = BytesMut::new();
-    let mut from = 0;
-    'pieces: for cut in cuts.iter().copied().chain(std::iter::once(stream.len())) {
-        let cut = cut.min(stream.len());
-        if cut <= from {
-            continue;
-        }
-        buf.extend_from_slice(&stream[from..cut]);
-        from = cut;
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(message)) => {
-                    let close = matches!(message, Message::Close(_));
-                    ours.push(message);
-                    if close {
-                        our_end = End::Closed;
-                        break 'pieces;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    our_end = End::Error(e.close_code());
-                    break 'pieces;
+    in_pieces(stream, &cuts, |buf| loop {
+        match decoder.decode(buf) {
+            Ok(Some(message)) => {
+                let close = matches!(message, Message::Close(_));
+                ours.push(message);
+                if close {
+                    our_end = End::Closed;
+                    return true;
                 }
             }
+            Ok(None) => return false,
+            Err(e) => {
+                our_end = End::Error(e.close_code());
+                return true;
+            }
         }
-    }
+    });
 
     forward_agrees(stream, &cuts, role, max, &ours, our_end)?;
 
@@ -203,6 +193,24 @@ pub fn codec_vs_tungstenite(input: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Feeds `stream`, cut at `cuts`, into a buffer, calling `take` after
+/// each piece arrives, until it returns true (the stream ended).
+fn in_pieces(stream: &[u8], cuts: &[usize], mut take: impl FnMut(&mut BytesMut) -> bool) {
+    let mut buf = BytesMut::new();
+    let mut from = 0;
+    for cut in cuts.iter().copied().chain(std::iter::once(stream.len())) {
+        let cut = cut.min(stream.len());
+        if cut <= from {
+            continue;
+        }
+        buf.extend_from_slice(&stream[from..cut]);
+        from = cut;
+        if take(&mut buf) {
+            return;
+        }
+    }
+}
+
 /// The forward mode over the same pieces: the data bytes it passes on,
 /// decoded whole, and its control frames must be `ours` (in order), and it
 /// must end as `decode` did.
@@ -215,37 +223,27 @@ fn forward_agrees(
     our_end: End,
 ) -> Result<(), String> {
     let mut decoder = Decoder::new(role, max, max);
-    let mut buf = BytesMut::new();
     let mut passed = BytesMut::new();
     let mut controls = Vec::new();
     let mut end = End::Input;
-    let mut from = 0;
-    'pieces: for cut in cuts.iter().copied().chain(std::iter::once(stream.len())) {
-        let cut = cut.min(stream.len());
-        if cut <= from {
-            continue;
-        }
-        buf.extend_from_slice(&stream[from..cut]);
-        from = cut;
-        loop {
-            match decoder.forward(&mut buf) {
-                Ok(Some(Forward::Data { bytes, .. })) => passed.extend_from_slice(&bytes),
-                Ok(Some(Forward::Control(message))) => {
-                    let close = matches!(message, Message::Close(_));
-                    controls.push(message);
-                    if close {
-                        end = End::Closed;
-                        break 'pieces;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    end = End::Error(e.close_code());
-                    break 'pieces;
+    in_pieces(stream, cuts, |buf| loop {
+        match decoder.forward(buf) {
+            Ok(Some(Forward::Data { bytes, .. })) => passed.extend_from_slice(&bytes),
+            Ok(Some(Forward::Control(message))) => {
+                let close = matches!(message, Message::Close(_));
+                controls.push(message);
+                if close {
+                    end = End::Closed;
+                    return true;
                 }
             }
+            Ok(None) => return false,
+            Err(e) => {
+                end = End::Error(e.close_code());
+                return true;
+            }
         }
-    }
+    });
     // What was passed on, decoded by a fresh decoder in one piece.
     let mut data = Vec::new();
     let mut again = Decoder::new(role, max, max);

@@ -249,25 +249,7 @@ impl Connection {
         info: ConnectionInfo,
         limits: Arc<Limits>,
     ) -> Self {
-        let s = State {
-            socket: Some(socket),
-            session,
-            info,
-            limits,
-            outbox: None,
-            shutdown: None,
-            timer: None,
-            reads: 0,
-            reads_seen: 0,
-            release_at: None,
-            write_stalled: None,
-            slot: None,
-            wakers: None,
-            pumped: false,
-            abandoned: false,
-            recv_started: None,
-            read_past_output: false,
-        };
+        let s = State::new(Some(socket), session, info, limits);
         Self {
             core: Core::Own(Box::new(s)),
         }
@@ -570,14 +552,17 @@ impl Connection {
 }
 
 impl State {
-    /// Moves everything out into a new `State`, leaving this one over
-    /// (no socket, no slot), to be shared or handed to a closer.
-    fn detach(&mut self) -> State {
-        let husk = State {
-            socket: None,
-            session: Session::new(Role::Server, &self.limits, None, Instant::now()),
-            info: self.info.clone(),
-            limits: self.limits.clone(),
+    fn new(
+        socket: Option<AsyncSocket>,
+        session: Session,
+        info: ConnectionInfo,
+        limits: Arc<Limits>,
+    ) -> Self {
+        State {
+            socket,
+            session,
+            info,
+            limits,
             outbox: None,
             shutdown: None,
             timer: None,
@@ -591,7 +576,14 @@ impl State {
             abandoned: false,
             recv_started: None,
             read_past_output: false,
-        };
+        }
+    }
+
+    /// Moves everything out into a new `State`, leaving this one over
+    /// (no socket, no slot), to be shared or handed to a closer.
+    fn detach(&mut self) -> State {
+        let session = Session::new(Role::Server, &self.limits, None, Instant::now());
+        let husk = State::new(None, session, self.info.clone(), self.limits.clone());
         std::mem::replace(self, husk)
     }
 
