@@ -43,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let mut ws = unixws::tokio::connect(path.as_str()).await?;
-    ws.send(Message::text("hello from the client")).await?;
+    // `Sink::send` (the inherent `Connection::send` does the same).
+    SinkExt::send(&mut ws, Message::text("hello from the client")).await?;
     while let Some(message) = ws.next().await {
         println!("client got {:?}", message?);
     }
