@@ -882,6 +882,9 @@ impl State {
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
             let Some(at) = due else {
+                // Nothing is due (no keepalive, buffers released): an idle
+                // connection keeps no timer either.
+                self.timer = None;
                 return Poll::Pending;
             };
             let at = tokio::time::Instant::from_std(at);
