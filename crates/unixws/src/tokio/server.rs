@@ -277,13 +277,16 @@ async fn upgrade<T: Send + 'static>(
         callback,
         Some(handshake_config()),
     ));
+    // The handshake is polled first: one whose 101 is out completes even if
+    // the shutdown came meanwhile (its client is upgraded and gets a 1001
+    // close from the handler's connection, not a dropped socket).
     let result = tokio::select! {
         biased;
+        result = tokio::time::timeout_at(started + limits.handshake_timeout, handshake) => result,
         _ = &mut shutdown => {
             core.not_upgraded(&peer, Outcome::ShutDown, None);
             return None;
         }
-        result = tokio::time::timeout_at(started + limits.handshake_timeout, handshake) => result,
     };
     let ws = match result {
         Ok(Ok(ws)) => ws,
