@@ -34,7 +34,9 @@
 //!
 //! - `codec` (private): frames in and out of buffers the connection owns:
 //!   in-place unmasking, incremental UTF-8, fragments, close-code rules,
-//!   payloads as `Bytes` without a copy, batched and vectored output.
+//!   payloads as `Bytes` without a copy, batched and vectored output; and
+//!   the relay's forward mode (frames passed on as they arrived, large
+//!   ones cut through).
 //! - `session` (private): one connection's decisions: ping answers, close
 //!   handshake, peer-error close codes, keepalive and idle clocks, slow
 //!   consumer.
@@ -43,7 +45,8 @@
 //! - [`connection`], [`client`], [`server`]: the blocking driver
 //!   ([`Connection`], [`connect`] and [`ClientBuilder`], [`Server`]).
 //! - [`tokio`] (feature `tokio`): the async driver: client, server,
-//!   `Connection` (a `Stream` and `Sink`, with `split`), proxy, exec.
+//!   `Connection` (a `Stream` and `Sink`, with `split` and an outbox whose
+//!   writer task sends without waiting for `recv`), proxy, exec.
 //! - [`stream`]: the blocking socket under a connection, with interruptible
 //!   reads (shutdown, wake-ups, deadlines).
 //! - [`addr`]: [`Address`], the one parser for every address form.

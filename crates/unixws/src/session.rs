@@ -2,7 +2,9 @@
 //! the tokio drivers: the codec's buffers, the close handshake, answers to
 //! pings, close codes for peer errors, the slow-consumer close and the
 //! keepalive clocks. It does no I/O: a driver reads into [`Session::read`],
-//! asks [`Session::next_message`] for what arrived, writes out what
+//! asks [`Session::next_message`] for what arrived (a relay asks
+//! [`Session::next_forward`] for frames to pass on as they are, and queues
+//! them on the other side with [`Session::forward`]), writes out what
 //! [`Session::out`] holds, and tells the session when a clock ran out.
 //! Each decision is made here once, so the two drivers cannot drift
 //! apart.

@@ -10,6 +10,11 @@
 //! checked as UTF-8 at once; a complete frame's payload is split off the
 //! buffer and frozen into the message (`Bytes`, no copy). Fragmented
 //! messages are reassembled within `max_message`.
+//!
+//! A relay uses the forward mode instead ([`Decoder::forward`]): the same
+//! checks, but data frames come out as the bytes they arrived as (masked,
+//! fragmented), a large frame in pieces as it streams in, so that the
+//! other side gets them without reassembly or re-masking.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::CloseCode;

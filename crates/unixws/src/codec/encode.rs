@@ -21,13 +21,15 @@ use super::{mask, OpCode};
 
 /// Payloads at least this large are written from the caller's `Bytes`
 /// instead of being copied into the buffer (unmasked frames only). Below
-/// it, a copy is cheaper: an echoed or relayed payload is a slice of the
-/// read buffer, and while it waits to be written the next read cannot reuse
-/// that buffer and gets fresh memory instead. At 16 KiB (the first choice)
-/// a 64 KiB stream took about 3,300 page faults a second in `unixws serve`;
-/// at 128 KiB none, and it ran 0.92× fastwebsockets instead of 0.86×
-/// (three alternating runs each, BENCHMARKS.md).
-pub(crate) const ZERO_COPY_FROM: usize = 128 << 10;
+/// it, a copy is cheaper than an extra slice in the write.
+///
+/// Tried: 128 KiB. An echoed payload is a slice of the read buffer, and
+/// while it waits to be written the next read cannot reuse that buffer;
+/// copying removed the ~3,300 page faults a second of a 64 KiB stream and
+/// moved it from 0.86× to 0.92× fastwebsockets, but the copies took
+/// load_test 200 × 16 KiB from 1.01× to 0.81× and 500 × 16 KiB from 1.01×
+/// to 0.88× (three alternating runs each, BENCHMARKS.md). 16 KiB stays.
+pub(crate) const ZERO_COPY_FROM: usize = 16 << 10;
 
 /// Most slices handed to one vectored write.
 pub(crate) const MAX_SLICES: usize = 64;

@@ -5,7 +5,8 @@
 //! - [`Decoder`](decode::Decoder): bytes to `Message`s, checking every
 //!   rule that has a close code (1002 protocol, 1007 invalid UTF-8, 1009
 //!   too big), unmasking in place, checking text as it arrives and handing
-//!   payloads out without a copy.
+//!   payloads out without a copy; or, for relays, hands data frames out
+//!   as they arrived (still masked, cut through when large).
 //! - [`Outgoing`](encode::Outgoing): frames to bytes, batching small ones
 //!   and writing large payloads without a copy.
 //! - `mask` and `utf8`: the wide in-place XOR and the incremental check.
