@@ -217,6 +217,33 @@ fn a_1_mib_message_and_10000_small_ones_pass_intact_and_in_order() {
     drop(backend);
 }
 
+/// Large messages one after another, each answered before the next,
+/// from Python `websockets` through the proxy to `unixws serve --echo`:
+/// the relay must keep both directions moving on its own. It once went to
+/// sleep with a side's input unwatched after flushing the other side, and
+/// a 4 MiB echo waited for the next keepalive ping (30 s); the client's
+/// 15 s limit per echo is a hang check, far above the milliseconds it takes.
+#[test]
+fn large_echoes_through_the_proxy_do_not_wait_for_a_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("echo.sock");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_unixws"));
+    serve
+        .args(["serve", "--echo", "--max-message", "64MiB"])
+        .arg(&sock);
+    let _backend = Process::spawn(&mut serve);
+    assert!(
+        wait_until(T, || sock.exists()),
+        "unixws serve did not start"
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(&listen, &format!("ws+unix://{}", sock.display()), &[]);
+    let mut client = unixws_testkit::python("py_big_echo.py");
+    client.arg(format!("ws://{listen}/"));
+    let (ok, output) = Process::spawn(&mut client).finish(Duration::from_secs(60));
+    assert!(ok && output.iter().any(|l| l == "ok"), "{output:?}");
+}
+
 #[test]
 fn a_missing_backend_is_a_502_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
