@@ -808,7 +808,6 @@ impl State {
             let Some(message) = next else {
                 return Ok(());
             };
-            self.session.tick(Instant::now());
             self.session.send(message)?;
         }
         Ok(())
@@ -824,6 +823,8 @@ impl State {
         if self.socket.is_none() || self.abandoned {
             return Poll::Ready(());
         }
+        // The clocks count from this wake-up (once, not per message).
+        self.session.tick(Instant::now());
         // Nothing but `SendAfterClosing` can fail here, and taking stops
         // once the close is queued.
         let _ = self.poll_outbox(cx);
