@@ -192,41 +192,52 @@ fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
 /// of growing the relay's memory.
 const RELAY_WINDOW: usize = 256 << 10;
 
-/// What one step of the relay produced.
-enum Step {
-    FromClient(Result<Option<Forward>>),
-    FromBackend(Result<Option<Forward>>),
+/// The side a step read from.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
 }
 
-/// One step: writes what both sides have waiting, then takes the next
-/// frames from whichever side has some, reading from a side only while
-/// the other side's output is under [`RELAY_WINDOW`]. Frames are queued,
-/// not written one by one: a burst goes out in one write.
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+/// `(from, to)` for what is read on `side`: connections, or ping ledgers.
+fn by_side<'a, T>(side: Side, client: &'a mut T, backend: &'a mut T) -> (&'a mut T, &'a mut T) {
+    match side {
+        Side::Client => (client, backend),
+        Side::Backend => (backend, client),
+    }
+}
+
+/// One step: for each direction, the receiving side is flushed first if
+/// its output is over [`RELAY_WINDOW`], and the sending side is read only
+/// while it is under (so a flush that made room is followed by a read in
+/// this same step: nothing else would wake it). Frames are queued, not
+/// written one by one: a burst goes out in one write. A failed flush is
+/// the receiving side's error.
 fn poll_step(
     cx: &mut Context<'_>,
     client: &mut Connection,
     backend: &mut Connection,
-) -> Poll<Step> {
-    // A side over the window is flushed first; if that made room, the
-    // other side is read in this same step (nothing else would wake it).
-    if backend.pending_output() >= RELAY_WINDOW {
-        if let Poll::Ready(Err(e)) = backend.poll_flush(cx) {
-            return Poll::Ready(Step::FromBackend(Err(e)));
+) -> Poll<(Side, Result<Option<Forward>>)> {
+    for side in [Side::Client, Side::Backend] {
+        let (from, to) = by_side(side, &mut *client, &mut *backend);
+        if to.pending_output() >= RELAY_WINDOW {
+            if let Poll::Ready(Err(e)) = to.poll_flush(cx) {
+                return Poll::Ready((side.other(), Err(e)));
+            }
         }
-    }
-    if backend.pending_output() < RELAY_WINDOW {
-        if let Poll::Ready(r) = client.poll_next_forward(cx) {
-            return Poll::Ready(Step::FromClient(r));
-        }
-    }
-    if client.pending_output() >= RELAY_WINDOW {
-        if let Poll::Ready(Err(e)) = client.poll_flush(cx) {
-            return Poll::Ready(Step::FromClient(Err(e)));
-        }
-    }
-    if client.pending_output() < RELAY_WINDOW {
-        if let Poll::Ready(r) = backend.poll_next_forward(cx) {
-            return Poll::Ready(Step::FromBackend(r));
+        if to.pending_output() < RELAY_WINDOW {
+            if let Poll::Ready(r) = from.poll_next_forward(cx) {
+                return Poll::Ready((side, r));
+            }
         }
     }
     Poll::Pending
@@ -243,35 +254,28 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
         side.defer_error_close();
         side.read_past_output();
     }
-    let (mut to_backend, mut to_client) = (PingLedger::default(), PingLedger::default());
+    // The pings relayed from each side.
+    let (mut from_client, mut from_backend) = (PingLedger::default(), PingLedger::default());
     loop {
-        match poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await {
-            Step::FromClient(Ok(Some(Forward::Data { bytes, frame_done }))) => {
-                backend.forward(bytes, frame_done)?;
-            }
-            Step::FromClient(Ok(Some(Forward::Control(message)))) => {
-                if let Some(message) = to_backend.pass(message, &mut to_client) {
-                    backend.queue(message)?;
+        let (side, relayed) = poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await;
+        let relayed = match (relayed, side) {
+            (Ok(relayed), _) => relayed,
+            (Err(e), Side::Client) => return fail(client, backend, e).await,
+            (Err(e), Side::Backend) => return fail(backend, client, e).await,
+        };
+        let (from, to) = by_side(side, &mut client, &mut backend);
+        match relayed {
+            Some(Forward::Data { bytes, frame_done }) => to.forward(bytes, frame_done)?,
+            Some(Forward::Control(message)) => {
+                let (ours, theirs) = by_side(side, &mut from_client, &mut from_backend);
+                if let Some(message) = ours.pass(message, theirs) {
+                    to.queue(message)?;
                 }
             }
-            Step::FromClient(Ok(None)) => {
-                backend.flush().await?;
-                return pass_close(&client, &mut backend).await;
+            None => {
+                to.flush().await?;
+                return pass_close(from, to).await;
             }
-            Step::FromClient(Err(e)) => return fail(client, backend, e).await,
-            Step::FromBackend(Ok(Some(Forward::Data { bytes, frame_done }))) => {
-                client.forward(bytes, frame_done)?;
-            }
-            Step::FromBackend(Ok(Some(Forward::Control(message)))) => {
-                if let Some(message) = to_client.pass(message, &mut to_backend) {
-                    client.queue(message)?;
-                }
-            }
-            Step::FromBackend(Ok(None)) => {
-                client.flush().await?;
-                return pass_close(&backend, &mut client).await;
-            }
-            Step::FromBackend(Err(e)) => return fail(backend, client, e).await,
         }
     }
 }
