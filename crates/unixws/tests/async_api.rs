@@ -171,14 +171,9 @@ async fn split_halves_send_while_the_reader_waits_and_keep_answering_pings() {
         let mut s = unixws_testkit::raw_upgraded(&path);
         s.write_all(&client_frame(0x89, b"are you there", true))
             .unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let want_ticks = 5;
-        while count_text_frames(&seen) < want_ticks || !has_pong(&seen) {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "the server hung up: {seen:?}");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut s, "five ticks and a pong", |seen| {
+            count_text_frames(seen) >= 5 && has_pong(seen)
+        });
         s.write_all(&client_frame(0x81, b"got five", true)).unwrap();
         s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
             .unwrap();
@@ -207,6 +202,25 @@ async fn split_halves_send_while_the_reader_waits_and_keep_answering_pings() {
     let writer = ticking.await.unwrap();
     assert!(reader.unsplit(writer).is_some());
     peer.join().unwrap();
+}
+
+/// Reads from `s` until `done` holds for everything read so far, which it
+/// returns; a hang-up or a read error first fails with `what` was awaited.
+fn read_until(
+    s: &mut std::os::unix::net::UnixStream,
+    what: &str,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&seen) {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        assert!(n > 0, "the server hung up before {what}: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
 }
 
 /// Text frames (server frames are unmasked) in `bytes`, whole ones only.
@@ -293,15 +307,11 @@ async fn outbox_messages_go_out_while_nobody_is_in_recv() {
     let peer = std::thread::spawn(move || {
         let mut s = unixws_testkit::raw_upgraded(&path);
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while count_text_frames(&seen) < 6 {
-            let n = s
-                .read(&mut buf)
-                .expect("the ticks should arrive while the handler is not in recv");
-            assert!(n > 0, "the server hung up: {seen:?}");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let seen = read_until(
+            &mut s,
+            "the ticks, while the handler is not in recv",
+            |seen| count_text_frames(seen) >= 6,
+        );
         let ticks: Vec<&[u8]> = frames(&seen).map(|(_, p)| p).collect();
         assert_eq!(
             ticks,
@@ -363,13 +373,9 @@ async fn an_abandoned_connection_with_an_outbox_is_closed_after_its_queue() {
     let peer = std::thread::spawn(move || {
         let mut s = unixws_testkit::raw_upgraded(&path);
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !frames(&seen).any(|(op, _)| op == 0x88) {
-            let n = s.read(&mut buf).expect("a close should arrive");
-            assert!(n > 0, "the server hung up without a close: {seen:?}");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let seen = read_until(&mut s, "a close", |seen| {
+            frames(seen).any(|(op, _)| op == 0x88)
+        });
         let got: Vec<(u8, &[u8])> = frames(&seen).collect();
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0], (0x81, &b"last words"[..]));
