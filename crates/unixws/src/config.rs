@@ -52,12 +52,6 @@ pub struct Limits {
     pub write_timeout: Option<Duration>,
     /// Client: how long connecting to the socket may take (default: 5 s).
     pub connect_timeout: Duration,
-    /// A tokio connection that has read nothing for this long frees its
-    /// read and write buffers (they come back, small, with the next bytes),
-    /// so idle connections cost a few KiB (default: 250 ms; `None` keeps
-    /// the buffers). The blocking driver keeps them: it spends a thread per
-    /// connection anyway.
-    pub release_idle_after: Option<Duration>,
     /// Per-connection queue of messages waiting to be sent by other threads
     /// (broadcast, stdin) (default: 256 messages). A broadcast to a full queue closes
     /// that slow consumer with 1013 instead of growing without bound.
@@ -80,7 +74,6 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(10),
             write_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(5),
-            release_idle_after: Some(Duration::from_millis(250)),
             send_queue: 256,
         }
     }

@@ -40,6 +40,9 @@
 //! - `session` (private): one connection's decisions: ping answers, close
 //!   handshake, peer-error close codes, keepalive and idle clocks, slow
 //!   consumer.
+//! - `spare` (private): one read and one write buffer per thread, lent to
+//!   the connection that has bytes to move, so an idle connection holds
+//!   no buffer.
 //! - `server_core` (private): what both servers decide: admission, flood
 //!   slack, handshake outcomes, drain.
 //! - [`connection`], [`client`], [`server`]: the blocking driver
@@ -79,6 +82,7 @@ pub mod policy;
 pub mod server;
 mod server_core;
 mod session;
+mod spare;
 pub mod stats;
 pub mod stream;
 mod sys;

@@ -180,23 +180,6 @@ impl Session {
         }
     }
 
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// An idle connection keeps no buffers: frees them if they hold
-    /// nothing (no half-read frame, no fragmented message, nothing unsent).
-    pub(crate) fn release_buffers(&mut self) {
-        if self.read.is_empty() && self.decoder.is_between_messages() {
-            self.read = BytesMut::new();
-            self.read_hint = READ_CHUNK;
-        }
-        self.out.release();
-    }
-
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// True when the buffers are as small as they get.
-    pub(crate) fn is_released(&self) -> bool {
-        self.read.capacity() == 0 && self.out.is_empty()
-    }
-
     /// The next message in the read buffer that the caller should see
     /// (data; pings and pongs too with `control_frames`). Pings are
     /// answered and close frames handled here.

@@ -349,25 +349,18 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
     server.stop().await;
 }
 
-fn quick_release(f: impl FnOnce(&mut Limits)) -> Limits {
-    limits(|l| {
-        l.release_idle_after = Some(Duration::from_millis(20));
-        f(l);
-    })
-}
-
 #[tokio::test]
 async fn an_idle_connection_that_released_its_buffers_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("park.sock");
-    let server = start_echo(&sock, quick_release(|_| {}));
+    let server = start_echo(&sock, limits(|_| {}));
     let mut conn = unixws::tokio::connect(&sock).await.unwrap();
     let big = Message::binary(vec![3u8; 1 << 20]);
     for round in 0..3 {
         assert_echo(&mut conn, &format!("small {round}")).await;
         conn.send(big.clone()).await.unwrap();
         assert_eq!(conn.recv().await.unwrap(), Some(big.clone()));
-        // Long enough for the server connection to park.
+        // Long enough for the server connection to hand its buffers back.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     conn.close(1000, "").await.unwrap();
@@ -380,7 +373,7 @@ async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
     use unixws::tungstenite::protocol::frame::Frame;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("frag.sock");
-    let server = start_echo(&sock, quick_release(|_| {}));
+    let server = start_echo(&sock, limits(|_| {}));
     let path = sock.clone();
     let echoed = tokio::task::spawn_blocking(move || {
         let mut conn = unixws::connect(&path).unwrap();
@@ -413,7 +406,7 @@ async fn parked_connections_keep_answering_pings_and_queued_messages() {
     let sock = dir.path().join("ping.sock");
     let (server, outboxes) = start_outbox_server(
         &sock,
-        quick_release(|l| {
+        limits(|l| {
             l.ping_interval = Some(Duration::from_millis(100));
             l.pong_timeout = Duration::from_millis(300);
         }),

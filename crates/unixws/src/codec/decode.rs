@@ -104,7 +104,7 @@ impl Decoder {
         }
     }
 
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(test)]
     /// True when no frame is half-read and no fragmented message is open:
     /// the buffer may be dropped without losing anything.
     pub(crate) fn is_between_messages(&self) -> bool {

@@ -62,14 +62,20 @@ impl Outgoing {
         self.queue.iter().map(Bytes::len).sum::<usize>() + self.tail.len() - self.written
     }
 
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// Frees the buffer if nothing is waiting (an idle connection keeps no
-    /// memory for writing).
-    pub(crate) fn release(&mut self) {
-        if self.is_empty() {
-            self.tail = Vec::new();
-            self.written = 0;
+    /// The buffer to append to: the thread's spare (see `spare.rs`) if
+    /// ours is empty.
+    fn tail(&mut self) -> &mut Vec<u8> {
+        if self.tail.is_empty() {
+            crate::spare::lend_write(&mut self.tail);
         }
+        &mut self.tail
+    }
+
+    /// Everything is written: the buffer goes back to the thread.
+    fn all_written(&mut self) {
+        self.tail.clear();
+        self.written = 0;
+        crate::spare::take_back_write(&mut self.tail);
     }
 
     /// Appends one frame. `key` masks it (a client's frames).
@@ -123,7 +129,7 @@ impl Outgoing {
             key,
         );
         head[0] = first;
-        self.tail.extend_from_slice(&head[..n]);
+        self.tail().extend_from_slice(&head[..n]);
         self.push_payload(payload, key);
     }
 
@@ -131,7 +137,7 @@ impl Outgoing {
     /// doc); `frame_done` is false when they end inside a frame.
     pub(crate) fn push_forwarded(&mut self, bytes: Bytes, frame_done: bool) {
         if bytes.len() < ZERO_COPY_FROM {
-            self.tail.extend_from_slice(&bytes);
+            self.tail().extend_from_slice(&bytes);
         } else {
             self.seal_tail();
             self.queue.push_back(bytes);
@@ -143,7 +149,7 @@ impl Outgoing {
                 self.seal_tail();
                 self.queue.push_back(segment);
             }
-            self.tail.extend_from_slice(&tail);
+            self.tail().extend_from_slice(&tail);
         }
     }
 
@@ -158,17 +164,18 @@ impl Outgoing {
     }
 
     fn push_payload(&mut self, payload: &[u8], key: Option<[u8; 4]>) {
-        let start = self.tail.len();
-        self.tail.extend_from_slice(payload);
+        let tail = self.tail();
+        let start = tail.len();
+        tail.extend_from_slice(payload);
         if let Some(key) = key {
-            mask::apply(&mut self.tail[start..], key, 0);
+            mask::apply(&mut tail[start..], key, 0);
         }
     }
 
     fn push_head(&mut self, fin: bool, opcode: OpCode, len: usize, key: Option<[u8; 4]>) {
         let mut head = [0u8; 14];
         let n = encode_head(&mut head, fin, opcode as u8, len, key);
-        self.tail.extend_from_slice(&head[..n]);
+        self.tail().extend_from_slice(&head[..n]);
     }
 
     /// Moves the tail into the queue (no copy: the `Vec` becomes the `Bytes`).
@@ -214,8 +221,7 @@ impl Outgoing {
                 self.written += n;
                 debug_assert!(self.written <= self.tail.len());
                 if self.written == self.tail.len() {
-                    self.tail.clear();
-                    self.written = 0;
+                    self.all_written();
                 }
                 return;
             };
@@ -229,8 +235,7 @@ impl Outgoing {
             self.queue.pop_front();
         }
         if self.queue.is_empty() && self.written == self.tail.len() {
-            self.tail.clear();
-            self.written = 0;
+            self.all_written();
         }
     }
 }

@@ -8,15 +8,17 @@
 //! connection waits for (input, room to write, the outbox, server
 //! shutdown, one timer): all state lives in the connection, so dropping
 //! the future loses nothing (it is cancel-safe), and the socket is read
-//! into the connection's own buffer without zero-filling it.
+//! into a buffer without zero-filling it.
 //!
-//! Memory: the read buffer grows to what the frames need (at least
-//! 8 KiB, a large frame lands whole) and is freed, with the write
-//! buffer, when the connection has been quiet for
-//! [`Limits::release_idle_after`]: an idle connection holds its socket,
-//! this struct and its task. There is one timer per connection; it is not
-//! re-armed per message: it fires at the earliest deadline it was armed
-//! for, and the connection then looks at its clocks and arms it again.
+//! Memory: the read and write buffers are the worker thread's spares
+//! (`spare.rs`), lent while there are bytes to move: a read that finds
+//! nothing hands the read buffer back, a flush that wrote everything the
+//! write buffer. An idle connection holds its socket, this struct and its
+//! task (2.2 KiB with `unixws serve --echo`, BENCHMARKS.md). A buffer
+//! grows to what the frames need (a large frame lands whole). There is
+//! one timer per connection; it is not re-armed per message: it fires at
+//! the earliest deadline it was armed for, and the connection then looks
+//! at its clocks and arms it again.
 //!
 //! Sharing: a connection starts owned by one task, without a lock. It
 //! becomes shared (`Arc<Mutex<State>>`, locked only inside a poll) when it
@@ -179,11 +181,6 @@ struct State {
     shutdown: Option<ShutdownWaiter>,
     /// The one timer (see the module doc).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Reads done so far, and at the last look at the idle clock.
-    reads: u64,
-    reads_seen: u64,
-    /// When the buffers may be released if nothing is read until then.
-    release_at: Option<Instant>,
     /// Since when the socket has taken none of our pending output.
     write_stalled: Option<Instant>,
     slot: Option<ActiveSlot>,
@@ -566,9 +563,6 @@ impl State {
             outbox: None,
             shutdown: None,
             timer: None,
-            reads: 0,
-            reads_seen: 0,
-            release_at: None,
             write_stalled: None,
             slot: None,
             wakers: None,
@@ -743,7 +737,14 @@ impl State {
             match self.poll_timer(cx, started) {
                 Poll::Ready(Some(result)) => return Poll::Ready(result.map(|()| None)),
                 Poll::Ready(None) => continue,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The writer task may start a close meanwhile (a slow
+                    // consumer): it wakes us to arm the timer for it.
+                    if let Some(wakers) = &self.wakers {
+                        wakers.parties[party as usize].register(cx.waker());
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -827,7 +828,15 @@ impl State {
         self.session.tick(Instant::now());
         // Nothing but `SendAfterClosing` can fail here, and taking stops
         // once the close is queued.
+        let was_closing = self.session.is_closing();
         let _ = self.poll_outbox(cx);
+        if !was_closing && self.session.is_closing() {
+            // The slow-consumer close has a deadline (the close timeout):
+            // a reader waiting in `recv` arms its timer for it.
+            if let Some(wakers) = &self.wakers {
+                wakers.parties[Party::Reader as usize].wake();
+            }
+        }
         match self.poll_flush(cx, Party::Pump) {
             Poll::Ready(Err(_)) => Poll::Ready(()),
             Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
@@ -839,13 +848,21 @@ impl State {
         let Some(socket) = &mut self.socket else {
             return Poll::Ready(Ok(false));
         };
+        if self.session.read.is_empty() {
+            crate::spare::lend_read(&mut self.session.read);
+        }
         let room = self.session.reserve_read();
         loop {
-            match std::task::ready!(socket.poll_read_buf(cx, &mut self.session.read)) {
+            let Poll::Ready(read) = socket.poll_read_buf(cx, &mut self.session.read) else {
+                if self.session.read.is_empty() {
+                    crate::spare::take_back_read(&mut self.session.read);
+                }
+                return Poll::Pending;
+            };
+            match read {
                 Ok(0) => return Poll::Ready(Ok(false)),
                 Ok(got) => {
                     self.session.note_read(got, room);
-                    self.reads += 1;
                     return Poll::Ready(Ok(true));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -879,12 +896,9 @@ impl State {
                     AfterDeadline::Fail(e) => Poll::Ready(Some(Err(e))),
                 };
             }
-            if let Some(at) = self.release_due(now) {
-                due = Some(due.map_or(at, |d| d.min(at)));
-            }
             let Some(at) = due else {
-                // Nothing is due (no keepalive, buffers released): an idle
-                // connection keeps no timer either.
+                // Nothing is due (no keepalive): an idle connection keeps
+                // no timer either.
                 self.timer = None;
                 return Poll::Pending;
             };
@@ -904,34 +918,6 @@ impl State {
             // again for what is due now.
             self.timer = None;
         }
-    }
-
-    /// The idle clock: releases the buffers once nothing has been read for
-    /// [`Limits::release_idle_after`]; otherwise when to look again.
-    fn release_due(&mut self, now: Instant) -> Option<Instant> {
-        let after = self.limits.release_idle_after?;
-        if self.session.is_released() {
-            self.release_at = None;
-            return None;
-        }
-        match self.release_at {
-            Some(at) if at <= now => {
-                if self.reads == self.reads_seen && self.session.out.is_empty() {
-                    self.session.release_buffers();
-                    self.release_at = None;
-                    crate::tokio::memory::freed();
-                    return None;
-                }
-                self.reads_seen = self.reads;
-                self.release_at = Some(now + after);
-            }
-            Some(_) => {}
-            None => {
-                self.reads_seen = self.reads;
-                self.release_at = Some(now + after);
-            }
-        }
-        self.release_at
     }
 
     /// The connection is over: drop the socket now (and let a writer task

@@ -169,9 +169,11 @@ impl Server {
     }
 }
 
-/// One connection's task. Both phases run boxed, so that the task itself
-/// stays a few words: the handshake's state is freed before the handler
-/// runs, and the handler's state is only what it needs.
+/// One connection's upgrade task. The handshake runs boxed, so that its
+/// state is freed when it ends; the handler then runs as a task of its own
+/// (its future inside the task's cell, with no box and no upgrade state
+/// beside it: 2.2 KiB per idle `unixws serve --echo` connection against
+/// 2.5 with the handler boxed inside this task).
 async fn connection_task<T, H, F>(
     core: Arc<ServerCore>,
     socket: AsyncSocket,
@@ -187,13 +189,17 @@ async fn connection_task<T, H, F>(
     let upgrading = boxed_upgrade(&core, socket, peer, gate);
     // No binding for the connection here: it would keep its room in the
     // task while the handler runs.
-    let handling = upgrading
-        .await
-        .map(|(conn, value)| boxed_handler(&*handler, conn, value));
-    if let Some(handling) = handling {
-        if let Err(e) = handling.await {
-            tracing::info!(error = %e, "connection ended with an error");
-        }
+    let Some(handling) = upgrading.await.map(|(conn, value)| handler(conn, value)) else {
+        drop(in_flight);
+        crate::tokio::memory::freed();
+        return;
+    };
+    tokio::spawn(handle(handling, in_flight));
+}
+
+async fn handle<F: Future<Output = Result<()>>>(handling: F, in_flight: InFlight) {
+    if let Err(e) = handling.await {
+        tracing::info!(error = %e, "connection ended with an error");
     }
     drop(in_flight);
     crate::tokio::memory::freed();
@@ -201,8 +207,8 @@ async fn connection_task<T, H, F>(
 
 type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;
 
-// Plain functions, not `Box::pin(f(..)).await` in the task: a temporary in
-// an awaited expression keeps its space in the task for the whole await.
+// A plain function, not `Box::pin(f(..)).await` in the task: a temporary
+// in an awaited expression keeps its space in the task for the whole await.
 fn boxed_upgrade<T: Send + 'static>(
     core: &ServerCore,
     socket: AsyncSocket,
@@ -210,13 +216,6 @@ fn boxed_upgrade<T: Send + 'static>(
     gate: Option<Arc<GateFn<T>>>,
 ) -> Upgrading<'_, T> {
     Box::pin(upgrade(core, socket, peer, gate))
-}
-
-fn boxed_handler<T, H, F>(handler: &H, conn: Connection, value: Option<T>) -> Pin<Box<F>>
-where
-    H: Fn(Connection, Option<T>) -> F,
-{
-    Box::pin(handler(conn, value))
 }
 
 /// The upgrade: checks, refusals, handshake timeout; the connection if it succeeded.
