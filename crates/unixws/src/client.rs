@@ -199,7 +199,7 @@ impl ClientBuilder {
     pub(crate) fn session_after(&self, head: HeadBuffer) -> Session {
         Session::new(
             Role::Client,
-            &self.limits,
+            std::sync::Arc::new(self.limits.clone()),
             self.read_timeout,
             Instant::now(),
         )
@@ -237,7 +237,7 @@ impl ClientBuilder {
         stream.set_deadline(None);
         let session = self.session_after(head);
         let info = self.response_info(peer, &response);
-        Ok(Connection::new(stream, session, info, self.limits.clone()))
+        Ok(Connection::new(stream, session, info))
     }
 
     /// What the client learned from the handshake.

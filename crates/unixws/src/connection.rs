@@ -15,7 +15,6 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use crate::codec::encode::MAX_SLICES;
-use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::peer::Peer;
 use crate::session::{AfterDeadline, Session};
@@ -51,7 +50,7 @@ pub struct PeerClose {
 
 /// A handle for other threads to queue messages on a connection.
 ///
-/// The queue is bounded ([`Limits::send_queue`]). [`Outbox::send`] waits for
+/// The queue is bounded ([`Limits::send_queue`](crate::Limits::send_queue)). [`Outbox::send`] waits for
 /// room; [`Outbox::try_send`] never waits and, when the queue is full, has
 /// the connection closed with 1013 (a slow consumer must not make the
 /// sender's memory grow).
@@ -118,22 +117,15 @@ pub struct Connection {
     stream: Stream,
     session: Session,
     info: ConnectionInfo,
-    limits: Limits,
     outbox: Option<OutboxReceiver>,
 }
 
 impl Connection {
-    pub(crate) fn new(
-        stream: Stream,
-        session: Session,
-        info: ConnectionInfo,
-        limits: Limits,
-    ) -> Self {
+    pub(crate) fn new(stream: Stream, session: Session, info: ConnectionInfo) -> Self {
         Self {
             stream,
             session,
             info,
-            limits,
             outbox: None,
         }
     }
@@ -168,7 +160,7 @@ impl Connection {
         let (waker, read_end) =
             Waker::pair().map_err(|e| Error::io("creating the outbox wake-up pipe", e))?;
         self.stream.set_wake(read_end);
-        let (tx, rx) = mpsc::sync_channel(self.limits.send_queue.max(1));
+        let (tx, rx) = mpsc::sync_channel(self.session.limits().send_queue.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
         let handle = Outbox {
             tx,
@@ -198,7 +190,7 @@ impl Connection {
         self.session.send(message)
     }
 
-    /// Write out everything queued (bounded by [`Limits::write_timeout`]).
+    /// Write out everything queued (bounded by [`Limits::write_timeout`](crate::Limits::write_timeout)).
     pub fn flush(&mut self) -> Result<()> {
         while !self.session.out.is_empty() {
             let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
@@ -291,7 +283,7 @@ impl Connection {
     }
 
     /// Start the closing handshake with `code` and `reason`, and wait (at
-    /// most [`Limits::close_timeout`]) for the peer's answer. Data messages
+    /// most [`Limits::close_timeout`](crate::Limits::close_timeout)) for the peer's answer. Data messages
     /// that arrive meanwhile are discarded.
     pub fn close(&mut self, code: u16, reason: &str) -> Result<()> {
         self.session.tick(Instant::now());
@@ -312,7 +304,7 @@ impl Connection {
         };
         if outbox.overflowed.swap(false, Ordering::SeqCst) {
             self.session
-                .close_slow_consumer(&self.info.peer, self.limits.send_queue);
+                .close_slow_consumer(&self.info.peer, self.session.limits().send_queue);
             return Ok(());
         }
         while !self.session.is_closing() {
@@ -335,7 +327,7 @@ impl Connection {
             return Error::Timeout {
                 operation: "write",
                 addr: self.info.peer.to_string(),
-                after: self.limits.write_timeout.unwrap_or_default(),
+                after: self.session.limits().write_timeout.unwrap_or_default(),
             };
         }
         Error::io("writing to the connection", e)

@@ -4,6 +4,7 @@
 //! a driver ticks once per wake-up, not per message), so that tests drive
 //! it with made-up instants and never sleep.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -48,10 +49,9 @@ pub(crate) enum Expiry {
 /// When each clock runs out, from what has happened so far.
 #[derive(Debug, Clone)]
 pub(crate) struct Timers {
-    ping_interval: Option<Duration>,
-    pong_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    close_timeout: Duration,
+    /// The durations (shared, not copied: this lives as long as the
+    /// connection, and every byte of it counts per idle connection).
+    limits: Arc<Limits>,
     read_timeout: Option<Duration>,
     last_heard: Instant,
     last_data: Instant,
@@ -60,18 +60,20 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn new(limits: &Limits, read_timeout: Option<Duration>, now: Instant) -> Self {
+    pub(crate) fn new(limits: Arc<Limits>, read_timeout: Option<Duration>, now: Instant) -> Self {
         Self {
-            ping_interval: limits.ping_interval,
-            pong_timeout: limits.pong_timeout,
-            idle_timeout: limits.idle_timeout,
-            close_timeout: limits.close_timeout,
+            limits,
             read_timeout,
             last_heard: now,
             last_data: now,
             ping_sent: None,
             closing_since: None,
         }
+    }
+
+    /// The limits the clocks run by.
+    pub(crate) fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// True when `recv` calls have a deadline of their own.
@@ -107,16 +109,17 @@ impl Timers {
     pub(crate) fn next(&self, started: Instant) -> Option<(Instant, Deadline)> {
         if let Some(since) = self.closing_since {
             // While closing, only the close timeout matters.
-            return Some((since + self.close_timeout, Deadline::CloseTimeout));
+            return Some((since + self.limits.close_timeout, Deadline::CloseTimeout));
         }
         let candidates = [
             self.ping_sent
-                .map(|sent| (sent + self.pong_timeout, Deadline::PongTimeout)),
-            match (self.ping_sent, self.ping_interval) {
+                .map(|sent| (sent + self.limits.pong_timeout, Deadline::PongTimeout)),
+            match (self.ping_sent, self.limits.ping_interval) {
                 (None, Some(every)) => Some((self.last_heard + every, Deadline::PingDue)),
                 _ => None,
             },
-            self.idle_timeout
+            self.limits
+                .idle_timeout
                 .map(|idle| (self.last_data + idle, Deadline::Idle)),
             self.read_timeout
                 .map(|t| (started + t, Deadline::ReadTimeout)),
@@ -152,7 +155,7 @@ impl Timers {
                     stats.count(Counter::KeepaliveTimeout);
                 }
                 Expiry::DropWith(Error::KeepaliveTimeout {
-                    after: self.pong_timeout,
+                    after: self.limits.pong_timeout,
                 })
             }
             Some(Deadline::PingDue) => {
@@ -189,7 +192,7 @@ mod tests {
         let t0 = Instant::now();
         let mut no_idle = limits();
         no_idle.idle_timeout = None;
-        let mut t = Timers::new(&no_idle, None, t0);
+        let mut t = Timers::new(Arc::new(no_idle.clone()), None, t0);
         assert_eq!(
             t.next(t0),
             Some((t0 + Duration::from_secs(30), Deadline::PingDue))
@@ -213,7 +216,11 @@ mod tests {
     #[test]
     fn read_timeout_and_idle_compete_by_time() {
         let t0 = Instant::now();
-        let t = Timers::new(&limits(), Some(Duration::from_millis(1)), t0);
+        let t = Timers::new(
+            Arc::new(limits().clone()),
+            Some(Duration::from_millis(1)),
+            t0,
+        );
         assert_eq!(t.next(t0).map(|d| d.1), Some(Deadline::ReadTimeout));
         assert_eq!(t.expired(t0, t0), None);
         assert_eq!(
@@ -222,7 +229,10 @@ mod tests {
         );
         let mut no_ping = Limits::default();
         no_ping.ping_interval = None;
-        assert_eq!(Timers::new(&no_ping, None, t0).next(t0), None);
+        assert_eq!(
+            Timers::new(Arc::new(no_ping.clone()), None, t0).next(t0),
+            None
+        );
     }
 
     #[test]
@@ -230,7 +240,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = limits();
         l.ping_interval = None;
-        let mut t = Timers::new(&l, None, t0);
+        let mut t = Timers::new(Arc::new(l.clone()), None, t0);
         t.sent_data(t0 + Duration::from_secs(50));
         assert_eq!(t.expired(t0, t0 + Duration::from_secs(60)), None);
         t.heard(true, t0 + Duration::from_secs(100));

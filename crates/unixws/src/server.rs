@@ -311,12 +311,11 @@ where
         head,
     } = ws.into_inner();
     stream.set_deadline(None);
-    let session =
-        Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
+    let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
+        .with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer);
     core.upgraded();
-    let mut conn =
-        Connection::new(stream, session, info, limits.clone()).counting(core.rules.stats.clone());
+    let mut conn = Connection::new(stream, session, info).counting(core.rules.stats.clone());
     if let Err(e) = handler(&mut conn) {
         tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
     }

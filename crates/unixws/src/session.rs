@@ -70,7 +70,8 @@ pub(crate) struct Session {
     pub(crate) timers: Timers,
     /// The time as of the driver's last wake-up (see [`Session::tick`]).
     now: Instant,
-    peer_close: Option<PeerClose>,
+    /// Boxed: most connections are idle far longer than they close.
+    peer_close: Option<Box<PeerClose>>,
     /// `next_message` returns pings and pongs too (relays).
     pub(crate) control_frames: bool,
     /// A peer error's close code waits for the caller (relays).
@@ -86,7 +87,7 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(
         role: Role,
-        limits: &Limits,
+        limits: std::sync::Arc<Limits>,
         read_timeout: Option<std::time::Duration>,
         now: Instant,
     ) -> Self {
@@ -143,10 +144,21 @@ impl Session {
 
     /// The peer's close code and reason, once it sent one.
     pub(crate) fn peer_close(&self) -> Option<&PeerClose> {
-        self.peer_close.as_ref()
+        self.peer_close.as_deref()
     }
 
     /// True once we may send nothing more (a close frame is out).
+    /// The connection's limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        self.timers.limits()
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// The connection's limits, to share with another session.
+    pub(crate) fn shared_limits(&self) -> std::sync::Arc<Limits> {
+        self.timers.limits().clone()
+    }
+
     pub(crate) fn is_closing(&self) -> bool {
         self.closing != Closing::Open
     }
@@ -258,7 +270,7 @@ impl Session {
             }
             self.push(OpCode::Close, &payload);
         }
-        self.peer_close = Some(PeerClose::from_frame(frame));
+        self.peer_close = Some(Box::new(PeerClose::from_frame(frame)));
         self.timers.closing(self.now);
         self.closing = Closing::Done;
     }
@@ -496,7 +508,10 @@ mod tests {
     /// A server session and the instant it started.
     fn server() -> (Session, Instant) {
         let t0 = Instant::now();
-        (Session::new(Role::Server, &limits(), None, t0), t0)
+        (
+            Session::new(Role::Server, std::sync::Arc::new(limits()), None, t0),
+            t0,
+        )
     }
 
     fn from_client(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -547,7 +562,7 @@ mod tests {
         let (mut s, t0) = server();
         let mut no_idle = limits();
         no_idle.idle_timeout = None;
-        s.timers = Timers::new(&no_idle, None, t0);
+        s.timers = Timers::new(std::sync::Arc::new(no_idle.clone()), None, t0);
         s.tick(t0 + Duration::from_secs(30));
         let _ = s.on_deadline(t0, &peer());
         let _ = written(&mut s);
@@ -612,7 +627,7 @@ mod tests {
         let (mut s, t0) = server();
         let mut l = limits();
         l.ping_interval = None;
-        s.timers = Timers::new(&l, None, t0);
+        s.timers = Timers::new(std::sync::Arc::new(l.clone()), None, t0);
         s.tick(t0 + Duration::from_secs(50));
         s.send(Message::text("out")).expect("sent");
         let _ = written(&mut s);

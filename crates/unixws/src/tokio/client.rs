@@ -3,7 +3,6 @@
 //! blocking code (on tokio's blocking pool), so addresses, timeouts and
 //! every error message are the same.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::client::{open_socket, ClientBuilder};
@@ -68,11 +67,6 @@ impl ClientBuilder {
         let AsyncHeadReader { socket, head } = ws.into_inner();
         let session = self.session_after(head);
         let info = self.response_info(peer, &response);
-        Ok(Connection::new(
-            socket,
-            session,
-            info,
-            Arc::new(self.limits.clone()),
-        ))
+        Ok(Connection::new(socket, session, info))
     }
 }

@@ -49,7 +49,6 @@ use tungstenite::Message;
 use crate::codec::decode::Forward;
 use crate::codec::encode::MAX_SLICES;
 use crate::codec::CodecError;
-use crate::config::Limits;
 use crate::connection::{ConnectionInfo, OutboxError, PeerClose};
 use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
@@ -64,7 +63,7 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 
 /// A handle for other tasks to queue messages on a connection.
 ///
-/// The queue is bounded ([`Limits::send_queue`]). [`Outbox::send`] waits for
+/// The queue is bounded ([`Limits::send_queue`](crate::Limits::send_queue)). [`Outbox::send`] waits for
 /// room; [`Outbox::try_send`] never waits and, when the queue is full, has
 /// the connection closed with 1013 so that a slow reader cannot make anyone
 /// else wait or grow memory.
@@ -175,8 +174,9 @@ struct State {
     socket: Option<AsyncSocket>,
     session: Session,
     info: ConnectionInfo,
-    limits: Arc<Limits>,
-    outbox: Option<OutboxReceiver>,
+    /// Boxed: few connections have one, and every byte here counts per
+    /// idle connection.
+    outbox: Option<Box<OutboxReceiver>>,
     /// Fires once when the server shuts down.
     shutdown: Option<ShutdownWaiter>,
     /// The one timer (see the module doc).
@@ -240,13 +240,8 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        socket: AsyncSocket,
-        session: Session,
-        info: ConnectionInfo,
-        limits: Arc<Limits>,
-    ) -> Self {
-        let s = State::new(Some(socket), session, info, limits);
+    pub(crate) fn new(socket: AsyncSocket, session: Session, info: ConnectionInfo) -> Self {
+        let s = State::new(Some(socket), session, info);
         Self {
             core: Core::Own(Box::new(s)),
         }
@@ -356,17 +351,17 @@ impl Connection {
         if let Some(o) = &self.state().outbox {
             return o.handle.clone();
         }
-        let (tx, rx) = mpsc::channel(self.state().limits.send_queue.max(1));
+        let (tx, rx) = mpsc::channel(self.state().session.limits().send_queue.max(1));
         let overflow = Arc::new(Overflow::default());
         let handle = Outbox {
             tx,
             overflow: overflow.clone(),
         };
-        self.state().outbox = Some(OutboxReceiver {
+        self.state().outbox = Some(Box::new(OutboxReceiver {
             rx,
             overflow,
             handle: handle.clone(),
-        });
+        }));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = self.share();
             shared.lock().pumped = true;
@@ -375,7 +370,7 @@ impl Connection {
         handle
     }
 
-    /// Send one message and flush it (bounded by [`Limits::write_timeout`]).
+    /// Send one message and flush it (bounded by [`Limits::write_timeout`](crate::Limits::write_timeout)).
     /// A `Message::Frame` is written as given (masked on a client), for
     /// tools that craft frames.
     pub async fn send(&mut self, message: Message) -> Result<()> {
@@ -413,7 +408,7 @@ impl Connection {
             if let Poll::Ready(result) = s.try_flush() {
                 return result;
             }
-            s.limits.write_timeout
+            s.session.limits().write_timeout
         };
         let flushing = poll_fn(|cx| self.poll_flush(cx));
         match write_timeout {
@@ -475,7 +470,7 @@ impl Connection {
     }
 
     /// Start the closing handshake with `code` and `reason` and wait (at most
-    /// [`Limits::close_timeout`]) for the peer's answer. Data messages that
+    /// [`Limits::close_timeout`](crate::Limits::close_timeout)) for the peer's answer. Data messages that
     /// arrive meanwhile are discarded.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
         self.queue_close(code, reason);
@@ -549,17 +544,11 @@ impl Connection {
 }
 
 impl State {
-    fn new(
-        socket: Option<AsyncSocket>,
-        session: Session,
-        info: ConnectionInfo,
-        limits: Arc<Limits>,
-    ) -> Self {
+    fn new(socket: Option<AsyncSocket>, session: Session, info: ConnectionInfo) -> Self {
         State {
             socket,
             session,
             info,
-            limits,
             outbox: None,
             shutdown: None,
             timer: None,
@@ -576,8 +565,9 @@ impl State {
     /// Moves everything out into a new `State`, leaving this one over
     /// (no socket, no slot), to be shared or handed to a closer.
     fn detach(&mut self) -> State {
-        let session = Session::new(Role::Server, &self.limits, None, Instant::now());
-        let husk = State::new(None, session, self.info.clone(), self.limits.clone());
+        let limits = self.session.shared_limits();
+        let session = Session::new(Role::Server, limits, None, Instant::now());
+        let husk = State::new(None, session, self.info.clone());
         std::mem::replace(self, husk)
     }
 
@@ -783,7 +773,7 @@ impl State {
             outbox.overflow.waker.register(cx.waker());
             if outbox.overflow.flag.swap(false, Ordering::SeqCst) {
                 self.session
-                    .close_slow_consumer(&self.info.peer, self.limits.send_queue);
+                    .close_slow_consumer(&self.info.peer, self.session.limits().send_queue);
             }
         }
         self.take_queued(Some(cx))
@@ -878,7 +868,9 @@ impl State {
             let now = Instant::now();
             self.session.tick(now);
             let mut due = self.session.timers.next(started).map(|(at, _)| at);
-            if let (Some(stalled), Some(t)) = (self.write_stalled, self.limits.write_timeout) {
+            if let (Some(stalled), Some(t)) =
+                (self.write_stalled, self.session.limits().write_timeout)
+            {
                 let at = stalled + t;
                 if at <= now {
                     self.finished();
@@ -951,7 +943,7 @@ async fn close_abandoned(shared: Arc<Shared>) {
         // Messages queued before the handle went go out before the close.
         let _ = s.take_queued(None);
         s.session.start_close(1000, "");
-        s.limits.close_timeout
+        s.session.limits().close_timeout
     };
     let closing = poll_fn(|cx| {
         let mut s = shared.lock();

@@ -194,15 +194,15 @@ async fn connection_task<T, H, F>(
         crate::tokio::memory::freed();
         return;
     };
-    tokio::spawn(handle(handling, in_flight));
-}
-
-async fn handle<F: Future<Output = Result<()>>>(handling: F, in_flight: InFlight) {
-    if let Err(e) = handling.await {
-        tracing::info!(error = %e, "connection ended with an error");
-    }
-    drop(in_flight);
-    crate::tokio::memory::freed();
+    // `map`, not an `async fn` that awaits `handling`: such a future keeps
+    // room for `handling` twice (the argument and the awaited future).
+    tokio::spawn(futures_util::FutureExt::map(handling, move |result| {
+        if let Err(e) = result {
+            tracing::info!(error = %e, "connection ended with an error");
+        }
+        drop(in_flight);
+        crate::tokio::memory::freed();
+    }));
 }
 
 type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;
@@ -307,15 +307,12 @@ async fn upgrade<T: Send + 'static>(
         return None;
     };
     let AsyncHeadReader { socket, head } = ws.into_inner();
-    let session =
-        Session::new(Role::Server, limits, None, Instant::now()).with_initial(&head.into_tail());
+    let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
+        .with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer);
     core.upgraded();
-    let conn = Connection::new(socket, session, info, core.limits.clone()).serving(
-        shutdown,
-        slot,
-        core.rules.stats.clone(),
-    );
+    let conn =
+        Connection::new(socket, session, info).serving(shutdown, slot, core.rules.stats.clone());
     Some((conn, admitted.map(|a| a.value)))
 }
 

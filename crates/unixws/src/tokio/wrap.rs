@@ -74,9 +74,9 @@ impl Connection {
             .unwrap_or_else(PoisonError::into_inner)
             .ok_or_else(|| Error::Config("the upgrade finished without its request".into()))?;
         let AsyncHeadReader { socket, head } = ws.into_inner();
-        let session = Session::new(Role::Server, &limits, None, Instant::now())
+        let session = Session::new(Role::Server, Arc::new(limits), None, Instant::now())
             .with_initial(&head.into_tail());
-        Ok(Connection::new(socket, session, info, Arc::new(limits)))
+        Ok(Connection::new(socket, session, info))
     }
 
     /// Completes the client side of the upgrade on `socket` with
@@ -125,9 +125,9 @@ impl Connection {
             subprotocol,
         };
         let AsyncHeadReader { socket, head } = ws.into_inner();
-        let session = Session::new(Role::Client, &limits, None, Instant::now())
+        let session = Session::new(Role::Client, Arc::new(limits), None, Instant::now())
             .with_initial(&head.into_tail());
-        Ok(Connection::new(socket, session, info, Arc::new(limits)))
+        Ok(Connection::new(socket, session, info))
     }
 }
 
