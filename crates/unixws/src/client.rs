@@ -400,6 +400,7 @@ fn connect_unix(ua: &UnixAddr, timeout: Duration) -> std::result::Result<Socket,
         .map_err(ConnectFailure::Os)?;
         match nixsock::connect(fd.as_raw_fd(), ua) {
             Ok(()) => {
+                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&fd));
                 let stream = UnixStream::from(fd);
                 stream.set_nonblocking(false).map_err(|e| {
                     ConnectFailure::Os(Errno::from_raw(e.raw_os_error().unwrap_or(0)))

@@ -155,7 +155,11 @@ impl Listener {
     /// Accept one connection and find out who it is.
     pub fn accept(&self) -> io::Result<(Socket, Peer)> {
         let socket = match &self.kind {
-            ListenerKind::Unix(l) => Socket::Unix(l.accept()?.0),
+            ListenerKind::Unix(l) => {
+                let (s, _) = l.accept()?;
+                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&s));
+                Socket::Unix(s)
+            }
             ListenerKind::Tcp(l) => Socket::Tcp(l.accept()?.0),
         };
         let peer = socket.peer()?;

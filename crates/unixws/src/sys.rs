@@ -24,3 +24,82 @@ pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut BytesMut) -> io::Result<us
     unsafe { buf.advance_mut(n) };
     Ok(n)
 }
+
+/// What a Unix socket's send buffer is raised to: the kernel doubles it
+/// for its bookkeeping (1 MiB in flight) and caps it at
+/// `net.core.wmem_max`.
+pub(crate) const UNIX_SEND_BUFFER: usize = 512 << 10;
+
+/// Raises a Unix socket's send buffer from the kernel default (208 KiB),
+/// which bounds how much is in flight: a 1 MiB message took five
+/// wake-ups of each side to cross, while TCP on loopback autotunes its
+/// buffers to several MiB, so a 1 MiB ping-pong was faster over TCP
+/// (1,170 MB/s over UDS against 1,300 over TCP with the blocking client;
+/// 2,100 against 1,300 with this). Larger did not pay: 1 MiB in flight
+/// already streams 64 KiB messages 1.4 times faster than the default,
+/// and pipelined 1 MiB messages lose from a larger window (what is in
+/// flight no longer stays in cache). Best effort: a failure leaves the
+/// default.
+pub(crate) fn widen_send_buffer(fd: BorrowedFd<'_>) {
+    let size = UNIX_SEND_BUFFER as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    /// The send buffer the kernel reports for `fd`.
+    pub(crate) fn send_buffer(fd: BorrowedFd<'_>) -> usize {
+        let mut size: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live local.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut size as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt(SO_SNDBUF)");
+        size as usize
+    }
+
+    #[test]
+    fn both_ends_of_a_unix_connection_get_the_wider_send_buffer() {
+        use std::os::fd::AsFd;
+        use std::time::Duration;
+
+        use crate::addr::Address;
+        use crate::listen::{BindOptions, Listener};
+
+        let dir = tempfile::tempdir().unwrap();
+        let addr = Address::unix(dir.path().join("buf.sock")).unwrap();
+        let listener = Listener::bind(&addr, &BindOptions::default()).unwrap();
+        let client = crate::client::open_socket(&addr, Duration::from_secs(5)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(send_buffer(client.as_fd()), widened(), "client end");
+        assert_eq!(send_buffer(server.as_fd()), widened(), "server end");
+    }
+
+    /// What `widen_send_buffer` can reach on this kernel.
+    pub(crate) fn widened() -> usize {
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .expect("/proc/sys/net/core/wmem_max")
+            .trim()
+            .parse()
+            .expect("a number in wmem_max");
+        2 * super::UNIX_SEND_BUFFER.min(max)
+    }
+}

@@ -47,6 +47,7 @@ impl AsyncListener {
         match &self.kind {
             Kind::Unix(l) => {
                 let (s, _) = l.accept().await?;
+                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&s));
                 let peer = Peer::Unix(PeerCredentials::of(&s)?);
                 Ok((AsyncSocket::Unix(s), peer))
             }
@@ -56,5 +57,33 @@ impl AsyncListener {
                 Ok((AsyncSocket::Tcp(s), Peer::Tcp(addr)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    use crate::addr::Address;
+    use crate::listen::{BindOptions, Listener};
+    use crate::sys::tests::{send_buffer, widened};
+
+    #[tokio::test]
+    async fn an_accepted_unix_socket_gets_the_wider_send_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = Address::unix(dir.path().join("buf.sock")).unwrap();
+        let listener = Listener::bind(&addr, &BindOptions::default()).unwrap();
+        let listener = super::AsyncListener::new(listener).unwrap();
+        let connect = addr.clone();
+        let client = tokio::task::spawn_blocking(move || {
+            crate::client::open_socket(&connect, Duration::from_secs(5))
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        let crate::tokio::io::AsyncSocket::Unix(server) = server else {
+            panic!("a Unix listener accepted a TCP socket");
+        };
+        assert_eq!(send_buffer(server.as_fd()), widened());
     }
 }
