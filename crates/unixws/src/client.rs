@@ -5,10 +5,11 @@
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -199,7 +200,7 @@ impl ClientBuilder {
     pub(crate) fn session_after(&self, head: HeadBuffer) -> Session {
         Session::new(
             Role::Client,
-            std::sync::Arc::new(self.limits.clone()),
+            Arc::new(self.limits.clone()),
             self.read_timeout,
             Instant::now(),
         )
@@ -400,7 +401,7 @@ fn connect_unix(ua: &UnixAddr, timeout: Duration) -> std::result::Result<Socket,
         .map_err(ConnectFailure::Os)?;
         match nixsock::connect(fd.as_raw_fd(), ua) {
             Ok(()) => {
-                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&fd));
+                crate::sys::widen_send_buffer(fd.as_fd());
                 let stream = UnixStream::from(fd);
                 stream.set_nonblocking(false).map_err(|e| {
                     ConnectFailure::Os(Errno::from_raw(e.raw_os_error().unwrap_or(0)))

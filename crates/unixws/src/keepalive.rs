@@ -192,7 +192,7 @@ mod tests {
         let t0 = Instant::now();
         let mut no_idle = limits();
         no_idle.idle_timeout = None;
-        let mut t = Timers::new(Arc::new(no_idle.clone()), None, t0);
+        let mut t = Timers::new(Arc::new(no_idle), None, t0);
         assert_eq!(
             t.next(t0),
             Some((t0 + Duration::from_secs(30), Deadline::PingDue))
@@ -216,11 +216,7 @@ mod tests {
     #[test]
     fn read_timeout_and_idle_compete_by_time() {
         let t0 = Instant::now();
-        let t = Timers::new(
-            Arc::new(limits().clone()),
-            Some(Duration::from_millis(1)),
-            t0,
-        );
+        let t = Timers::new(Arc::new(limits()), Some(Duration::from_millis(1)), t0);
         assert_eq!(t.next(t0).map(|d| d.1), Some(Deadline::ReadTimeout));
         assert_eq!(t.expired(t0, t0), None);
         assert_eq!(
@@ -229,10 +225,7 @@ mod tests {
         );
         let mut no_ping = Limits::default();
         no_ping.ping_interval = None;
-        assert_eq!(
-            Timers::new(Arc::new(no_ping.clone()), None, t0).next(t0),
-            None
-        );
+        assert_eq!(Timers::new(Arc::new(no_ping), None, t0).next(t0), None);
     }
 
     #[test]
@@ -240,7 +233,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = limits();
         l.ping_interval = None;
-        let mut t = Timers::new(Arc::new(l.clone()), None, t0);
+        let mut t = Timers::new(Arc::new(l), None, t0);
         t.sent_data(t0 + Duration::from_secs(50));
         assert_eq!(t.expired(t0, t0 + Duration::from_secs(60)), None);
         t.heard(true, t0 + Duration::from_secs(100));

@@ -60,7 +60,7 @@
 //! - [`stats`]: [`ServerStats`], what a server accepted, refused and closed.
 //! - [`error`]: [`Error`], whose messages say what to do.
 //! - `sys` (private): the platform calls std lacks (reading into spare
-//!   capacity without zero-filling).
+//!   capacity without zero-filling, widening a Unix socket's send buffer).
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
 #![deny(missing_docs)]

@@ -157,7 +157,7 @@ impl Listener {
         let socket = match &self.kind {
             ListenerKind::Unix(l) => {
                 let (s, _) = l.accept()?;
-                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&s));
+                crate::sys::widen_send_buffer(s.as_fd());
                 Socket::Unix(s)
             }
             ListenerKind::Tcp(l) => Socket::Tcp(l.accept()?.0),

@@ -9,6 +9,7 @@
 //! Each decision is made here once, so the two drivers cannot drift
 //! apart.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -77,7 +78,7 @@ pub(crate) struct Session {
     /// A peer error's close code waits for the caller (relays).
     pub(crate) defer_error_close: bool,
     pub(crate) deferred_close: Option<(u16, &'static str)>,
-    stats: Option<std::sync::Arc<ServerStats>>,
+    stats: Option<Arc<ServerStats>>,
     /// The peer broke the protocol: its input is discarded from now on.
     failed: bool,
     /// Our write side was shut down after the close frame of a failure.
@@ -87,7 +88,7 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(
         role: Role,
-        limits: std::sync::Arc<Limits>,
+        limits: Arc<Limits>,
         read_timeout: Option<std::time::Duration>,
         now: Instant,
     ) -> Self {
@@ -132,7 +133,7 @@ impl Session {
         self
     }
 
-    pub(crate) fn counting(&mut self, stats: std::sync::Arc<ServerStats>) {
+    pub(crate) fn counting(&mut self, stats: Arc<ServerStats>) {
         self.stats = Some(stats);
     }
 
@@ -155,7 +156,7 @@ impl Session {
 
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// The connection's limits, to share with another session.
-    pub(crate) fn shared_limits(&self) -> std::sync::Arc<Limits> {
+    pub(crate) fn shared_limits(&self) -> Arc<Limits> {
         self.timers.limits().clone()
     }
 
@@ -508,10 +509,7 @@ mod tests {
     /// A server session and the instant it started.
     fn server() -> (Session, Instant) {
         let t0 = Instant::now();
-        (
-            Session::new(Role::Server, std::sync::Arc::new(limits()), None, t0),
-            t0,
-        )
+        (Session::new(Role::Server, Arc::new(limits()), None, t0), t0)
     }
 
     fn from_client(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -562,7 +560,7 @@ mod tests {
         let (mut s, t0) = server();
         let mut no_idle = limits();
         no_idle.idle_timeout = None;
-        s.timers = Timers::new(std::sync::Arc::new(no_idle.clone()), None, t0);
+        s.timers = Timers::new(Arc::new(no_idle), None, t0);
         s.tick(t0 + Duration::from_secs(30));
         let _ = s.on_deadline(t0, &peer());
         let _ = written(&mut s);
@@ -627,7 +625,7 @@ mod tests {
         let (mut s, t0) = server();
         let mut l = limits();
         l.ping_interval = None;
-        s.timers = Timers::new(std::sync::Arc::new(l.clone()), None, t0);
+        s.timers = Timers::new(Arc::new(l), None, t0);
         s.tick(t0 + Duration::from_secs(50));
         s.send(Message::text("out")).expect("sent");
         let _ = written(&mut s);

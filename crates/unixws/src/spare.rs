@@ -9,12 +9,15 @@
 //! system did not: each freed buffer sat between the live state of other
 //! connections, and nothing an idle server allocates reused it. With
 //! `unixws serve --echo` and 10,000 idle connections that was about 1 KiB
-//! per connection, on top of 2.2 KiB of live state; lending instead
-//! brought the whole to 2.5 KiB (`examples/idle_memory`, BENCHMARKS.md).
+//! per connection, on top of 2.2 KiB of live state; lending instead took
+//! the whole from 3.66 to 2.5 KiB (`examples/idle_memory`, BENCHMARKS.md).
 //!
 //! Only empty buffers move: a connection keeps its buffer while it holds a
 //! partial frame or unsent bytes. Of two buffers the larger is kept, up to
-//! [`KEEP_UP_TO`]; a larger one goes back to the allocator.
+//! [`KEEP_UP_TO`]; a larger one goes back to the allocator. A read buffer
+//! whose last bytes left as a message that is dropped by now takes its
+//! whole allocation back first, so a stream of large messages reuses one
+//! buffer instead of faulting in a fresh one per message.
 
 use std::cell::Cell;
 use std::thread::LocalKey;

@@ -59,21 +59,24 @@ pub async fn request_response(
             .map_err(|e| e.to_string())?;
         }
         LibraryClient::Async => {
-            let mut conn = builder(endpoint)
-                .map_err(|e| e.to_string())?
-                .connect_async()
-                .await
-                .map_err(|e| e.to_string())?;
-            let until = Instant::now() + duration;
-            while Instant::now() < until {
-                let sent = Instant::now();
-                conn.send(Message::Binary(data.clone()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let echo = conn.recv().await.map_err(|e| e.to_string())?;
-                record(&mut m, echo, sent);
-            }
-            conn.close(1000, "").await.map_err(|e| e.to_string())?;
+            // On a worker task, as a tokio application runs it: polled from
+            // `block_on` on the bench's own thread instead, every readiness
+            // event would cross threads (2.1 against 2.45 GB/s at 1 MiB).
+            let endpoint = endpoint.clone();
+            m = tokio::spawn(async move {
+                let mut conn = builder(&endpoint)?.connect_async().await?;
+                let until = Instant::now() + duration;
+                while Instant::now() < until {
+                    let sent = Instant::now();
+                    conn.send(Message::Binary(data.clone())).await?;
+                    record(&mut m, conn.recv().await?, sent);
+                }
+                conn.close(1000, "").await?;
+                Ok::<_, unixws::Error>(m)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         }
     }
     m.elapsed = started.elapsed();

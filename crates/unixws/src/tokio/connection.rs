@@ -14,7 +14,7 @@
 //! (`spare.rs`), lent while there are bytes to move: a read that finds
 //! nothing hands the read buffer back, a flush that wrote everything the
 //! write buffer. An idle connection holds its socket, this struct and its
-//! task (2.2 KiB with `unixws serve --echo`, BENCHMARKS.md). A buffer
+//! task (1.85 KiB with `unixws serve --echo`, BENCHMARKS.md). A buffer
 //! grows to what the frames need (a large frame lands whole). There is
 //! one timer per connection; it is not re-armed per message: it fires at
 //! the earliest deadline it was armed for, and the connection then looks

@@ -3,6 +3,7 @@
 //! it removes the file just as dropping the blocking listener does.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use crate::addr::Address;
 use crate::listen::{FileGuard, Listener, StdListener};
@@ -47,7 +48,7 @@ impl AsyncListener {
         match &self.kind {
             Kind::Unix(l) => {
                 let (s, _) = l.accept().await?;
-                crate::sys::widen_send_buffer(std::os::fd::AsFd::as_fd(&s));
+                crate::sys::widen_send_buffer(s.as_fd());
                 let peer = Peer::Unix(PeerCredentials::of(&s)?);
                 Ok((AsyncSocket::Unix(s), peer))
             }
