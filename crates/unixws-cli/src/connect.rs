@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use unixws::{ClientBuilder, Message, RetryPolicy};
 
+use crate::error::{CliError, CliResult};
 use crate::units::parse_duration;
 
 const EXAMPLES: &str = "\
@@ -52,7 +53,7 @@ pub struct Args {
 }
 
 /// Connects, pumps stdin to the server and messages to stdout.
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(args: Args) -> CliResult {
     let mut builder = ClientBuilder::new(args.url.as_str())
         .map_err(|e| e.to_string())?
         .retry(RetryPolicy::attempts(args.retry));
@@ -71,8 +72,8 @@ pub fn run(args: Args) -> Result<(), String> {
     for p in &args.subprotocol {
         builder = builder.subprotocol(p);
     }
-    let mut conn = builder.connect().map_err(|e| e.to_string())?;
-    let outbox = conn.outbox().map_err(|e| e.to_string())?;
+    let mut conn = builder.connect()?;
+    let outbox = conn.outbox()?;
 
     let binary = args.binary;
     // Set by the stdin thread when input ends with an error rather than EOF.
@@ -122,7 +123,7 @@ pub fn run(args: Args) -> Result<(), String> {
 
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    while let Some(message) = conn.recv().map_err(|e| e.to_string())? {
+    while let Some(message) = conn.recv()? {
         let written = match &message {
             Message::Text(text) => out.write_all(text.as_bytes()),
             Message::Binary(bytes) => out.write_all(bytes),
@@ -134,12 +135,12 @@ pub fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     if let Some(e) = input_error.get() {
-        return Err(e.clone());
+        return Err(CliError::Usage(e.clone()));
     }
     match conn.peer_close() {
-        None => Err("the server dropped the connection without a close frame".into()),
+        None => Err(CliError::Lib(unixws::Error::ConnectionReset)),
         Some(close) if close.code == 1000 => Ok(()),
-        Some(close) => Err(format!(
+        Some(close) => Err(CliError::Usage(format!(
             "the server closed the connection with code {}{}",
             close.code,
             if close.reason.is_empty() {
@@ -147,6 +148,6 @@ pub fn run(args: Args) -> Result<(), String> {
             } else {
                 format!(": {}", close.reason)
             }
-        )),
+        ))),
     }
 }

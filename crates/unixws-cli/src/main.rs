@@ -4,6 +4,7 @@
 
 mod bench;
 mod connect;
+mod error;
 mod proxy;
 mod runtime;
 mod serve;
@@ -62,8 +63,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Proxy(args) => proxy::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::BenchEcho { addr } => bench::run_raw_echo(&addr),
+        Command::Bench(args) => bench::run(args).map_err(error::CliError::Usage),
+        Command::BenchEcho { addr } => bench::run_raw_echo(&addr).map_err(error::CliError::Usage),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use unixws::tokio::Proxy;
 use unixws::{BindOptions, Limits, Server};
 
+use crate::error::CliResult;
 use crate::runtime;
 use crate::units::{parse_duration, parse_mode};
 
@@ -54,11 +55,11 @@ pub struct Args {
 }
 
 /// Runs the proxy until SIGINT/SIGTERM.
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(args: Args) -> CliResult {
     runtime::run(proxy(args))
 }
 
-async fn proxy(args: Args) -> Result<(), String> {
+async fn proxy(args: Args) -> CliResult {
     let mut listen_limits = Limits::default();
     listen_limits.max_connections = args.max_connections;
     let mut backend_limits = Limits::default();
@@ -66,24 +67,23 @@ async fn proxy(args: Args) -> Result<(), String> {
         backend_limits.connect_timeout = t;
         backend_limits.handshake_timeout = t;
     }
-    let policy = runtime::policy(&args.allow_uid, &args.allow_gid).map_err(|e| e.to_string())?;
+    let policy = runtime::policy(&args.allow_uid, &args.allow_gid)?;
     let mut bind = BindOptions::new();
     bind.mode = args.mode;
-    let mut proxy = Proxy::new(args.to.as_str())
-        .map_err(|e| e.to_string())?
-        .backend_limits(backend_limits);
+    let mut proxy = Proxy::new(args.to.as_str())?.backend_limits(backend_limits);
     for origin in &args.allow_origin {
         proxy = proxy.allow_origin(origin);
     }
-    let server = Server::builder(args.listen.as_str())
-        .map(|b| b.bind_options(bind).policy(policy).limits(listen_limits))
-        .and_then(|b| b.bind_async())
-        .map_err(|e| e.to_string())?;
+    let server = Server::builder(args.listen.as_str())?
+        .bind_options(bind)
+        .policy(policy)
+        .limits(listen_limits)
+        .bind_async()?;
     runtime::stop_on_signals(server.shutdown_handle())?;
     eprintln!(
         "unixws: proxying {} -> {}; Ctrl-C to stop",
         server.local_addr(),
         args.to
     );
-    proxy.serve(server).await.map_err(|e| e.to_string())
+    Ok(proxy.serve(server).await?)
 }

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use unixws::listen::{from_systemd, notify_ready, resolve_group, resolve_user};
+use unixws::listen::{from_systemd, notify_ready};
 use unixws::tokio::{Connection, Exec, Outbox};
 use unixws::{AccessPolicy, BindOptions, Limits, OutboxError, Server, ServerBuilder};
 
-use crate::runtime;
+use crate::error::{CliError, CliResult};
+use crate::runtime::{self, resolve_group, resolve_user};
 use crate::units::{parse_duration, parse_mode, parse_size};
 
 const EXAMPLES: &str = "\
@@ -127,44 +128,47 @@ impl Args {
         limits
     }
 
-    fn bind_options(&self) -> Result<BindOptions, unixws::Error> {
+    fn bind_options(&self) -> CliResult<BindOptions> {
         let mut bind = BindOptions::new();
         bind.mode = self.mode;
-        bind.owner = self.owner.as_deref().map(resolve_user).transpose()?;
-        bind.group = self.group.as_deref().map(resolve_group).transpose()?;
+        bind.owner = self
+            .owner
+            .as_deref()
+            .map(|u| resolve_user(u, "--owner"))
+            .transpose()?;
+        bind.group = self
+            .group
+            .as_deref()
+            .map(|g| resolve_group(g, "--group"))
+            .transpose()?;
         Ok(bind)
     }
 
-    fn policy(&self) -> Result<AccessPolicy, unixws::Error> {
+    fn policy(&self) -> CliResult<AccessPolicy> {
         runtime::policy(&self.allow_uid, &self.allow_gid)
     }
 }
 
 impl Args {
-    fn builder(&self) -> Result<ServerBuilder, unixws::Error> {
+    fn builder(&self) -> CliResult<ServerBuilder> {
         let builder = match &self.addr {
             Some(addr) => Server::builder(addr.as_str())?.bind_options(self.bind_options()?),
-            None => ServerBuilder::from_listener(from_systemd()?.ok_or_else(|| {
-                unixws::Error::Config(
-                    "--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID unset or not for this process); start unixws from a .socket unit or give an ADDR"
-                        .to_string(),
-                )
-            })?),
+            None => ServerBuilder::from_listener(from_systemd()?.ok_or(CliError::Usage(
+                "--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID unset or not for this process); start unixws from a .socket unit or give an ADDR"
+                    .to_string(),
+            ))?),
         };
         Ok(builder.policy(self.policy()?).limits(self.limits()))
     }
 }
 
 /// Runs the server until SIGINT/SIGTERM.
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(args: Args) -> CliResult {
     runtime::run(serve(args))
 }
 
-async fn serve(args: Args) -> Result<(), String> {
-    let server = args
-        .builder()
-        .and_then(|b| b.bind_async())
-        .map_err(|e| e.to_string())?;
+async fn serve(args: Args) -> CliResult {
+    let server = args.builder()?.bind_async()?;
     runtime::stop_on_signals(server.shutdown_handle())?;
 
     let mode = if args.broadcast {
@@ -198,7 +202,7 @@ async fn serve(args: Args) -> Result<(), String> {
     } else {
         server.serve(echo).await
     };
-    result.map_err(|e| e.to_string())
+    Ok(result?)
 }
 
 async fn echo(mut conn: Connection) -> unixws::Result<()> {

@@ -529,7 +529,7 @@ fn descriptor_exhaustion_backs_off_keeps_serving_and_recovers() {
         matches!(
             exhausted,
             unixws::Error::Timeout {
-                operation: "handshake",
+                operation: unixws::error::Operation::Handshake,
                 ..
             }
         ),

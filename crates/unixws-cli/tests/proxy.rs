@@ -252,11 +252,11 @@ fn a_missing_backend_is_a_502_with_a_reason() {
     let _proxy = proxy(&listen, &format!("ws+unix://{}", missing.display()), &[]);
     let err = unixws::connect(format!("ws://{listen}/")).unwrap_err();
     match &err {
-        Error::HandshakeRejected { status, reason, .. } => {
+        Error::HandshakeRejected { status, body, .. } => {
             assert_eq!(*status, 502);
             assert!(
-                reason.contains("no socket at") && reason.contains("nobody-home.sock"),
-                "{reason}"
+                body.contains("no socket at") && body.contains("nobody-home.sock"),
+                "{body}"
             );
         }
         other => panic!("expected a 502, got {other:?}"),

@@ -276,7 +276,7 @@ fn parse(input: &str) -> Result<Address, Error> {
     if strip_prefix_ci(trimmed, "wss+unix://").is_some() {
         return Err(bad(
             input,
-            "TLS over a Unix socket is not supported (the socket never leaves this machine); use ws+unix:// and protect the socket with --mode or --allow-uid",
+            "TLS over a Unix socket is not supported (the socket never leaves this machine); use ws+unix:// and protect the socket with its file mode or an access policy",
         ));
     }
     if let Some(rest) = strip_prefix_ci(trimmed, "ws://") {

@@ -6,9 +6,10 @@
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use tungstenite::http::HeaderValue;
 use crate::addr::{Address, Endpoint, ToAddress};
 use crate::config::Limits;
 use crate::connection::{Connection, ConnectionInfo};
-use crate::error::{Error, Result};
+use crate::error::{Error, Operation, Result};
 use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer, HeadReader};
 use crate::session::Session;
 use crate::stream::{Socket, Stream};
@@ -257,6 +258,7 @@ impl ClientBuilder {
             None => (self.addr.resource().to_string(), None),
         };
         ConnectionInfo {
+            address: Some(Arc::new(self.addr.clone())),
             peer,
             path,
             query,
@@ -267,18 +269,17 @@ impl ClientBuilder {
 
     pub(crate) fn handshake_timed_out(&self) -> Error {
         Error::Timeout {
-            operation: "handshake",
+            operation: Operation::Handshake,
             addr: self.addr.endpoint_display(),
             after: self.limits.handshake_timeout,
         }
     }
 
     pub(crate) fn response_too_large(&self) -> Error {
-        Error::Config(format!(
-            "the handshake response from {} is larger than max_header_bytes ({} bytes)",
-            self.addr.endpoint_display(),
-            self.limits.max_header_bytes
-        ))
+        Error::ResponseTooLarge {
+            addr: self.addr.endpoint_display(),
+            max: self.limits.max_header_bytes,
+        }
     }
 
     pub(crate) fn request(&self) -> Result<tungstenite::handshake::client::Request> {
@@ -288,26 +289,34 @@ impl ClientBuilder {
             .unwrap_or_else(|| self.addr.default_host_header());
         let url = self.addr.request_url(&host);
         let mut request = url.as_str().into_client_request().map_err(|e| {
-            Error::Config(format!(
-                "cannot build a request for `{url}` (check --host): {e}"
-            ))
+            Error::invalid(
+                "ClientBuilder::host",
+                format!("cannot build a request for `{url}`: {e}"),
+            )
         })?;
         let headers = request.headers_mut();
         for (name, value) in &self.headers {
-            let name: tungstenite::http::HeaderName = name
-                .parse()
-                .map_err(|_| Error::Config(format!("`{name}` is not a valid HTTP header name")))?;
+            let name: tungstenite::http::HeaderName = name.parse().map_err(|_| {
+                Error::invalid(
+                    "ClientBuilder::header",
+                    format!("`{name}` is not a valid HTTP header name"),
+                )
+            })?;
             let value = HeaderValue::from_str(value).map_err(|_| {
-                Error::Config(format!(
-                    "the value of header `{name}` has characters HTTP does not allow"
-                ))
+                Error::invalid(
+                    "ClientBuilder::header",
+                    format!("the value of header `{name}` has characters HTTP does not allow"),
+                )
             })?;
             headers.append(name, value);
         }
         if !self.subprotocols.is_empty() {
             let joined = self.subprotocols.join(", ");
             let value = HeaderValue::from_str(&joined).map_err(|_| {
-                Error::Config(format!("`{joined}` is not a valid subprotocol list"))
+                Error::invalid(
+                    "ClientBuilder::subprotocol",
+                    format!("`{joined}` is not a valid subprotocol list"),
+                )
             })?;
             headers.insert("Sec-WebSocket-Protocol", value);
         }
@@ -337,26 +346,20 @@ impl ClientBuilder {
                         ),
                     };
                 }
-                let hint = match status {
-                    403 => {
-                        let uid = nix::unistd::getuid().as_raw();
-                        format!("; this process runs as uid {uid}: ask the server's operator to allow it (unixws serve --allow-uid {uid})")
-                    }
-                    _ => String::new(),
-                };
+                let by_policy = status == 403
+                    && response
+                        .headers()
+                        .get(crate::handshake::REFUSED_BY)
+                        .is_some_and(|v| v == crate::handshake::ACCESS_POLICY);
                 Error::HandshakeRejected {
                     addr,
                     status,
-                    reason: if body.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {body}")
-                    },
-                    hint,
+                    body,
+                    refused_uid: by_policy.then(|| nix::unistd::getuid().as_raw()),
                 }
             }
             tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut => Error::Timeout {
-                operation: "handshake",
+                operation: Operation::Handshake,
                 addr,
                 after: self.limits.write_timeout.unwrap_or_default(),
             },
@@ -432,10 +435,26 @@ fn unix_connect_error(addr: &Address, path: Option<&Path>, failure: ConnectFailu
             detail: format!("its queue of pending connections stayed full for {after:?}"),
         },
         ConnectFailure::Os(Errno::ENOENT) => match path {
-            Some(p) => Error::SocketNotFound { path: p.to_path_buf() },
+            Some(p) => match missing_directory(p) {
+                Some(dir) => Error::DirectoryNotFound {
+                    path: p.to_path_buf(),
+                    dir,
+                },
+                None => Error::SocketNotFound {
+                    path: p.to_path_buf(),
+                },
+            },
             None => Error::ConnectionRefused { addr: shown },
         },
-        ConnectFailure::Os(Errno::ECONNREFUSED) => Error::ConnectionRefused { addr: shown },
+        // Linux refuses a connect to a regular file with ECONNREFUSED, as
+        // it does for a stale socket: look at what the path holds.
+        ConnectFailure::Os(Errno::ECONNREFUSED) => match path.and_then(non_socket_kind) {
+            Some(kind) => Error::NotASocketPath {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                kind,
+            },
+            None => Error::ConnectionRefused { addr: shown },
+        },
         ConnectFailure::Os(Errno::EACCES | Errno::EPERM) => Error::PermissionDenied {
             path: path.map_or_else(|| shown.clone().into(), Path::to_path_buf),
             detail: path.map_or_else(
@@ -443,10 +462,42 @@ fn unix_connect_error(addr: &Address, path: Option<&Path>, failure: ConnectFailu
                 permission_detail,
             ),
         },
-        ConnectFailure::Os(Errno::ENOTSOCK | Errno::ENOTDIR) => Error::Config(format!(
-            "{shown} is not a socket: is the path right? (a server creates it with `unixws serve {shown}`)"
-        )),
+        ConnectFailure::Os(Errno::ENOTSOCK | Errno::ENOTDIR) => Error::NotASocketPath {
+            path: path.map_or_else(|| shown.into(), Path::to_path_buf),
+            kind: path
+                .and_then(non_socket_kind)
+                .unwrap_or("a path through a file that is not a directory"),
+        },
         ConnectFailure::Os(e) => Error::io(format!("connecting to {shown}"), io::Error::from(e)),
+    }
+}
+
+/// The first directory on the way to `path` that does not exist, if any.
+fn missing_directory(path: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() || dir.exists() {
+            break;
+        }
+        missing = Some(dir.to_path_buf());
+    }
+    missing
+}
+
+/// What `path` holds, when it is there and not a socket.
+fn non_socket_kind(path: &Path) -> Option<&'static str> {
+    let meta = std::fs::metadata(path).ok()?;
+    let ft = meta.file_type();
+    if ft.is_socket() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_file() {
+        Some("a regular file")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else {
+        Some("a device or other special file")
     }
 }
 
@@ -475,7 +526,7 @@ fn permission_detail(path: &Path) -> String {
         who.push(format!("a member of group {group}"));
     }
     format!(
-        "the socket is mode {mode:04o} owned by {user}:{group}; run as {} (this process is uid {}), or have the server started with a looser --mode",
+        "the socket is mode {mode:04o} owned by {user}:{group}; run as {} (this process is uid {}), or have the server bind with a looser BindOptions::mode",
         who.join(" or "),
         nix::unistd::getuid()
     )
@@ -484,13 +535,17 @@ fn permission_detail(path: &Path) -> String {
 fn connect_tcp(addr: &Address, host: &str, port: u16, timeout: Duration) -> Result<Socket> {
     let shown = addr.endpoint_display();
     if port == 0 {
-        return Err(Error::Config(format!(
-            "cannot connect to {shown}: port 0 only means \"any port\" to a server; give the port the server printed"
-        )));
+        return Err(Error::invalid(
+            "Address",
+            format!("cannot connect to {shown}: port 0 only means \"any port\" to a server; give the port the server printed"),
+        ));
     }
     let targets: Vec<_> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| Error::io(format!("resolving {shown}"), e))?
+        .map_err(|e| Error::Resolve {
+            addr: shown.clone(),
+            source: Some(e),
+        })?
         .collect();
     let mut last = None;
     for target in &targets {
@@ -508,12 +563,15 @@ fn connect_tcp(addr: &Address, host: &str, port: u16, timeout: Duration) -> Resu
         }
         Some(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
             Error::Timeout {
-                operation: "connect",
+                operation: Operation::Connect,
                 addr: shown,
                 after: timeout,
             }
         }
         Some(e) => Error::io(format!("connecting to {shown}"), e),
-        None => Error::Config(format!("{shown} resolves to no address")),
+        None => Error::Resolve {
+            addr: shown,
+            source: None,
+        },
     })
 }

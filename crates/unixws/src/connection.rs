@@ -14,6 +14,7 @@ use tungstenite::http::HeaderMap;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
+use crate::addr::Address;
 use crate::codec::encode::MAX_SLICES;
 use crate::error::{Error, Result};
 use crate::peer::Peer;
@@ -37,6 +38,21 @@ pub struct ConnectionInfo {
     pub headers: HeaderMap,
     /// The negotiated subprotocol, if any.
     pub subprotocol: Option<String>,
+    /// The socket address the connection runs over: the server's on the
+    /// server side, the one connected to on the client side; `None` for a
+    /// stream the caller wrapped itself.
+    pub address: Option<Arc<Address>>,
+}
+
+impl ConnectionInfo {
+    /// Where this connection is, for messages: its socket address, or the
+    /// peer for a stream the caller wrapped.
+    pub(crate) fn shown(&self) -> String {
+        match &self.address {
+            Some(a) => a.endpoint_display(),
+            None => self.peer.to_string(),
+        }
+    }
 }
 
 /// How the connection ended, as the peer said it.
@@ -246,8 +262,10 @@ impl Connection {
             let room = self.session.reserve_read();
             match self.stream.read_buf(&mut self.session.read) {
                 Ok(0) => {
+                    // Ask before abort(), which ends the session either way.
+                    let ended = self.session.on_eof();
                     self.abort();
-                    return self.session.on_eof().map(|()| None);
+                    return ended.map(|()| None);
                 }
                 Ok(got) => {
                     self.session.note_read(got, room);
@@ -262,7 +280,7 @@ impl Connection {
                 }
                 Err(ReadFailure::Interrupted(Interrupt::Deadline)) => {
                     self.session.tick(Instant::now());
-                    match self.session.on_deadline(started, &self.info.peer) {
+                    match self.session.on_deadline(started, &self.info) {
                         AfterDeadline::Go => {}
                         AfterDeadline::Drop(result) => {
                             self.abort();
@@ -272,10 +290,11 @@ impl Connection {
                     }
                 }
                 Err(ReadFailure::Io(e)) => {
+                    let ended = self.session.on_eof();
                     self.abort();
-                    return match self.session.on_eof() {
+                    return match ended {
                         Ok(()) => Ok(None),
-                        Err(_) => Err(Error::io("reading from the connection", e)),
+                        Err(_) => Err(Error::on_connection("reading from the connection", e)),
                     };
                 }
             }
@@ -325,12 +344,12 @@ impl Connection {
     fn write_error(&self, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::TimedOut {
             return Error::Timeout {
-                operation: "write",
-                addr: self.info.peer.to_string(),
+                operation: crate::error::Operation::Write,
+                addr: self.info.shown(),
                 after: self.session.limits().write_timeout.unwrap_or_default(),
             };
         }
-        Error::io("writing to the connection", e)
+        Error::on_connection("writing to the connection", e)
     }
 }
 

@@ -1,10 +1,20 @@
 //! One error type for the whole crate. Every message says what happened, to
-//! what (the path, the address, the limit) and what to do next, so that the
-//! CLI can print it as one line and a user can act on it.
+//! what (the path, the address, the limit) and what to do next, so that a
+//! program can print it as one line and a user can act on it.
+//!
+//! Messages speak in API terms (`Limits::max_message_size`,
+//! `BindOptions::mode`): a Rust caller has no command-line flags. The
+//! `unixws` CLI maps those names to its flags when it prints an error.
+//!
+//! Each failure a caller may want to handle differently has a variant of
+//! its own: matching on [`Error`] never needs to look at message text.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// A `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -22,9 +32,16 @@ pub enum Error {
         problem: String,
     },
 
-    /// A setting does not make sense (for example file permissions on a TCP address).
-    #[error("{0}")]
-    Config(String),
+    /// A setting was given a value it cannot take (a mode with bits outside
+    /// `0o777`, file permissions on a TCP address, a header name with
+    /// spaces, ...).
+    #[error("{option}: {problem}")]
+    InvalidOption {
+        /// The API item, e.g. `BindOptions::mode` or `ClientBuilder::header`.
+        option: &'static str,
+        /// What is wrong and what to give instead.
+        problem: String,
+    },
 
     /// Another server is listening on this socket path.
     #[error("address in use: {path} (another server accepts connections there; stop it or pick another path)")]
@@ -43,21 +60,40 @@ pub enum Error {
     },
 
     /// Binding or listening failed for another reason.
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    #[error("cannot listen on {addr}: {step}{source}{}", bind_hint(*.step, .source))]
     Bind {
         /// The address as displayed.
         addr: String,
+        /// What was being done when it failed.
+        step: BindStep,
         /// The OS error.
         source: io::Error,
-        /// A suggestion, starting with "; " or empty.
-        hint: String,
     },
 
     /// No socket file at the path a client tried to connect to.
-    #[error("no socket at {path}: is the server running? (start one with `unixws serve {path}`, or check the path)")]
+    #[error("no socket at {path}: is the server running? (start it, or check the path)")]
     SocketNotFound {
         /// The path.
         path: PathBuf,
+    },
+
+    /// The directory of the socket path a client tried does not exist.
+    #[error("cannot connect to {path}: its directory {dir} does not exist; check the path (a server creates its socket file, not the directory; the directory may also appear when the server's service starts)")]
+    DirectoryNotFound {
+        /// The socket path.
+        path: PathBuf,
+        /// The first directory on the way that is missing.
+        dir: PathBuf,
+    },
+
+    /// A client tried to connect to a path that holds something other than
+    /// a socket. Retrying does not help: a server never turns it into one.
+    #[error("cannot connect to {path}: it is {kind}, not a socket; check the path")]
+    NotASocketPath {
+        /// The path.
+        path: PathBuf,
+        /// What is there ("a regular file", "a directory", ...).
+        kind: &'static str,
     },
 
     /// Nothing accepts connections at the address.
@@ -77,7 +113,7 @@ pub enum Error {
     },
 
     /// The server accepts no more connections for now (listen backlog full or HTTP 503).
-    #[error("{addr} is busy: {detail}; try again later or use --retry")]
+    #[error("{addr} is busy: {detail}; try again later, or connect with a RetryPolicy")]
     Busy {
         /// The address as displayed.
         addr: String,
@@ -85,30 +121,48 @@ pub enum Error {
         detail: String,
     },
 
-    /// An operation took longer than its timeout.
-    #[error("{operation} timed out after {after:?} on {addr}; the server may be overloaded or hung (raise the timeout with --timeout if it is just slow)")]
-    Timeout {
-        /// "connect", "handshake", "read" or "write".
-        operation: &'static str,
+    /// A host name could not be resolved to an address.
+    #[error("cannot resolve {addr}: {}", match .source { Some(e) => e.to_string(), None => "it resolves to no address".to_string() })]
+    Resolve {
         /// The address as displayed.
+        addr: String,
+        /// The resolver's error, if it gave one.
+        source: Option<io::Error>,
+    },
+
+    /// An operation took longer than its timeout.
+    #[error("{operation} timed out after {after:?} on {addr}; the server may be overloaded or hung (raise {} if it is just slow)", operation.setting())]
+    Timeout {
+        /// What timed out.
+        operation: Operation,
+        /// The socket address as displayed (the peer, for a stream the
+        /// caller wrapped).
         addr: String,
         /// The timeout that ran out.
         after: Duration,
     },
 
     /// The server answered the upgrade request with an HTTP error status.
-    #[error(
-        "the server at {addr} rejected the WebSocket handshake with HTTP {status}{reason}{hint}"
-    )]
+    #[error("the server at {addr} rejected the WebSocket handshake with HTTP {status}{}{}", colon(.body), policy_hint(*.refused_uid))]
     HandshakeRejected {
         /// The address as displayed.
         addr: String,
-        /// The HTTP status code (403 when the access policy refused us).
+        /// The HTTP status code.
         status: u16,
-        /// ": " and the response body, or empty.
-        reason: String,
-        /// "; " and what to do, or empty.
-        hint: String,
+        /// The response body, trimmed (often the reason), or empty.
+        body: String,
+        /// This process's uid, when the server said its access policy
+        /// refused it (rather than the application's own check).
+        refused_uid: Option<u32>,
+    },
+
+    /// The server's handshake response was larger than the client allows.
+    #[error("the handshake response from {addr} is larger than {max} bytes (Limits::max_header_bytes); raise it if the server sends large headers")]
+    ResponseTooLarge {
+        /// The address as displayed.
+        addr: String,
+        /// The limit.
+        max: usize,
     },
 
     /// The handshake failed for a protocol reason.
@@ -121,7 +175,7 @@ pub enum Error {
     },
 
     /// A message was larger than the configured maximum; the connection was closed with 1009.
-    #[error("message of {size} bytes exceeds the limit of {max} bytes; the connection was closed with 1009 (raise --max-message if such messages are expected)")]
+    #[error("message of {size} bytes exceeds the limit of {max} bytes; the connection was closed with 1009 (raise Limits::max_message_size if such messages are expected)")]
     MessageTooLarge {
         /// The size seen so far.
         size: usize,
@@ -130,19 +184,41 @@ pub enum Error {
     },
 
     /// The peer broke the WebSocket protocol; the connection was closed with `code`.
-    #[error("the peer broke the WebSocket protocol ({detail}); closed with {code}")]
+    #[error("the peer broke the WebSocket protocol ({detail}); closed with {}", u16::from(*.code))]
     Protocol {
         /// The close code sent (1002 or 1007).
-        code: u16,
-        /// tungstenite's description.
+        code: CloseCode,
+        /// What the peer did.
         detail: String,
     },
+
+    /// The peer went away without a close frame (it hung up or reset the
+    /// connection); nothing was sent to it.
+    #[error("the peer closed the connection without a WebSocket close frame")]
+    ConnectionReset,
 
     /// The peer stopped answering pings; the connection was closed.
     #[error("the peer did not answer a ping within {after:?}; the connection was closed")]
     KeepaliveTimeout {
         /// The pong timeout.
         after: Duration,
+    },
+
+    /// The socket handed over by the service manager cannot be used.
+    #[error("socket activation: {problem}")]
+    Activation {
+        /// What is wrong and how to set the unit up instead.
+        problem: String,
+    },
+
+    /// A task unixws ran on the caller's behalf did not finish (it
+    /// panicked, or its runtime shut down).
+    #[error("{task} failed: {detail}")]
+    TaskFailed {
+        /// What the task did.
+        task: &'static str,
+        /// Why it did not finish.
+        detail: String,
     },
 
     /// A WebSocket error not covered by a more specific variant.
@@ -159,6 +235,101 @@ pub enum Error {
     },
 }
 
+/// What timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Connecting the socket ([`Limits::connect_timeout`](crate::Limits::connect_timeout)).
+    Connect,
+    /// The opening handshake ([`Limits::handshake_timeout`](crate::Limits::handshake_timeout)).
+    Handshake,
+    /// Waiting for a message ([`ClientBuilder::read_timeout`](crate::ClientBuilder::read_timeout)).
+    Read,
+    /// A write the peer did not take ([`Limits::write_timeout`](crate::Limits::write_timeout)).
+    Write,
+}
+
+impl Operation {
+    /// The setting that bounds this operation.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Operation::Connect => "Limits::connect_timeout",
+            Operation::Handshake => "Limits::handshake_timeout",
+            Operation::Read => "ClientBuilder::read_timeout",
+            Operation::Write => "Limits::write_timeout",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Connect => "connect",
+            Operation::Handshake => "handshake",
+            Operation::Read => "read",
+            Operation::Write => "write",
+        })
+    }
+}
+
+/// The step of binding that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BindStep {
+    /// Creating the socket, binding its address or listening on it.
+    Listen,
+    /// Setting the file's owner and group ([`BindOptions::owner`](crate::BindOptions::owner), [`BindOptions::group`](crate::BindOptions::group)).
+    Owner,
+    /// Setting the file's mode ([`BindOptions::mode`](crate::BindOptions::mode)).
+    Mode,
+}
+
+impl fmt::Display for BindStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindStep::Listen => "",
+            BindStep::Owner => "setting the owner and group: ",
+            BindStep::Mode => "setting the mode: ",
+        })
+    }
+}
+
+/// What to do about a bind failure, after "; ", or nothing.
+fn bind_hint(step: BindStep, source: &io::Error) -> &'static str {
+    match (step, source.kind()) {
+        (BindStep::Owner, io::ErrorKind::PermissionDenied) => {
+            "; changing the owner needs root, and the group must be one this user belongs to"
+        }
+        (BindStep::Listen, io::ErrorKind::PermissionDenied) => {
+            "; the directory is not writable by this user: pick a directory you own or run as its owner"
+        }
+        (BindStep::Listen, io::ErrorKind::AddrInUse) => {
+            "; another server uses it: stop it or pick another address"
+        }
+        (BindStep::Listen, io::ErrorKind::NotFound) => {
+            "; the directory does not exist: create it first"
+        }
+        _ => "",
+    }
+}
+
+fn colon(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+fn policy_hint(uid: Option<u32>) -> String {
+    match uid {
+        Some(uid) => format!(
+            "; this process runs as uid {uid}: ask the server's operator to allow it in the server's access policy"
+        ),
+        None => String::new(),
+    }
+}
+
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
@@ -167,20 +338,42 @@ impl Error {
         }
     }
 
-    /// True when trying again later may succeed: the socket file is missing,
-    /// the connection was refused, or the server is busy. Never true for
-    /// permission, policy or protocol errors.
+    /// An I/O error on an open connection: a peer that hung up or reset
+    /// is [`Error::ConnectionReset`], whatever call noticed it.
+    pub(crate) fn on_connection(context: &'static str, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Error::ConnectionReset,
+            _ => Error::io(context, source),
+        }
+    }
+
+    pub(crate) fn invalid(option: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            option,
+            problem: problem.into(),
+        }
+    }
+
+    /// True when trying again later may succeed: the socket file or its
+    /// directory is missing, the connection was refused, or the server is
+    /// busy. Never true for permission, policy or protocol errors, nor for
+    /// a path that holds something other than a socket.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::SocketNotFound { .. } | Error::ConnectionRefused { .. } | Error::Busy { .. }
+            Error::SocketNotFound { .. }
+                | Error::DirectoryNotFound { .. }
+                | Error::ConnectionRefused { .. }
+                | Error::Busy { .. }
         )
     }
 }
 
 impl From<tungstenite::Error> for Error {
     fn from(e: tungstenite::Error) -> Self {
-        use tungstenite::error::{CapacityError, Error as WsError};
+        use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 Error::MessageTooLarge {
@@ -188,8 +381,72 @@ impl From<tungstenite::Error> for Error {
                     max: max_size,
                 }
             }
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Error::ConnectionReset
+            }
             WsError::Io(source) => Error::io("WebSocket I/O", source),
             other => Error::WebSocket(Box::new(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_no_stray_punctuation() {
+        let rejected = Error::HandshakeRejected {
+            addr: "/run/app.sock".into(),
+            status: 403,
+            body: String::new(),
+            refused_uid: None,
+        };
+        assert_eq!(
+            rejected.to_string(),
+            "the server at /run/app.sock rejected the WebSocket handshake with HTTP 403"
+        );
+        let by_policy = Error::HandshakeRejected {
+            addr: "/run/app.sock".into(),
+            status: 403,
+            body: "uid 7 is not allowed".into(),
+            refused_uid: Some(7),
+        };
+        assert!(by_policy
+            .to_string()
+            .ends_with("HTTP 403: uid 7 is not allowed; this process runs as uid 7: ask the server's operator to allow it in the server's access policy"));
+        let bind = Error::Bind {
+            addr: "/x/y.sock".into(),
+            step: BindStep::Mode,
+            source: io::Error::from(io::ErrorKind::Other),
+        };
+        assert_eq!(
+            bind.to_string(),
+            "cannot listen on /x/y.sock: setting the mode: other error"
+        );
+    }
+
+    #[test]
+    fn timeouts_name_the_setting_to_raise() {
+        let e = Error::Timeout {
+            operation: Operation::Write,
+            addr: "/run/app.sock".into(),
+            after: Duration::from_secs(3),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("write timed out after 3s on /run/app.sock"));
+        assert!(e.to_string().contains("raise Limits::write_timeout"));
+    }
+
+    #[test]
+    fn only_waiting_can_fix_transient_errors() {
+        assert!(Error::SocketNotFound { path: "/a".into() }.is_transient());
+        assert!(!Error::NotASocketPath {
+            path: "/a".into(),
+            kind: "a regular file"
+        }
+        .is_transient());
+        assert!(!Error::ConnectionReset.is_transient());
     }
 }

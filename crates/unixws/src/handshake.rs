@@ -12,6 +12,7 @@ use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
+use crate::addr::Address;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::peer::Peer;
@@ -26,6 +27,9 @@ pub(crate) struct HandshakeRules {
     pub(crate) max_connections: usize,
     pub(crate) policy: AccessPolicy,
     pub(crate) subprotocols: Vec<String>,
+    /// The server's address, for the connections' messages (`None` where
+    /// there is no listener: the fuzzing entry point).
+    pub(crate) address: Option<Arc<Address>>,
     /// Counters, and the number of open connections.
     pub(crate) stats: Arc<ServerStats>,
     /// A flood of refused peers must not flood the log.
@@ -66,6 +70,7 @@ impl HandshakeRules {
             max_connections: limits.max_connections,
             policy,
             subprotocols,
+            address: None,
             stats: Arc::default(),
             policy_log: LogGate::default(),
             busy_log: LogGate::default(),
@@ -95,8 +100,13 @@ pub(crate) struct Accepted {
 
 impl Accepted {
     /// The connection's info, and the slot that counts it until dropped.
-    pub(crate) fn into_info(self, peer: Peer) -> (ConnectionInfo, ActiveSlot) {
+    pub(crate) fn into_info(
+        self,
+        peer: Peer,
+        address: Option<Arc<Address>>,
+    ) -> (ConnectionInfo, ActiveSlot) {
         let info = ConnectionInfo {
+            address,
             peer,
             path: self.path,
             query: self.query,
@@ -130,7 +140,11 @@ pub(crate) fn check_request(
             None => "this peer is not allowed by this server's access policy".to_string(),
         };
         rules.stats.count(Counter::RejectedByPolicy);
-        return Err(error_response(403, &body));
+        let mut refusal = error_response(403, &body);
+        refusal
+            .headers_mut()
+            .insert(REFUSED_BY, HeaderValue::from_static(ACCESS_POLICY));
+        return Err(refusal);
     }
     let slot = ActiveSlot(rules.stats.clone());
     if rules.stats.open.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
@@ -175,6 +189,13 @@ fn choose_subprotocol(ours: &[String], request: &Request) -> Option<String> {
         .collect();
     ours.iter().find(|p| offered.contains(&p.as_str())).cloned()
 }
+
+/// The response header that says which rule refused an upgrade, so that a
+/// unixws client hints at the access policy only when that refused it (not
+/// when the application's own check did).
+pub(crate) const REFUSED_BY: &str = "x-unixws-refused-by";
+/// [`REFUSED_BY`]'s value for the access policy.
+pub(crate) const ACCESS_POLICY: &str = "access-policy";
 
 fn error_response(status: u16, body: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(format!("{body}\n")));

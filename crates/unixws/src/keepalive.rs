@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Limits;
+use crate::connection::ConnectionInfo;
 use crate::error::Error;
-use crate::peer::Peer;
 use crate::stats::{Counter, ServerStats};
 
 /// Which clock ran out.
@@ -140,9 +140,10 @@ impl Timers {
         &mut self,
         started: Instant,
         now: Instant,
-        peer: &Peer,
+        info: &ConnectionInfo,
         stats: Option<&ServerStats>,
     ) -> Expiry {
+        let peer = &info.peer;
         match self.expired(started, now) {
             None => Expiry::Nothing,
             Some(Deadline::CloseTimeout) => {
@@ -167,8 +168,8 @@ impl Timers {
                 Expiry::Close(CloseCode::Away, "idle timeout")
             }
             Some(Deadline::ReadTimeout) => Expiry::Fail(Error::Timeout {
-                operation: "read",
-                addr: peer.to_string(),
+                operation: crate::error::Operation::Read,
+                addr: info.shown(),
                 after: self.read_timeout.unwrap_or_default(),
             }),
         }

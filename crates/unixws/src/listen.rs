@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self as nixsock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
 use crate::addr::{Address, Endpoint, MAX_UNIX_PATH_LEN};
-use crate::error::{Error, Result};
+use crate::error::{BindStep, Error, Result};
 use crate::peer::Peer;
 use crate::stream::Socket;
 
@@ -82,6 +82,26 @@ impl BindOptions {
         self
     }
 
+    /// A mode with bits outside `0o777` is a slip, most often a decimal
+    /// `660` (which is `0o1224`): setuid, setgid and sticky mean nothing on
+    /// a socket, so it is refused rather than applied.
+    fn check_mode(&self) -> Result<()> {
+        match self.mode {
+            Some(mode) if mode & !0o777 != 0 => {
+                let hint = if mode <= 777 && format!("{mode}").chars().all(|c| c <= '7') {
+                    format!("; write it in octal: 0o{mode}")
+                } else {
+                    "; give permission bits in octal, such as 0o660 or 0o600".to_string()
+                };
+                Err(Error::invalid(
+                    "BindOptions::mode",
+                    format!("{mode} (0o{mode:o}) has bits outside 0o777{hint}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn touches_file(&self) -> bool {
         self.mode.is_some() || self.owner.is_some() || self.group.is_some()
     }
@@ -107,6 +127,7 @@ impl Listener {
     pub fn bind(addr: &Address, options: &BindOptions) -> Result<Self> {
         match addr.endpoint() {
             Endpoint::Path(path) => {
+                options.check_mode()?;
                 let (listener, file) = bind_path(addr, path, options)?;
                 Ok(Self {
                     kind: ListenerKind::Unix(listener),
@@ -222,30 +243,22 @@ impl AsFd for Listener {
 }
 
 fn bind_error(addr: &Address, source: io::Error) -> Error {
-    let hint = match source.kind() {
-        io::ErrorKind::PermissionDenied => {
-            "; the directory is not writable by this user: pick a directory you own or run as its owner"
-                .to_string()
-        }
-        io::ErrorKind::AddrInUse => {
-            "; another server uses it: stop it or pick another address".to_string()
-        }
-        io::ErrorKind::NotFound => "; the directory does not exist: create it first".to_string(),
-        _ => String::new(),
-    };
     Error::Bind {
         addr: addr.endpoint_display(),
+        step: BindStep::Listen,
         source,
-        hint,
     }
 }
 
 fn no_file_options(addr: &Address, options: &BindOptions, why: &str) -> Result<()> {
     if options.touches_file() {
-        return Err(Error::Config(format!(
-            "cannot apply --mode/--owner/--group to {}: {why}; restrict access with --allow-uid/--allow-gid instead",
-            addr.endpoint_display()
-        )));
+        return Err(Error::invalid(
+            "BindOptions::mode/owner/group",
+            format!(
+                "{} has no socket file to apply them to ({why}); restrict access with an AccessPolicy instead",
+                addr.endpoint_display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -393,29 +406,17 @@ fn staging_path(path: &Path) -> Option<PathBuf> {
 
 fn apply_file_options(addr: &Address, path: &Path, options: &BindOptions) -> Result<()> {
     if options.owner.is_some() || options.group.is_some() {
-        std::os::unix::fs::chown(path, options.owner, options.group).map_err(|e| {
-            let hint = if e.kind() == io::ErrorKind::PermissionDenied {
-                "; changing the owner needs root, and the group must be one this user belongs to"
-            } else {
-                ""
-            };
-            Error::Bind {
-                addr: addr.endpoint_display(),
-                source: e,
-                hint: format!("{hint} (while setting --owner/--group)"),
-            }
+        std::os::unix::fs::chown(path, options.owner, options.group).map_err(|e| Error::Bind {
+            addr: addr.endpoint_display(),
+            step: BindStep::Owner,
+            source: e,
         })?;
     }
     if let Some(mode) = options.mode {
-        if mode > 0o7777 {
-            return Err(Error::Config(format!(
-                "mode {mode:o} is not a file mode; use octal digits like 660 or 0600"
-            )));
-        }
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::Bind {
             addr: addr.endpoint_display(),
+            step: BindStep::Mode,
             source: e,
-            hint: " (while setting --mode)".to_string(),
         })?;
     }
     Ok(())
@@ -475,10 +476,8 @@ pub fn from_systemd() -> Result<Option<Listener>> {
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
     }
-    let count: u32 = fds.trim().parse().map_err(|_| {
-        Error::Config(format!(
-            "LISTEN_FDS=`{fds}` is not a number; is this started by systemd?"
-        ))
+    let count: u32 = fds.trim().parse().map_err(|_| Error::Activation {
+        problem: format!("LISTEN_FDS=`{fds}` is not a number; is this started by systemd?"),
     })?;
     if count == 0 {
         return Ok(None);
@@ -490,10 +489,10 @@ pub fn from_systemd() -> Result<Option<Listener>> {
         );
     }
     let not_listening = || {
-        Error::Config(
-            "descriptor 3 from systemd is not a listening stream socket; use ListenStream= in the .socket unit"
+        Error::Activation {
+            problem: "descriptor 3 from systemd is not a listening stream socket; use ListenStream= in the .socket unit"
                 .to_string(),
-        )
+        }
     };
     // SAFETY: sd_listen_fds(3) hands descriptor 3 to this process; nothing
     // else in it owns descriptor 3, and this function takes it once.
@@ -545,30 +544,4 @@ pub fn notify_ready() -> io::Result<bool> {
     };
     socket.send_to_addr(b"READY=1", &addr)?;
     Ok(true)
-}
-
-/// The uid of a user name or numeric id (as given to `--owner`).
-pub fn resolve_user(name: &str) -> Result<u32> {
-    if let Ok(uid) = name.parse::<u32>() {
-        return Ok(uid);
-    }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        _ => Err(Error::Config(format!(
-            "unknown user `{name}`: no such entry in the user database; give a user name or a numeric uid"
-        ))),
-    }
-}
-
-/// The gid of a group name or numeric id (as given to `--group`).
-pub fn resolve_group(name: &str) -> Result<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(Error::Config(format!(
-            "unknown group `{name}`: no such entry in the group database; give a group name or a numeric gid"
-        ))),
-    }
 }

@@ -113,19 +113,23 @@ impl ServerBuilder {
     /// end (blocking or tokio) needs.
     pub(crate) fn bind_parts(self) -> Result<(Listener, HandshakeRules, Limits)> {
         if !self.addr.is_unix() && !self.policy.is_open() {
-            return Err(Error::Config(format!(
-                "an access policy (--allow-uid/--allow-gid) needs a Unix socket: TCP peers on {} have no credentials",
-                self.addr.endpoint_display()
-            )));
+            return Err(Error::invalid(
+                "ServerBuilder::policy",
+                format!(
+                    "an access policy needs a Unix socket: TCP peers on {} have no credentials",
+                    self.addr.endpoint_display()
+                ),
+            ));
         }
         let listener = match self.listener {
             Some(listener) => listener,
             None => Listener::bind(&self.addr, &self.bind)?,
         };
         if matches!(self.addr.endpoint(), Endpoint::Abstract(_)) && self.policy.is_open() {
-            tracing::warn!(addr = %self.addr, "abstract socket without an access policy: any local process can connect; add --allow-uid/--allow-gid");
+            tracing::warn!(addr = %self.addr, "abstract socket without an access policy: any local process can connect; give the server an AccessPolicy");
         }
-        let rules = HandshakeRules::new(&self.limits, self.policy, self.subprotocols);
+        let mut rules = HandshakeRules::new(&self.limits, self.policy, self.subprotocols);
+        rules.address = Some(Arc::new(listener.local_addr().clone()));
         Ok((listener, rules, self.limits))
     }
 }
@@ -313,7 +317,7 @@ where
     stream.set_deadline(None);
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
         .with_initial(&head.into_tail());
-    let (info, _slot) = accepted.into_info(peer);
+    let (info, _slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded();
     let mut conn = Connection::new(stream, session, info).counting(core.rules.stats.clone());
     if let Err(e) = handler(&mut conn) {

@@ -21,7 +21,7 @@ use tungstenite::Message;
 use crate::codec::decode::Forward;
 use crate::codec::{CodecError, Decoder, OpCode, Outgoing};
 use crate::config::Limits;
-use crate::connection::PeerClose;
+use crate::connection::{ConnectionInfo, PeerClose};
 use crate::error::Error;
 use crate::keepalive::{Expiry, Timers};
 use crate::peer::Peer;
@@ -362,11 +362,11 @@ impl Session {
     pub(crate) fn on_deadline(
         &mut self,
         started: std::time::Instant,
-        peer: &Peer,
+        info: &ConnectionInfo,
     ) -> AfterDeadline {
         match self
             .timers
-            .on_expiry(started, self.now, peer, self.stats.as_deref())
+            .on_expiry(started, self.now, info, self.stats.as_deref())
         {
             Expiry::Nothing => AfterDeadline::Go,
             Expiry::Drop => {
@@ -411,7 +411,7 @@ impl Session {
         match e {
             CodecError::TooBig { size, max } => Error::MessageTooLarge { size, max },
             other => Error::Protocol {
-                code,
+                code: code.into(),
                 detail: other.to_string(),
             },
         }
@@ -462,9 +462,7 @@ impl Session {
         if was != Closing::Open || self.peer_close.is_some() {
             return Ok(());
         }
-        Err(Error::WebSocket(Box::new(WsError::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake,
-        ))))
+        Err(Error::ConnectionReset)
     }
 
     fn key(&self) -> Option<[u8; 4]> {
@@ -494,6 +492,17 @@ mod tests {
 
     fn peer() -> Peer {
         Peer::Tcp("127.0.0.1:1".parse().expect("an address"))
+    }
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            peer: peer(),
+            path: "/".into(),
+            query: None,
+            headers: Default::default(),
+            subprotocol: None,
+            address: None,
+        }
     }
 
     fn limits() -> Limits {
@@ -536,17 +545,17 @@ mod tests {
     fn keepalive_pings_after_silence_and_drops_a_peer_that_never_answers() {
         let (mut s, t0) = server();
         s.tick(t0 + Duration::from_secs(29));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         assert!(written(&mut s).is_empty(), "no ping before the interval");
         s.tick(t0 + Duration::from_secs(30));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         assert_eq!(
             written(&mut s),
             [0x89, 0x00],
             "a ping after 30 s of silence"
         );
         s.tick(t0 + Duration::from_secs(40));
-        match s.on_deadline(t0, &peer()) {
+        match s.on_deadline(t0, &info()) {
             AfterDeadline::Drop(Err(Error::KeepaliveTimeout { after })) => {
                 assert_eq!(after, Duration::from_secs(10));
             }
@@ -562,13 +571,13 @@ mod tests {
         no_idle.idle_timeout = None;
         s.timers = Timers::new(Arc::new(no_idle), None, t0);
         s.tick(t0 + Duration::from_secs(30));
-        let _ = s.on_deadline(t0, &peer());
+        let _ = s.on_deadline(t0, &info());
         let _ = written(&mut s);
         s.tick(t0 + Duration::from_secs(35));
         s.read.extend_from_slice(&from_client(10, b""));
         assert_eq!(s.next_message(), Ok(None));
         s.tick(t0 + Duration::from_secs(45));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         assert!(!s.is_closing(), "the pong kept the peer");
         assert_eq!(
             s.timers.next(t0).map(|(at, _)| at),
@@ -591,10 +600,10 @@ mod tests {
             "nothing after a close"
         );
         s.tick(t0 + Duration::from_secs(5));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         s.tick(t0 + Duration::from_secs(6));
         assert!(matches!(
-            s.on_deadline(t0, &peer()),
+            s.on_deadline(t0, &info()),
             AfterDeadline::Drop(Ok(()))
         ));
     }
@@ -630,13 +639,13 @@ mod tests {
         s.send(Message::text("out")).expect("sent");
         let _ = written(&mut s);
         s.tick(t0 + Duration::from_secs(100));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         assert!(
             !s.is_closing(),
             "data sent 50 s ago holds the idle timeout off"
         );
         s.tick(t0 + Duration::from_secs(110));
-        assert!(matches!(s.on_deadline(t0, &peer()), AfterDeadline::Go));
+        assert!(matches!(s.on_deadline(t0, &info()), AfterDeadline::Go));
         assert_eq!(
             &written(&mut s)[..4],
             [0x88, 14, 0x03, 0xe9],

@@ -111,8 +111,39 @@ fn mode_on_abstract_or_tcp_is_a_clear_error() {
     for text in ["@unixws-test-mode", "127.0.0.1:1"] {
         let err =
             Listener::bind(&text.parse().unwrap(), &BindOptions::new().mode(0o600)).unwrap_err();
-        assert!(err.to_string().contains("--allow-uid"), "{err}");
+        assert!(
+            matches!(&err, unixws::Error::InvalidOption { option, .. } if option.starts_with("BindOptions::mode")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("AccessPolicy"), "{err}");
     }
+}
+
+/// `mode(660)` is decimal 660, `0o1224`: refused before anything is
+/// created, with the octal spelling it most likely meant.
+#[test]
+fn a_decimal_mode_is_refused_with_the_octal_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sock");
+    for (mode, suggestion) in [(660, "0o660"), (0o4755, "octal"), (0o1777, "octal")] {
+        let err = Listener::bind(&addr(&path), &BindOptions::new().mode(mode)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                unixws::Error::InvalidOption {
+                    option: "BindOptions::mode",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(suggestion), "{mode:o}: {err}");
+        assert!(!path.exists(), "nothing is created for a refused mode");
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(names.is_empty(), "no staging file left: {names:?}");
+    // Every mode within 0o777 is still accepted.
+    let _l = Listener::bind(&addr(&path), &BindOptions::new().mode(0o777)).unwrap();
 }
 
 #[test]

@@ -90,10 +90,12 @@ fn policy_rejection_is_handshake_rejected_403_and_not_retried() {
         .retry(RetryPolicy::attempts(5))
         .connect()
         .unwrap_err();
+    let uid = unsafe { libc::getuid() };
     assert!(
-        matches!(err, Error::HandshakeRejected { status: 403, .. }),
-        "{err:?}"
+        matches!(err, Error::HandshakeRejected { status: 403, refused_uid: Some(u), .. } if u == uid),
+        "the policy refused, so the error says so: {err:?}"
     );
+    assert!(err.to_string().contains("access policy"), "{err}");
     assert_eq!(
         checks.load(Ordering::SeqCst),
         1,
@@ -118,7 +120,7 @@ fn server_that_never_answers_is_a_handshake_timeout() {
         matches!(
             err,
             Error::Timeout {
-                operation: "handshake",
+                operation: unixws::error::Operation::Handshake,
                 ..
             }
         ),
@@ -153,7 +155,7 @@ fn read_timeout_fails_recv() {
         matches!(
             err,
             Error::Timeout {
-                operation: "read",
+                operation: unixws::error::Operation::Read,
                 ..
             }
         ),
@@ -228,4 +230,91 @@ fn tcp_connect_works_and_a_closed_port_is_refused() {
     assert!(matches!(err, Error::ConnectionRefused { .. }), "{err:?}");
     let err = unixws::connect("127.0.0.1:0").unwrap_err();
     assert!(err.to_string().contains("port 0"), "{err}");
+}
+
+#[test]
+fn a_regular_file_is_not_a_socket_and_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "not a socket").unwrap();
+    let err = unixws::connect(&path).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::NotASocketPath {
+                kind: "a regular file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "a file never becomes a socket");
+    assert!(err.to_string().contains("check the path"), "{err}");
+    // With a retry policy the error comes back at once, not after retries.
+    let started = Instant::now();
+    let err = ClientBuilder::new(&path)
+        .unwrap()
+        .retry(RetryPolicy::new(
+            10,
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        ))
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::NotASocketPath { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_missing_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("run").join("app");
+    let path = missing.join("app.sock");
+    let err = unixws::connect(&path).unwrap_err();
+    match &err {
+        Error::DirectoryNotFound { path: p, dir: d } => {
+            assert_eq!(p, &path);
+            assert_eq!(d, &dir.path().join("run"), "the first missing directory");
+        }
+        other => panic!("expected DirectoryNotFound, got {other:?}"),
+    }
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// A peer that hangs up without a close frame is `ConnectionReset`, both
+/// when the server is reading and when it tries to close: not a protocol
+/// error, since nobody sent or broke a frame.
+#[test]
+fn a_peer_that_hangs_up_is_a_reset_not_a_protocol_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hung_up, wait_for_hang_up) = std::sync::mpsc::channel::<()>();
+    let wait_for_hang_up = std::sync::Mutex::new(wait_for_hang_up);
+    let (report, outcomes) = std::sync::mpsc::channel::<(bool, Result<(), Error>)>();
+    let report = std::sync::Mutex::new(report);
+    let server = RunningServer::start(
+        Server::builder(dir.path().join("r.sock")).unwrap(),
+        move |conn| {
+            wait_for_hang_up.lock().unwrap().recv().unwrap();
+            let reading = conn.info().path == "/read";
+            let result = if reading {
+                conn.recv()
+                    .map(|m| assert_eq!(m, None, "no message was sent"))
+            } else {
+                conn.close(1000, "bye")
+            };
+            report.lock().unwrap().send((reading, result)).unwrap();
+            Ok(())
+        },
+    );
+    for path in ["/read", "/close"] {
+        let conn = unixws::connect(server.addr().with_resource(path).unwrap()).unwrap();
+        drop(conn); // no close frame: the socket just closes
+        hung_up.send(()).unwrap();
+        let (reading, result) = outcomes.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(reading, path == "/read");
+        assert!(
+            matches!(result, Err(Error::ConnectionReset)),
+            "{path}: {result:?}"
+        );
+    }
 }

@@ -29,17 +29,25 @@ fn uid_not_allowed_gets_403_and_handler_never_runs() {
     let (_dir, server, calls) = counting_server(AccessPolicy::new().allow_uid(me + 4242));
     let err = unixws::connect(server.addr()).unwrap_err();
     match &err {
-        Error::HandshakeRejected { status, reason, .. } => {
+        Error::HandshakeRejected {
+            status,
+            body,
+            refused_uid,
+            ..
+        } => {
             assert_eq!(*status, 403);
-            assert!(
-                reason.contains(&format!("uid {me} is not allowed")),
-                "{reason}"
+            assert!(body.contains(&format!("uid {me} is not allowed")), "{body}");
+            assert_eq!(
+                *refused_uid,
+                Some(me),
+                "the policy refused: the error says so"
             );
         }
         other => panic!("expected 403, got {other:?}"),
     }
     assert!(
-        err.to_string().contains(&format!("--allow-uid {me}")),
+        err.to_string().contains(&format!("runs as uid {me}"))
+            && err.to_string().contains("access policy"),
         "{err}"
     );
     drop(server);

@@ -612,3 +612,36 @@ async fn fed_messages_go_out_when_recv_waits_or_on_flush() {
     stop.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(15), serving).await;
 }
+
+/// A 403 from the application's own gate is not blamed on the access
+/// policy: the client gets the status and the body, and no hint to ask for
+/// a policy change that would not help.
+#[tokio::test]
+async fn a_gate_403_carries_no_access_policy_hint() {
+    use unixws::tungstenite::handshake::server::ErrorResponse;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gated.sock");
+    let server = Server::builder(&path).unwrap().bind_async().unwrap();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.serve_gated(
+        |_request, _peer| async {
+            let mut refusal = ErrorResponse::new(Some("tickets only\n".to_string()));
+            *refusal.status_mut() = unixws::tungstenite::http::StatusCode::FORBIDDEN;
+            Err::<unixws::tokio::Admitted<()>, _>(refusal)
+        },
+        |_conn, ()| async { Ok(()) },
+    ));
+    let err = unixws::tokio::connect(&path).await.unwrap_err();
+    match &err {
+        Error::HandshakeRejected {
+            status: 403,
+            body,
+            refused_uid: None,
+            ..
+        } => assert_eq!(body, "tickets only"),
+        other => panic!("expected a plain 403, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("policy"), "{err}");
+    shutdown.shutdown();
+    task.await.unwrap().unwrap();
+}

@@ -41,7 +41,10 @@ impl ClientBuilder {
         let timeout = self.limits.connect_timeout;
         let socket = tokio::task::spawn_blocking(move || open_socket(&addr, timeout))
             .await
-            .map_err(|e| Error::Config(format!("the connect task failed: {e}")))??;
+            .map_err(|e| Error::TaskFailed {
+                task: "the connect task",
+                detail: e.to_string(),
+            })??;
         let peer = socket.peer().map_err(|e| {
             Error::io(
                 format!("reading the peer of {}", self.addr.endpoint_display()),

@@ -630,13 +630,13 @@ impl State {
 
     fn write_failed(&mut self, e: std::io::Error) -> Error {
         self.finished();
-        Error::io("writing to the connection", e)
+        Error::on_connection("writing to the connection", e)
     }
 
     fn write_timed_out(&self, after: Duration) -> Error {
         Error::Timeout {
-            operation: "write",
-            addr: self.info.peer.to_string(),
+            operation: crate::error::Operation::Write,
+            addr: self.info.shown(),
             after,
         }
     }
@@ -711,14 +711,17 @@ impl State {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {
+                        // Ask before finished(), which ends the session either way.
+                        let ended = self.session.on_eof();
                         self.finished();
-                        return Poll::Ready(self.session.on_eof().map(|()| None));
+                        return Poll::Ready(ended.map(|()| None));
                     }
                     Poll::Ready(Err(e)) => {
+                        let ended = self.session.on_eof();
                         self.finished();
-                        return Poll::Ready(match self.session.on_eof() {
+                        return Poll::Ready(match ended {
                             Ok(()) => Ok(None),
-                            Err(_) => Err(Error::io("reading from the connection", e)),
+                            Err(_) => Err(Error::on_connection("reading from the connection", e)),
                         });
                     }
                     Poll::Pending => {}
@@ -879,7 +882,7 @@ impl State {
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
             if due.is_some_and(|at| at <= now) {
-                return match self.session.on_deadline(started, &self.info.peer) {
+                return match self.session.on_deadline(started, &self.info) {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
                         self.finished();

@@ -310,7 +310,7 @@ async fn upgrade<T: Send + 'static>(
     let AsyncHeadReader { socket, head } = ws.into_inner();
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
         .with_initial(&head.into_tail());
-    let (info, slot) = accepted.into_info(peer);
+    let (info, slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded();
     let conn =
         Connection::new(socket, session, info).serving(shutdown, slot, core.rules.stats.clone());

@@ -51,6 +51,7 @@ impl Connection {
                 return Err(refusal);
             }
             *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(ConnectionInfo {
+                address: None,
                 peer: peer.clone(),
                 path: request.uri().path().to_string(),
                 query: request.uri().query().map(str::to_string),
@@ -72,7 +73,16 @@ impl Connection {
         let info = seen
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
-            .ok_or_else(|| Error::Config("the upgrade finished without its request".into()))?;
+            .ok_or_else(|| {
+                // tungstenite calls the callback before it answers; this
+                // is only reachable if that ever changes.
+                failed(
+                    &peer,
+                    tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::HandshakeIncomplete,
+                    ),
+                )
+            })?;
         let AsyncHeadReader { socket, head } = ws.into_inner();
         let session = Session::new(Role::Server, Arc::new(limits), None, Instant::now())
             .with_initial(&head.into_tail());
@@ -118,6 +128,7 @@ impl Connection {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let info = ConnectionInfo {
+            address: None,
             peer,
             path,
             query,
@@ -139,7 +150,7 @@ fn peer_of(socket: &AsyncSocket) -> Result<Peer> {
 
 fn timed_out(peer: &Peer, limits: &Limits) -> Error {
     Error::Timeout {
-        operation: "handshake",
+        operation: crate::error::Operation::Handshake,
         addr: peer.to_string(),
         after: limits.handshake_timeout,
     }
