@@ -225,7 +225,7 @@ impl RunningServer {
     /// Binds `builder` and serves `handler` on a thread.
     pub fn start<H>(builder: unixws::ServerBuilder, handler: H) -> RunningServer
     where
-        H: Fn(&mut unixws::Connection) -> unixws::Result<()> + Send + Sync + 'static,
+        H: Fn(&mut unixws::Connection) -> unixws::HandlerResult + Send + Sync + 'static,
     {
         let server = builder.bind().expect("bind test server");
         let addr = server.local_addr().clone();
@@ -282,7 +282,7 @@ impl Drop for RunningServer {
 }
 
 /// The echo handler: every message goes back to its sender.
-pub fn echo(conn: &mut unixws::Connection) -> unixws::Result<()> {
+pub fn echo(conn: &mut unixws::Connection) -> unixws::HandlerResult {
     while let Some(message) = conn.recv()? {
         conn.send(message)?;
     }

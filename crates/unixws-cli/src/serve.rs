@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use unixws::listen::{from_systemd, notify_ready};
 use unixws::tokio::{Connection, Exec, Outbox};
-use unixws::{AccessPolicy, BindOptions, Limits, OutboxError, Server, ServerBuilder};
+use unixws::{
+    AccessPolicy, BindOptions, HandlerResult, Limits, OutboxError, Server, ServerBuilder,
+};
 
 use crate::error::{CliError, CliResult};
 use crate::runtime::{self, resolve_group, resolve_user};
@@ -205,7 +207,7 @@ async fn serve(args: Args) -> CliResult {
     Ok(result?)
 }
 
-async fn echo(mut conn: Connection) -> unixws::Result<()> {
+async fn echo(mut conn: Connection) -> HandlerResult {
     // A match, not `recv().await?`: with `?` there the compiler keeps room
     // for the whole result beside the message in this future, which lives
     // as long as the connection (248 bytes per idle connection against 112).
@@ -213,7 +215,7 @@ async fn echo(mut conn: Connection) -> unixws::Result<()> {
         let message = match conn.recv().await {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         // Fed, not sent: a burst of messages is echoed in a few writes.
         conn.feed(message).await?;
@@ -228,12 +230,12 @@ struct Hub {
 }
 
 impl Hub {
-    async fn serve(&self, mut conn: Connection) -> unixws::Result<()> {
+    async fn serve(&self, mut conn: Connection) -> HandlerResult {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.members().insert(id, conn.outbox());
         let result = self.relay(id, &mut conn).await;
         self.members().remove(&id);
-        result
+        Ok(result?)
     }
 
     async fn relay(&self, id: u64, conn: &mut Connection) -> unixws::Result<()> {

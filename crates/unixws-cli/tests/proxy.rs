@@ -65,7 +65,7 @@ fn recording_backend(sock: &Path) -> (RunningServer, Seen) {
             .lock()
             .unwrap()
             .push((conn.info().clone(), conn.peer_close().cloned()));
-        result
+        Ok(result?)
     });
     (server, seen)
 }

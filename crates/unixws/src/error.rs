@@ -356,6 +356,23 @@ impl Error {
         }
     }
 
+    /// True when the peer caused it: it hung up, broke the protocol, sent
+    /// too much, or stopped answering or reading. A server logs these as
+    /// the peer's doing, not as its own failure.
+    pub fn is_peer_caused(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionReset
+                | Error::Protocol { .. }
+                | Error::MessageTooLarge { .. }
+                | Error::KeepaliveTimeout { .. }
+                | Error::Timeout {
+                    operation: Operation::Read | Operation::Write,
+                    ..
+                }
+        )
+    }
+
     /// True when trying again later may succeed: the socket file or its
     /// directory is missing, the connection was refused, or the server is
     /// busy. Never true for permission, policy or protocol errors, nor for

@@ -93,11 +93,12 @@ pub use addr::{Address, Endpoint, ToAddress};
 pub use client::{connect, ClientBuilder, RetryPolicy};
 pub use config::Limits;
 pub use connection::{Connection, ConnectionInfo, Outbox, OutboxError, PeerClose};
-pub use error::{Error, Result};
+pub use error::{BindStep, Error, Operation, Result};
 pub use listen::{BindOptions, Listener};
 pub use peer::{Peer, PeerCredentials};
 pub use policy::AccessPolicy;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use server_core::{HandlerError, HandlerResult};
 pub use stats::{ServerStats, StatsSnapshot};
 pub use stream::{Socket, Stream};
 /// tungstenite itself, for types unixws does not wrap.

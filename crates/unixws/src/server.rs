@@ -30,7 +30,9 @@ use crate::handshake::{
 use crate::listen::{AcceptBackoff, BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
-use crate::server_core::{Admission, Outcome, ServerCore};
+use crate::server_core::{
+    handler_failed, Admission, HandlerResult, Outcome, ServerCore, HANDLER_FAILED,
+};
 use crate::session::Session;
 use crate::stats::ServerStats;
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
@@ -198,10 +200,13 @@ impl Server {
 
     /// Accept connections until shut down, running `handler` for each on
     /// its own thread. When the handler returns, the connection is closed
-    /// (1000) if it is still open.
+    /// if it is still open: with 1000, or with 1011 when the handler
+    /// failed (its error is logged at WARN, or at INFO when the peer
+    /// caused it). The handler may fail with any error: `?` works on the
+    /// application's errors as on unixws's.
     pub fn serve<H>(self, handler: H) -> Result<()>
     where
-        H: Fn(&mut Connection) -> Result<()> + Send + Sync + 'static,
+        H: Fn(&mut Connection) -> HandlerResult + Send + Sync + 'static,
     {
         let handler = Arc::new(handler);
         let mut backoff = AcceptBackoff::default();
@@ -275,7 +280,7 @@ impl Server {
 
 fn serve_connection<H>(core: &ServerCore, socket: Socket, peer: Peer, handler: &H)
 where
-    H: Fn(&mut Connection) -> Result<()>,
+    H: Fn(&mut Connection) -> HandlerResult,
 {
     let limits = &*core.limits;
     // Without it (descriptors exhausted) a refused request is only dropped.
@@ -320,10 +325,13 @@ where
     let (info, _slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded();
     let mut conn = Connection::new(stream, session, info).counting(core.rules.stats.clone());
-    if let Err(e) = handler(&mut conn) {
-        tracing::info!(peer = %conn.info().peer, error = %e, "connection ended with an error");
-    }
-    if let Err(e) = conn.finish() {
+    let result = handler(&mut conn);
+    let closed = if handler_failed(Some(&conn.info().peer), &result) {
+        conn.close(1011, HANDLER_FAILED)
+    } else {
+        conn.finish()
+    };
+    if let Err(e) = closed {
         tracing::debug!(peer = %conn.info().peer, error = %e, "error while closing");
     }
 }

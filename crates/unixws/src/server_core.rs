@@ -2,7 +2,9 @@
 //! accept admission (the flood slack beyond `max_connections`, descriptor
 //! exhaustion back-off), the classification of every handshake that did
 //! not end in an upgrade (logged, counted, answered 431/426/400 where a
-//! peer is owed an answer), and the drain on shutdown. The blocking server
+//! peer is owed an answer), what a handler's error means for its
+//! connection (1011, logged at WARN unless the peer caused it), and the
+//! drain on shutdown. The blocking server
 //! runs a thread per connection and the tokio server a task; each only
 //! calls in here.
 
@@ -22,6 +24,34 @@ use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::stats::Counter;
 use crate::stream::{ShutdownSignal, Socket};
+
+/// What a connection handler may fail with: any error, so that `?` works
+/// on the application's own errors as on unixws's.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a connection handler returns.
+pub type HandlerResult = std::result::Result<(), HandlerError>;
+
+/// The reason sent with 1011 when a handler fails. The error itself stays
+/// in the server's log: its text may say more than a peer should read.
+pub(crate) const HANDLER_FAILED: &str = "the server's handler failed";
+
+/// Logs how a handler ended and says whether its connection, if still
+/// open, is to be closed with 1011 instead of 1000. An error the peer
+/// caused (a hang-up, a protocol error: the connection is over anyway) is
+/// logged at INFO; any other at WARN.
+pub(crate) fn handler_failed(peer: Option<&Peer>, result: &HandlerResult) -> bool {
+    let Err(e) = result else {
+        return false;
+    };
+    let shown = peer.map_or_else(String::new, ToString::to_string);
+    if e.downcast_ref::<Error>().is_some_and(Error::is_peer_caused) {
+        tracing::info!(peer = %shown, error = %e, "connection ended with a peer error");
+    } else {
+        tracing::warn!(peer = %shown, error = %e, "handler failed; closing with 1011");
+    }
+    true
+}
 
 /// Connections beyond `max_connections` that may still be in their
 /// handshake (to be answered 503) before new ones are dropped unanswered:

@@ -32,7 +32,7 @@ fn serve_peer_protocol(path: &Path) -> (RunningServer, Seen) {
                 .lock()
                 .unwrap()
                 .push((request, conn.peer_close().cloned()));
-            result
+            Ok(result?)
         },
     );
     (server, seen)

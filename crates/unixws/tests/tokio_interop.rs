@@ -88,7 +88,7 @@ async fn tokio_server_against(mut client: std::process::Command) {
                 .lock()
                 .unwrap()
                 .push((request, conn.peer_close().cloned()));
-            result
+            Ok(result?)
         }
     }));
     let process = Process::spawn(client.arg(&sock));

@@ -25,7 +25,7 @@ impl TestServer {
     }
 }
 
-async fn echo(mut conn: Connection) -> unixws::Result<()> {
+async fn echo(mut conn: Connection) -> unixws::HandlerResult {
     while let Some(m) = conn.recv().await? {
         conn.send(m).await?;
     }

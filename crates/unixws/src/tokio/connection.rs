@@ -52,6 +52,7 @@ use crate::codec::CodecError;
 use crate::connection::{ConnectionInfo, OutboxError, PeerClose};
 use crate::error::{Error, Result};
 use crate::handshake::ActiveSlot;
+use crate::server_core::HANDLER_FAILED;
 use crate::session::{AfterDeadline, Session};
 use crate::stats::ServerStats;
 use crate::stream::ShutdownWaiter;
@@ -136,6 +137,8 @@ pub(crate) struct Shared {
     peer_close: OnceLock<PeerClose>,
     /// Handles (a `Connection` or a half) that users hold.
     handles: AtomicUsize,
+    /// Set when the server's handler failed: the close says 1011.
+    failed: AtomicBool,
 }
 
 /// Who waits for the socket to take output, on a shared connection.
@@ -228,6 +231,10 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    pub(crate) fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -290,6 +297,7 @@ impl Connection {
                     state: Mutex::new(state),
                     peer_close: OnceLock::new(),
                     handles: AtomicUsize::new(1),
+                    failed: AtomicBool::new(false),
                 })
             }
         };
@@ -933,7 +941,8 @@ async fn pump(shared: Arc<Shared>) {
     close_abandoned(shared).await;
 }
 
-/// Finishes the closing handshake (1000) of a connection nobody holds,
+/// Finishes the closing handshake (1000, or 1011 after a failed handler)
+/// of a connection nobody holds,
 /// after what its outbox still holds, bounded by the close timeout; the server's slot (if any) keeps its
 /// drain waiting until then.
 async fn close_abandoned(shared: Arc<Shared>) {
@@ -945,7 +954,11 @@ async fn close_abandoned(shared: Arc<Shared>) {
         s.session.tick(Instant::now());
         // Messages queued before the handle went go out before the close.
         let _ = s.take_queued(None);
-        s.session.start_close(1000, "");
+        if shared.failed.load(Ordering::SeqCst) {
+            s.session.start_close(1011, HANDLER_FAILED);
+        } else {
+            s.session.start_close(1000, "");
+        }
         s.session.limits().close_timeout
     };
     let closing = poll_fn(|cx| {
@@ -976,32 +989,51 @@ impl Drop for Connection {
                     state: Mutex::new(state.detach()),
                     peer_close: OnceLock::new(),
                     handles: AtomicUsize::new(0),
+                    failed: AtomicBool::new(false),
                 })
             }
             Core::Shared(shared, _) => {
                 if shared.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
                     return;
                 }
-                let mut s = shared.lock();
-                if s.pumped {
-                    // The writer task closes it.
-                    s.abandoned = true;
-                    if let Some(wakers) = &s.wakers {
-                        wakers.parties[Party::Pump as usize].wake();
-                    }
-                    return;
-                }
-                if !s.is_open() {
+                let s = shared.lock();
+                // A writer task closes it (and notices if it is over).
+                if !s.pumped && !s.is_open() {
                     return;
                 }
                 drop(s);
                 shared.clone()
             }
         };
-        // Finish the closing handshake without making the dropper wait.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(close_abandoned(shared));
+        // A server's handler is judged before its connection closes: a
+        // failed one closes it with 1011 (see `verdict`).
+        let serving = shared.lock().slot.is_some();
+        if serving {
+            if let Err(shared) = super::verdict::park(shared) {
+                close_detached(shared, false);
+            }
+        } else {
+            close_detached(shared, false);
         }
+    }
+}
+
+/// Closes a connection no handle holds any more, without making the
+/// dropper wait: with 1011 when `failed` (its handler returned an error),
+/// else 1000. A writer task, if one runs, does it; otherwise a new task.
+pub(crate) fn close_detached(shared: Arc<Shared>, failed: bool) {
+    shared.failed.store(failed, Ordering::SeqCst);
+    let mut s = shared.lock();
+    if s.pumped {
+        s.abandoned = true;
+        if let Some(wakers) = &s.wakers {
+            wakers.parties[Party::Pump as usize].wake();
+        }
+        return;
+    }
+    drop(s);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(close_abandoned(shared));
     }
 }
 

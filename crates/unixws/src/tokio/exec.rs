@@ -12,6 +12,7 @@
 //! EOF on stdin, then SIGTERM after the grace period, then SIGKILL; it is
 //! always waited for, so no zombie is left.
 
+use std::future::Future;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tungstenite::Message;
 
 use crate::error::{Error, Result};
 use crate::peer::Peer;
+use crate::server_core::{HandlerError, HandlerResult};
 use crate::tokio::{Connection, Outbox};
 
 /// What to run for each connection.
@@ -74,8 +76,14 @@ impl Exec {
         self
     }
 
-    /// Serves one connection with one process; for [`Server::serve`](crate::tokio::Server::serve).
-    pub async fn serve(self, mut conn: Connection) -> Result<()> {
+    /// Serves one connection with one process; a handler for
+    /// [`Server::serve`](crate::tokio::Server::serve) (its errors are
+    /// unixws [`Error`]s).
+    pub fn serve(self, conn: Connection) -> impl Future<Output = HandlerResult> + Send {
+        futures_util::FutureExt::map(self.run(conn), |ran| ran.map_err(HandlerError::from))
+    }
+
+    async fn run(self, mut conn: Connection) -> Result<()> {
         let mut child = self.command(&conn).spawn().map_err(|e| {
             Error::io(
                 format!(

@@ -38,6 +38,7 @@ mod memory;
 pub mod proxy;
 mod server;
 mod split;
+mod verdict;
 mod wrap;
 
 pub use client::connect;

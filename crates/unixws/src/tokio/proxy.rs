@@ -43,6 +43,7 @@ use crate::codec::decode::Forward;
 use crate::config::Limits;
 use crate::error::Result;
 use crate::peer::Peer;
+use crate::server_core::HandlerError;
 use crate::tokio::{Admitted, Connection, Server};
 use tungstenite::Message;
 
@@ -97,7 +98,11 @@ impl Proxy {
                     let proxy = proxy.clone();
                     async move { proxy.admit(request, peer).await }
                 },
-                relay,
+                |client, backend| {
+                    futures_util::FutureExt::map(relay(client, backend), |relayed| {
+                        relayed.map_err(HandlerError::from)
+                    })
+                },
             )
             .await
     }

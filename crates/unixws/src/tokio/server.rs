@@ -21,11 +21,12 @@ use crate::handshake::{
 use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
-use crate::server_core::{Admission, InFlight, Outcome, ServerCore};
+use crate::server_core::{Admission, HandlerResult, InFlight, Outcome, ServerCore};
 use crate::session::Session;
 use crate::stats::ServerStats;
 use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
 use crate::tokio::listener::AsyncListener;
+use crate::tokio::verdict::Judged;
 use crate::tokio::Connection;
 
 /// A bound tokio WebSocket server.
@@ -85,7 +86,7 @@ impl Server {
     pub async fn serve<H, F>(self, handler: H) -> Result<()>
     where
         H: Fn(Connection) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<()>> + Send + 'static,
+        F: Future<Output = HandlerResult> + Send + 'static,
     {
         self.run::<(), _, _>(None, move |conn, _| handler(conn))
             .await
@@ -102,7 +103,7 @@ impl Server {
         GF: Future<Output = std::result::Result<Admitted<T>, ErrorResponse>> + Send + 'static,
         T: Send + 'static,
         H: Fn(Connection, T) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<()>> + Send + 'static,
+        F: Future<Output = HandlerResult> + Send + 'static,
     {
         let gate: Arc<GateFn<T>> = Arc::new(move |request, peer| Box::pin(gate(request, peer)));
         let handler = Arc::new(handler);
@@ -122,7 +123,7 @@ impl Server {
     where
         T: Send + 'static,
         H: Fn(Connection, Option<T>) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<()>> + Send + 'static,
+        F: Future<Output = HandlerResult> + Send + 'static,
     {
         let handler = Arc::new(handler);
         let _trimming = crate::tokio::memory::start_trimming();
@@ -185,7 +186,7 @@ async fn connection_task<T, H, F>(
 ) where
     T: Send + 'static,
     H: Fn(Connection, Option<T>) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<()>> + Send + 'static,
+    F: Future<Output = HandlerResult> + Send + 'static,
 {
     let upgrading = boxed_upgrade(&core, socket, peer, gate);
     // No binding for the connection here: it would keep its room in the
@@ -197,13 +198,15 @@ async fn connection_task<T, H, F>(
     };
     // `map`, not an `async fn` that awaits `handling`: such a future keeps
     // room for `handling` twice (the argument and the awaited future).
-    tokio::spawn(futures_util::FutureExt::map(handling, move |result| {
-        if let Err(e) = result {
-            tracing::info!(error = %e, "connection ended with an error");
-        }
-        drop(in_flight);
-        crate::tokio::memory::freed();
-    }));
+    // `Judged` closes a connection its failed handler dropped with 1011
+    // (and logs the error).
+    tokio::spawn(futures_util::FutureExt::map(
+        Judged::new(handling),
+        move |()| {
+            drop(in_flight);
+            crate::tokio::memory::freed();
+        },
+    ));
 }
 
 type Upgrading<'a, T> = Pin<Box<dyn Future<Output = Option<(Connection, Option<T>)>> + Send + 'a>>;

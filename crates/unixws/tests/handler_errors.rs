@@ -1,0 +1,116 @@
+//! A handler may fail with any error (`?` on the application's own), and
+//! the peer then gets 1011 rather than a normal close: on both servers,
+//! and on a tokio connection whose outbox writer task is running.
+
+use std::time::Duration;
+
+use unixws::tokio::Connection as AsyncConnection;
+use unixws::{ClientBuilder, Connection, Message, PeerClose, Server};
+use unixws_testkit::RunningServer;
+
+const REASON: &str = "the server's handler failed";
+
+/// The handlers' protocol: each message is a number; a message that is not
+/// one fails the handler with `ParseIntError`.
+fn parse(message: &Message) -> Result<u64, std::num::ParseIntError> {
+    message.to_text().unwrap_or("").parse::<u64>()
+}
+
+/// Sends "7" (answered) then "seven" (fails the handler); returns how the
+/// server closed.
+fn client_sees(addr: impl unixws::ToAddress) -> PeerClose {
+    let mut conn = ClientBuilder::new(addr).unwrap().connect().unwrap();
+    conn.send(Message::text("7")).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(Message::text("8")));
+    conn.send(Message::text("seven")).unwrap();
+    assert_eq!(conn.recv().unwrap(), None, "the server closed");
+    conn.peer_close().cloned().expect("a close frame")
+}
+
+#[test]
+fn a_blocking_handler_error_closes_with_1011() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::start(
+        Server::builder(dir.path().join("b.sock")).unwrap(),
+        |conn: &mut Connection| {
+            while let Some(message) = conn.recv()? {
+                let n = parse(&message)?;
+                conn.send(Message::text((n + 1).to_string()))?;
+            }
+            Ok(())
+        },
+    );
+    let close = client_sees(server.addr());
+    assert_eq!((close.code, close.reason.as_str()), (1011, REASON));
+}
+
+fn tokio_server(
+    path: &std::path::Path,
+    use_outbox: bool,
+) -> (unixws::ShutdownHandle, std::thread::JoinHandle<()>) {
+    let path = path.to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let server = Server::builder(&path).unwrap().bind_async().unwrap();
+            ready_tx.send(server.shutdown_handle()).unwrap();
+            server
+                .serve(move |mut conn: AsyncConnection| async move {
+                    // The outbox starts the writer task: the close then
+                    // goes out through it.
+                    let outbox = use_outbox.then(|| conn.outbox());
+                    while let Some(message) = conn.recv().await? {
+                        if message == Message::text("end") {
+                            return Ok(());
+                        }
+                        let n = parse(&message)?;
+                        let answer = Message::text((n + 1).to_string());
+                        match &outbox {
+                            Some(outbox) => outbox.try_send(answer)?,
+                            None => conn.send(answer).await?,
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let shutdown = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (shutdown, thread)
+}
+
+#[test]
+fn a_tokio_handler_error_closes_with_1011() {
+    for use_outbox in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let (shutdown, thread) = tokio_server(&path, use_outbox);
+        let close = client_sees(&path);
+        assert_eq!(
+            (close.code, close.reason.as_str()),
+            (1011, REASON),
+            "with the outbox writer task: {use_outbox}"
+        );
+        shutdown.shutdown();
+        thread.join().unwrap();
+    }
+}
+
+/// A handler that ends well closes with 1000, and no reason.
+#[test]
+fn a_handler_that_returns_ok_closes_with_1000() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.sock");
+    let (shutdown, thread) = tokio_server(&path, false);
+    let mut conn = unixws::connect(&path).unwrap();
+    conn.send(Message::text("1")).unwrap();
+    assert_eq!(conn.recv().unwrap(), Some(Message::text("2")));
+    conn.send(Message::text("end")).unwrap();
+    assert_eq!(conn.recv().unwrap(), None);
+    let close = conn.peer_close().cloned().expect("a close frame");
+    assert_eq!((close.code, close.reason.as_str()), (1000, ""));
+    shutdown.shutdown();
+    thread.join().unwrap();
+}
