@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use unixws::{ClientBuilder, Message, RetryPolicy};
+use unixws::{ClientBuilder, CloseCode, Message, RetryPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size: usize = std::env::args().nth(1).map_or(Ok(1 << 20), |s| s.parse())?;
@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "size={size} round_trips={n} echo_MB_per_s={:.0}",
         (n as f64 * size as f64) / secs / 1e6
     );
-    conn.close(1000, "")?;
+    conn.close(CloseCode::Normal, "")?;
     let _ = server.kill();
     let _ = server.wait();
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use unixws::{ClientBuilder, Message, RetryPolicy};
+use unixws::{ClientBuilder, CloseCode, Message, RetryPolicy};
 
 use crate::error::{CliError, CliResult};
 use crate::units::parse_duration;
@@ -139,7 +139,7 @@ pub fn run(args: Args) -> CliResult {
     }
     match conn.peer_close() {
         None => Err(CliError::Lib(unixws::Error::ConnectionReset)),
-        Some(close) if close.code == 1000 => Ok(()),
+        Some(close) if close.code == CloseCode::Normal => Ok(()),
         Some(close) => Err(CliError::Usage(format!(
             "the server closed the connection with code {}{}",
             close.code,

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use unixws::CloseCode;
 use unixws::{Message, PeerCredentials, Server};
 use unixws_testkit::{
     as_nobody, require_root, shared_tempdir, wait_until, Process, RunningServer, NOBODY,
@@ -358,7 +359,7 @@ fn sigterm_closes_100_clients_with_1001_exits_0_within_the_drain_bound_and_remov
     );
     assert!(!sock.exists(), "socket file removed");
     for r in readers {
-        assert_eq!(r.join().unwrap(), Some(1001));
+        assert_eq!(r.join().unwrap(), Some(CloseCode::Away));
     }
 }
 
@@ -634,7 +635,7 @@ fn exec_cat_echoes_lines_and_sees_the_request() {
         Some(Message::text("/app/x|q=1|Bearer t|"))
     );
     assert_eq!(conn.recv().unwrap(), None, "exit 0 closes the connection");
-    assert_eq!(conn.peer_close().map(|c| c.code), Some(1000));
+    assert_eq!(conn.peer_close().map(|c| c.code), Some(CloseCode::Normal));
 }
 
 #[test]
@@ -647,7 +648,7 @@ fn exec_exit_status_3_closes_with_1011() {
     let close = conn.peer_close().unwrap();
     assert_eq!(
         (close.code, close.reason.as_str()),
-        (1011, "process exited with status 3")
+        (CloseCode::Error, "process exited with status 3")
     );
 }
 
@@ -770,7 +771,7 @@ fn a_replaced_socket_file_belongs_to_the_newcomer() {
     });
     let (ok, _) = first.terminate(T);
     assert!(ok);
-    assert_eq!(reader.join().unwrap(), Some(1001));
+    assert_eq!(reader.join().unwrap(), Some(CloseCode::Away));
     assert!(
         sock.exists(),
         "the first server removed the second server's socket"

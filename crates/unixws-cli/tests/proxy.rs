@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use unixws::CloseCode;
 use unixws::{ConnectionInfo, Error, Message, Server};
 use unixws_testkit::{wait_until, Process, RunningServer};
 
@@ -176,7 +177,7 @@ fn close_codes_and_reasons_pass_both_ways() {
     let client_close = seen.lock().unwrap()[0].1.clone().unwrap();
     assert_eq!(
         (client_close.code, client_close.reason.as_str()),
-        (4001, "client says bye")
+        (CloseCode::from(4001), "client says bye")
     );
 
     // Backend closes with 4001: the client sees it.
@@ -187,7 +188,7 @@ fn close_codes_and_reasons_pass_both_ways() {
     let close = conn.peer_close().unwrap();
     assert_eq!(
         (close.code, close.reason.as_str()),
-        (4001, "backend says bye")
+        (CloseCode::from(4001), "backend says bye")
     );
     drop(backend);
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use unixws::{ClientBuilder, Message, RetryPolicy};
+use unixws::{ClientBuilder, CloseCode, Message, RetryPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
@@ -28,6 +28,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(reply) = conn.recv()? {
         println!("{reply}");
     }
-    conn.close(1000, "done")?;
+    conn.close(CloseCode::Normal, "done")?;
     Ok(())
 }

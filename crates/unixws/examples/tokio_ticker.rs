@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use unixws::tokio::Connection;
-use unixws::{Limits, Message};
+use unixws::{CloseCode, Limits, Message};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         writer.send(Message::text(format!("tick {i}"))).await?;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    writer.close(1000, "done").await
+                    writer.close(CloseCode::Normal, "done").await
                 });
                 while let Some(message) = reader.recv().await? {
                     println!("server got {message:?}");

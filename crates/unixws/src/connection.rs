@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tungstenite::http::HeaderMap;
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
@@ -58,8 +59,9 @@ impl ConnectionInfo {
 /// How the connection ended, as the peer said it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerClose {
-    /// The close code (1000 normal, 1001 going away, 1009 too big, ...).
-    pub code: u16,
+    /// The close code ([`CloseCode::Normal`], [`CloseCode::Away`],
+    /// [`CloseCode::Size`], ...).
+    pub code: CloseCode,
     /// The reason text.
     pub reason: String,
 }
@@ -276,7 +278,8 @@ impl Connection {
                     self.session.tick(Instant::now());
                     self.stream.set_shutdown(None);
                     self.drain_outbox()?;
-                    self.session.start_close(1001, "server shutting down");
+                    self.session
+                        .start_close(CloseCode::Away, "server shutting down");
                 }
                 Err(ReadFailure::Interrupted(Interrupt::Deadline)) => {
                     self.session.tick(Instant::now());
@@ -304,9 +307,9 @@ impl Connection {
     /// Start the closing handshake with `code` and `reason`, and wait (at
     /// most [`Limits::close_timeout`](crate::Limits::close_timeout)) for the peer's answer. Data messages
     /// that arrive meanwhile are discarded.
-    pub fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+    pub fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         self.session.tick(Instant::now());
-        self.session.start_close(code, reason);
+        self.session.start_close(code.into(), reason);
         while self.recv()?.is_some() {}
         Ok(())
     }
@@ -314,7 +317,7 @@ impl Connection {
     /// Close normally unless already closing, then wait for the end. Used by
     /// the server after a handler returns.
     pub(crate) fn finish(&mut self) -> Result<()> {
-        self.close(1000, "")
+        self.close(CloseCode::Normal, "")
     }
 
     fn drain_outbox(&mut self) -> Result<()> {
@@ -357,12 +360,12 @@ impl PeerClose {
     pub(crate) fn from_frame(frame: Option<CloseFrame>) -> Self {
         match frame {
             Some(f) => PeerClose {
-                code: u16::from(f.code),
+                code: f.code,
                 reason: f.reason.to_string(),
             },
             // RFC 6455: a close frame without a code reads as 1005.
             None => PeerClose {
-                code: 1005,
+                code: CloseCode::Status,
                 reason: String::new(),
             },
         }

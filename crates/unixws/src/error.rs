@@ -211,6 +211,15 @@ pub enum Error {
         problem: String,
     },
 
+    /// An async entry point was called outside a tokio runtime.
+    #[error(
+        "{call} needs a tokio runtime: call it inside one (#[tokio::main], or Runtime::block_on)"
+    )]
+    NoRuntime {
+        /// The function that was called.
+        call: &'static str,
+    },
+
     /// A task unixws ran on the caller's behalf did not finish (it
     /// panicked, or its runtime shut down).
     #[error("{task} failed: {detail}")]

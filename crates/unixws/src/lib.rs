@@ -8,7 +8,7 @@
 //! keepalive and graceful shutdown.
 //!
 //! ```no_run
-//! use unixws::{Message, Server};
+//! use unixws::{CloseCode, Message, Server};
 //!
 //! // Server: echo every message, on its own thread per connection.
 //! let server = Server::bind("/tmp/demo.sock")?;
@@ -23,7 +23,7 @@
 //! let mut conn = unixws::connect("ws+unix:///tmp/demo.sock:/chat")?;
 //! conn.send(Message::text("hello"))?;
 //! assert_eq!(conn.recv()?, Some(Message::text("hello")));
-//! conn.close(1000, "bye")?;
+//! conn.close(CloseCode::Normal, "bye")?;
 //! # Ok::<(), unixws::Error>(())
 //! ```
 //!
@@ -109,5 +109,9 @@ pub use tungstenite;
 #[doc = include_str!("../../../README.md")]
 #[cfg(all(doctest, feature = "tokio"))]
 pub struct ReadmeDoctests;
+/// Close codes with their names (`CloseCode::Normal` is 1000,
+/// `CloseCode::Away` 1001, ...), re-exported from tungstenite; any `u16`
+/// converts into one.
+pub use tungstenite::protocol::frame::coding::CloseCode;
 /// The message type, re-exported from tungstenite.
 pub use tungstenite::Message;

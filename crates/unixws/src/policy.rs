@@ -36,6 +36,12 @@ impl AccessPolicy {
         Self::default()
     }
 
+    /// Allow the user this process runs as (its effective uid): the common
+    /// case of a socket shared only between one user's processes.
+    pub fn allow_current_user(self) -> Self {
+        self.allow_uid(nix::unistd::geteuid().as_raw())
+    }
+
     /// Allow this uid.
     pub fn allow_uid(mut self, uid: u32) -> Self {
         self.uids.insert(uid);

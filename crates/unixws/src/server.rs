@@ -36,6 +36,7 @@ use crate::server_core::{
 use crate::session::Session;
 use crate::stats::ServerStats;
 use crate::stream::{Interrupt, ShutdownSignal, Socket, Stream};
+use crate::CloseCode;
 
 /// Everything a server needs besides the handler.
 #[derive(Debug)]
@@ -327,7 +328,7 @@ where
     let mut conn = Connection::new(stream, session, info).counting(core.rules.stats.clone());
     let result = handler(&mut conn);
     let closed = if handler_failed(Some(&conn.info().peer), &result) {
-        conn.close(1011, HANDLER_FAILED)
+        conn.close(CloseCode::Error, HANDLER_FAILED)
     } else {
         conn.finish()
     };

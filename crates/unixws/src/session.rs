@@ -296,8 +296,8 @@ impl Session {
             Message::Ping(data) => self.push(OpCode::Ping, &data),
             Message::Pong(data) => self.push(OpCode::Pong, &data),
             Message::Close(frame) => {
-                let (code, reason) = frame.map_or((1000, String::new()), |f| {
-                    (u16::from(f.code), f.reason.to_string())
+                let (code, reason) = frame.map_or((CloseCode::Normal, String::new()), |f| {
+                    (f.code, f.reason.to_string())
                 });
                 self.start_close(code, &reason);
             }
@@ -332,10 +332,11 @@ impl Session {
     }
 
     /// Queues a close frame unless one is out already.
-    pub(crate) fn start_close(&mut self, code: u16, reason: &str) {
+    pub(crate) fn start_close(&mut self, code: CloseCode, reason: &str) {
         if self.closing != Closing::Open {
             return;
         }
+        let code = u16::from(code);
         let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
         // A control frame carries at most 125 bytes: cut the reason at a
@@ -382,7 +383,7 @@ impl Session {
                 AfterDeadline::Go
             }
             Expiry::Close(code, reason) => {
-                self.start_close(code.into(), reason);
+                self.start_close(code, reason);
                 AfterDeadline::Go
             }
             Expiry::Fail(e) => AfterDeadline::Fail(e),
@@ -406,7 +407,7 @@ impl Session {
             // Nothing is sent yet: the relay may still deliver answers.
             self.deferred_close = Some((code, e.reason()));
         } else {
-            self.start_close(code, e.reason());
+            self.start_close(code.into(), e.reason());
         }
         match e {
             CodecError::TooBig { size, max } => Error::MessageTooLarge { size, max },
@@ -434,7 +435,7 @@ impl Session {
     pub(crate) fn close_deferred(&mut self) -> bool {
         match self.deferred_close.take() {
             Some((code, reason)) => {
-                self.start_close(code, reason);
+                self.start_close(code.into(), reason);
                 true
             }
             None => false,
@@ -448,10 +449,7 @@ impl Session {
         }
         tracing::warn!(%peer, queue, "send queue full: closing slow consumer with 1013");
         self.count(Counter::SlowConsumer);
-        self.start_close(
-            CloseCode::Again.into(),
-            "send queue full: reading too slowly",
-        );
+        self.start_close(CloseCode::Again, "send queue full: reading too slowly");
     }
 
     /// The peer closed the socket. `Ok` when that ends a close handshake
@@ -590,7 +588,7 @@ mod tests {
     fn our_close_waits_for_the_answer_at_most_the_close_timeout() {
         let (mut s, t0) = server();
         s.tick(t0 + Duration::from_secs(1));
-        s.start_close(1001, "going");
+        s.start_close(CloseCode::Away, "going");
         assert_eq!(
             written(&mut s),
             [&[0x88, 7, 0x03, 0xe9][..], b"going"].concat()
@@ -617,7 +615,7 @@ mod tests {
         assert!(s.is_done());
         assert_eq!(
             s.peer_close().map(|c| (c.code, c.reason.as_str())),
-            Some((4001, "bye"))
+            Some((CloseCode::from(4001), "bye"))
         );
         assert_eq!(written(&mut s), [0x88, 5, 0x0f, 0xa1, b'b', b'y', b'e']);
         assert!(s.on_eof().is_ok(), "a hang-up after the handshake is fine");

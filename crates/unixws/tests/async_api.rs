@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use unixws::tokio::Connection;
+use unixws::CloseCode;
 use unixws::{Limits, Message};
 use unixws_testkit::client_frame;
 
@@ -69,7 +70,7 @@ async fn stream_and_sink_work_as_in_tokio_tungstenite() {
         ws.next().await.is_none(),
         "the stream ends after the close handshake"
     );
-    assert_eq!(ws.peer_close().map(|c| c.code), Some(1000));
+    assert_eq!(ws.peer_close().map(|c| c.code), Some(CloseCode::Normal));
 }
 
 #[tokio::test]
@@ -198,7 +199,7 @@ async fn split_halves_send_while_the_reader_waits_and_keep_answering_pings() {
         Some(Message::text("got five"))
     );
     assert_eq!(reader.recv().await.unwrap(), None);
-    assert_eq!(reader.peer_close().map(|c| c.code), Some(1000));
+    assert_eq!(reader.peer_close().map(|c| c.code), Some(CloseCode::Normal));
     let writer = ticking.await.unwrap();
     assert!(reader.unsplit(writer).is_some());
     peer.join().unwrap();
@@ -358,7 +359,7 @@ async fn outbox_messages_go_out_while_nobody_is_in_recv() {
     let got = ws.recv().await.unwrap();
     assert_eq!(got, Some(Message::text("got six")));
     assert_eq!(ws.recv().await.unwrap(), None);
-    assert_eq!(ws.peer_close().map(|c| c.code), Some(1000));
+    assert_eq!(ws.peer_close().map(|c| c.code), Some(CloseCode::Normal));
     peer.await.unwrap().unwrap();
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use unixws::tokio::Connection as AsyncConnection;
+use unixws::CloseCode;
 use unixws::{ClientBuilder, Connection, Message, PeerClose, Server};
 use unixws_testkit::RunningServer;
 
@@ -41,7 +42,10 @@ fn a_blocking_handler_error_closes_with_1011() {
         },
     );
     let close = client_sees(server.addr());
-    assert_eq!((close.code, close.reason.as_str()), (1011, REASON));
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Error, REASON)
+    );
 }
 
 fn tokio_server(
@@ -90,7 +94,7 @@ fn a_tokio_handler_error_closes_with_1011() {
         let close = client_sees(&path);
         assert_eq!(
             (close.code, close.reason.as_str()),
-            (1011, REASON),
+            (CloseCode::Error, REASON),
             "with the outbox writer task: {use_outbox}"
         );
         shutdown.shutdown();
@@ -110,7 +114,7 @@ fn a_handler_that_returns_ok_closes_with_1000() {
     conn.send(Message::text("end")).unwrap();
     assert_eq!(conn.recv().unwrap(), None);
     let close = conn.peer_close().cloned().expect("a close frame");
-    assert_eq!((close.code, close.reason.as_str()), (1000, ""));
+    assert_eq!((close.code, close.reason.as_str()), (CloseCode::Normal, ""));
     shutdown.shutdown();
     thread.join().unwrap();
 }

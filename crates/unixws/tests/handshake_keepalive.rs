@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use unixws::CloseCode;
 use unixws::{ClientBuilder, ConnectionInfo, Limits, Server};
 use unixws_testkit::{assert_echo, RunningServer};
 
@@ -114,5 +115,8 @@ fn idle_connections_are_closed_with_1001() {
     assert_eq!(conn.recv().unwrap(), None);
     assert!(started.elapsed() >= Duration::from_millis(250));
     let close = conn.peer_close().unwrap();
-    assert_eq!((close.code, close.reason.as_str()), (1001, "idle timeout"));
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Away, "idle timeout")
+    );
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use unixws::CloseCode;
 use unixws::{Connection, Message, PeerClose, Server};
 use unixws_testkit::{node, python, Process, RunningServer};
 
@@ -76,7 +77,7 @@ fn unixws_client_exchange(socket: &Path) {
     assert_eq!(
         conn.peer_close(),
         Some(&PeerClose {
-            code: 4000,
+            code: CloseCode::from(4000),
             reason: "server-bye".into()
         })
     );
@@ -101,7 +102,7 @@ fn assert_unixws_server_saw(seen: &Mutex<Vec<(String, Option<PeerClose>)>>) {
         "{seen:?}"
     );
     let client_bye = PeerClose {
-        code: 4000,
+        code: CloseCode::from(4000),
         reason: "client-bye".into(),
     };
     assert!(

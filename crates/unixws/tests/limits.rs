@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use unixws::CloseCode;
 use unixws::{Error, Limits, Message};
 use unixws_testkit::{assert_echo, RunningServer};
 
@@ -30,7 +31,7 @@ fn message_over_max_closes_with_1009_and_others_keep_working() {
         None,
         "the server closes the connection"
     );
-    assert_eq!(offender.peer_close().map(|c| c.code), Some(1009));
+    assert_eq!(offender.peer_close().map(|c| c.code), Some(CloseCode::Size));
     assert_echo(&mut bystander, "still here");
     let mut newcomer = unixws::connect(server.addr()).unwrap();
     assert_echo(&mut newcomer, "and accepting");
@@ -61,7 +62,7 @@ fn reassembled_fragments_count_towards_max_message() {
     .unwrap();
     conn.flush().unwrap();
     assert_eq!(conn.recv().unwrap(), None);
-    assert_eq!(conn.peer_close().map(|c| c.code), Some(1009));
+    assert_eq!(conn.peer_close().map(|c| c.code), Some(CloseCode::Size));
 }
 
 #[test]

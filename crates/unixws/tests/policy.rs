@@ -64,6 +64,7 @@ fn allowed_uid_and_gid_connect() {
     for policy in [
         AccessPolicy::new().allow_uid(me),
         AccessPolicy::new().allow_uid(me + 1).allow_gid(nix_gid()),
+        AccessPolicy::new().allow_current_user(),
     ] {
         let (_dir, server, calls) = counting_server(policy);
         let mut conn = unixws::connect(server.addr()).expect("allowed peer connects");
@@ -109,6 +110,22 @@ fn a_policy_on_tcp_is_refused_at_bind() {
         .bind()
         .unwrap_err();
     assert!(err.to_string().contains("needs a Unix socket"), "{err}");
+}
+
+/// Only the current user: a policy of another uid refuses us, and
+/// `allow_current_user` is exactly our effective uid.
+#[test]
+fn allow_current_user_is_the_effective_uid() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let ours = AccessPolicy::new().allow_current_user();
+    let theirs = AccessPolicy::new().allow_uid(euid + 1);
+    let (_dir, server, _) = counting_server(theirs);
+    assert!(unixws::connect(server.addr()).is_err());
+    let (_dir, server, calls) = counting_server(ours);
+    assert_echo(&mut unixws::connect(server.addr()).unwrap(), "me");
+    drop(server);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 fn nix_uid() -> u32 {

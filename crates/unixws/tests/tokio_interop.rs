@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use unixws::tokio::Connection;
+use unixws::CloseCode;
 use unixws::{Message, PeerClose, Server};
 use unixws_testkit::{node, python, Process};
 
@@ -51,7 +52,7 @@ async fn unixws_client_exchange(socket: &Path) {
     assert_eq!(
         conn.peer_close(),
         Some(&PeerClose {
-            code: 4000,
+            code: CloseCode::from(4000),
             reason: "server-bye".into()
         })
     );
@@ -105,7 +106,7 @@ async fn tokio_server_against(mut client: std::process::Command) {
         "{seen:?}"
     );
     let bye = PeerClose {
-        code: 4000,
+        code: CloseCode::from(4000),
         reason: "client-bye".into(),
     };
     assert!(

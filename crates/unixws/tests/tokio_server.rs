@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use unixws::tokio::{Connection, Outbox};
+use unixws::CloseCode;
 use unixws::{Error, Limits, Message, OutboxError, Server, ShutdownHandle};
 
 struct TestServer {
@@ -96,7 +97,7 @@ async fn message_over_max_closes_with_1009_and_others_keep_working() {
         .await
         .unwrap();
     assert_eq!(offender.recv().await.unwrap(), None);
-    assert_eq!(offender.peer_close().map(|c| c.code), Some(1009));
+    assert_eq!(offender.peer_close().map(|c| c.code), Some(CloseCode::Size));
     assert_echo(&mut bystander, "unaffected").await;
     assert_eq!(server.stats.snapshot().protocol_errors, 1);
     bystander.close(1000, "").await.unwrap();
@@ -203,7 +204,7 @@ async fn shutdown_flushes_queued_messages_then_closes_with_1001() {
         );
     }
     assert_eq!(client.recv().await.unwrap(), None);
-    assert_eq!(client.peer_close().map(|c| c.code), Some(1001));
+    assert_eq!(client.peer_close().map(|c| c.code), Some(CloseCode::Away));
     server.task.await.unwrap().unwrap();
     assert!(!sock.exists(), "socket file removed");
 }
@@ -429,7 +430,7 @@ async fn parked_connections_keep_answering_pings_and_queued_messages() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.shutdown.shutdown();
     assert_eq!(client.recv().await.unwrap(), None);
-    assert_eq!(client.peer_close().map(|c| c.code), Some(1001));
+    assert_eq!(client.peer_close().map(|c| c.code), Some(CloseCode::Away));
     server.task.await.unwrap().unwrap();
 }
 
@@ -445,7 +446,10 @@ async fn idle_timeout_closes_with_1001() {
     assert_echo(&mut conn, "then silence").await;
     assert_eq!(conn.recv().await.unwrap(), None);
     let close = conn.peer_close().unwrap();
-    assert_eq!((close.code, close.reason.as_str()), (1001, "idle timeout"));
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Away, "idle timeout")
+    );
     server.stop().await;
 }
 
@@ -644,4 +648,16 @@ async fn a_gate_403_carries_no_access_policy_hint() {
     assert!(!err.to_string().contains("policy"), "{err}");
     shutdown.shutdown();
     task.await.unwrap().unwrap();
+}
+
+/// Outside a runtime `bind_async` is an error, not a panic, and binds
+/// nothing.
+#[test]
+fn bind_async_outside_a_runtime_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-runtime.sock");
+    let err = Server::builder(&path).unwrap().bind_async().unwrap_err();
+    assert!(matches!(err, Error::NoRuntime { .. }), "{err:?}");
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+    assert!(!path.exists(), "nothing was bound");
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use unixws::{ClientBuilder, Limits, Message};
+use unixws::{ClientBuilder, CloseCode, Limits, Message};
 
 use super::load::{payload, Measured};
 use super::target::Endpoint;
@@ -51,7 +51,7 @@ pub async fn request_response(
                     conn.send(Message::Binary(data.clone()))?;
                     record(&mut m, conn.recv()?, sent);
                 }
-                conn.close(1000, "")?;
+                conn.close(CloseCode::Normal, "")?;
                 Ok(m)
             })
             .await
@@ -71,7 +71,7 @@ pub async fn request_response(
                     conn.send(Message::Binary(data.clone())).await?;
                     record(&mut m, conn.recv().await?, sent);
                 }
-                conn.close(1000, "").await?;
+                conn.close(CloseCode::Normal, "").await?;
                 Ok::<_, unixws::Error>(m)
             })
             .await

@@ -57,6 +57,7 @@ use crate::session::{AfterDeadline, Session};
 use crate::stats::ServerStats;
 use crate::stream::ShutdownWaiter;
 use crate::tokio::io::AsyncSocket;
+use crate::CloseCode;
 
 /// Output beyond this stops reading until the peer takes some: a peer
 /// that sends without reading cannot make its answers pile up.
@@ -446,7 +447,7 @@ impl Connection {
     }
 
     /// Queues the close frame (unless one is out already), without waiting.
-    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
+    pub(crate) fn queue_close(&mut self, code: CloseCode, reason: &str) {
         let mut s = self.state();
         s.session.tick(Instant::now());
         s.session.start_close(code, reason);
@@ -480,8 +481,8 @@ impl Connection {
     /// Start the closing handshake with `code` and `reason` and wait (at most
     /// [`Limits::close_timeout`](crate::Limits::close_timeout)) for the peer's answer. Data messages that
     /// arrive meanwhile are discarded.
-    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.queue_close(code, reason);
+    pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
+        self.queue_close(code.into(), reason);
         while self.recv().await?.is_some() {}
         Ok(())
     }
@@ -545,7 +546,7 @@ impl Connection {
 
     /// Sends a close frame without waiting for the answer: messages the
     /// peer sends before its close still come out of [`recv`](Connection::recv).
-    pub(crate) async fn begin_close(&mut self, code: u16, reason: &str) -> Result<()> {
+    pub(crate) async fn begin_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
         self.queue_close(code, reason);
         self.flush().await
     }
@@ -768,7 +769,8 @@ impl State {
                 self.shutdown = None;
                 // What was queued before the shutdown goes out first.
                 self.take_queued(None)?;
-                self.session.start_close(1001, "server shutting down");
+                self.session
+                    .start_close(CloseCode::Away, "server shutting down");
             }
         }
         if self.pumped {
@@ -955,9 +957,9 @@ async fn close_abandoned(shared: Arc<Shared>) {
         // Messages queued before the handle went go out before the close.
         let _ = s.take_queued(None);
         if shared.failed.load(Ordering::SeqCst) {
-            s.session.start_close(1011, HANDLER_FAILED);
+            s.session.start_close(CloseCode::Error, HANDLER_FAILED);
         } else {
-            s.session.start_close(1000, "");
+            s.session.start_close(CloseCode::Normal, "");
         }
         s.session.limits().close_timeout
     };
@@ -1071,7 +1073,7 @@ impl futures_util::Sink<Message> for Connection {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.queue_close(1000, "");
+        self.queue_close(CloseCode::Normal, "");
         Connection::poll_flush(&mut self, cx)
     }
 }

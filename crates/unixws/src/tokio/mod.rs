@@ -12,7 +12,7 @@
 //! caller made ([`Connection::accept`], [`Connection::client`]).
 //!
 //! ```no_run
-//! use unixws::{Message, Server};
+//! use unixws::{CloseCode, Message, Server};
 //!
 //! # async fn demo() -> unixws::Result<()> {
 //! let server = Server::builder("/tmp/demo.sock")?.bind_async()?;
@@ -25,7 +25,7 @@
 //! let mut conn = unixws::tokio::connect("ws+unix:///tmp/demo.sock").await?;
 //! conn.send(Message::text("hello")).await?;
 //! assert_eq!(conn.recv().await?, Some(Message::text("hello")));
-//! conn.close(1000, "bye").await?;
+//! conn.close(CloseCode::Normal, "bye").await?;
 //! # Ok(()) }
 //! ```
 

@@ -45,6 +45,7 @@ use crate::error::Result;
 use crate::peer::Peer;
 use crate::server_core::HandlerError;
 use crate::tokio::{Admitted, Connection, Server};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 /// Headers passed from the client's request to the backend's.
@@ -295,7 +296,7 @@ async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error
     if other.output_mid_frame() {
         other.abort();
     } else if other
-        .begin_close(1001, "the other side broke the protocol")
+        .begin_close(CloseCode::Away, "the other side broke the protocol")
         .await
         .is_ok()
     {
@@ -356,10 +357,12 @@ impl PingLedger {
 /// may be inside a frame) and dropped, until its close.
 async fn pass_close(from: &Connection, to: &mut Connection) -> Result<()> {
     let (code, reason) = match from.peer_close() {
-        Some(c) if c.code == 1005 => (1000, String::new()),
-        Some(c) if matches!(c.code, 1006 | 1015) => (1011, "the other side went away".to_string()),
+        Some(c) if c.code == CloseCode::Status => (CloseCode::Normal, String::new()),
+        Some(c) if matches!(c.code, CloseCode::Abnormal | CloseCode::Tls) => {
+            (CloseCode::Error, "the other side went away".to_string())
+        }
         Some(c) => (c.code, c.reason.clone()),
-        None => (1011, "the other side went away".to_string()),
+        None => (CloseCode::Error, "the other side went away".to_string()),
     };
     to.queue_close(code, &reason);
     while to.recv_forward().await?.is_some() {}

@@ -49,8 +49,15 @@ pub struct Server {
 }
 
 impl ServerBuilder {
-    /// Bind the socket for the tokio server (call inside a tokio runtime).
+    /// Bind the socket for the tokio server. Call it inside a tokio
+    /// runtime with I/O enabled; outside any runtime it fails with
+    /// [`Error::NoRuntime`] before anything is bound.
     pub fn bind_async(self) -> Result<Server> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime {
+                call: "ServerBuilder::bind_async",
+            });
+        }
         let (listener, rules, limits) = self.bind_parts()?;
         let listener = AsyncListener::new(listener).map_err(|e| {
             Error::io(

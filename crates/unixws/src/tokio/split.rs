@@ -15,6 +15,7 @@ use crate::connection::{ConnectionInfo, PeerClose};
 use crate::error::Result;
 use crate::tokio::connection::Party;
 use crate::tokio::Connection;
+use crate::CloseCode;
 
 /// The receiving half of a split [`Connection`]: `recv`, or a `Stream`.
 #[derive(Debug)]
@@ -87,8 +88,8 @@ impl WriteHalf {
     }
 
     /// Start the closing handshake (the read half sees its end).
-    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.conn.begin_close(code, reason).await
+    pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
+        self.conn.begin_close(code.into(), reason).await
     }
 }
 
