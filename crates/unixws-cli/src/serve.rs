@@ -232,7 +232,7 @@ struct Hub {
 impl Hub {
     async fn serve(&self, mut conn: Connection) -> HandlerResult {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.members().insert(id, conn.outbox());
+        self.members().insert(id, conn.outbox()?);
         let result = self.relay(id, &mut conn).await;
         self.members().remove(&id);
         Ok(result?)

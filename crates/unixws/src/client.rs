@@ -98,6 +98,8 @@ pub struct ClientBuilder {
     pub(crate) addr: Address,
     pub(crate) limits: Limits,
     pub(crate) read_timeout: Option<Duration>,
+    /// Timeouts set one by one, kept over a later [`limits`](Self::limits).
+    timeouts: TimeoutOverrides,
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     host: Option<String>,
@@ -111,6 +113,7 @@ impl ClientBuilder {
             addr: addr.to_address()?,
             limits: Limits::default(),
             read_timeout: None,
+            timeouts: TimeoutOverrides::default(),
             headers: Vec::new(),
             subprotocols: Vec::new(),
             host: None,
@@ -118,21 +121,28 @@ impl ClientBuilder {
         })
     }
 
-    /// Limits (message size, keepalive, close timeout, ...).
+    /// Limits (message size, keepalive, close timeout, ...). A timeout set
+    /// with its own method ([`connect_timeout`](Self::connect_timeout),
+    /// [`handshake_timeout`](Self::handshake_timeout),
+    /// [`write_timeout`](Self::write_timeout)) wins over the one in
+    /// `limits`, whichever was called first.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self.timeouts.apply(&mut self.limits);
         self
     }
 
     /// How long connecting to the socket may take (default: 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.connect_timeout = timeout;
+        self.timeouts.connect = Some(timeout);
+        self.timeouts.apply(&mut self.limits);
         self
     }
 
     /// How long the server may take to answer the upgrade (default: 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.handshake_timeout = timeout;
+        self.timeouts.handshake = Some(timeout);
+        self.timeouts.apply(&mut self.limits);
         self
     }
 
@@ -144,7 +154,8 @@ impl ClientBuilder {
 
     /// Fail a send that blocks longer than this (default: 30 s).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.write_timeout = Some(timeout);
+        self.timeouts.write = Some(timeout);
+        self.timeouts.apply(&mut self.limits);
         self
     }
 
@@ -371,6 +382,28 @@ impl ClientBuilder {
     }
 }
 
+/// The timeouts a [`ClientBuilder`] was given one by one.
+#[derive(Debug, Clone, Copy, Default)]
+struct TimeoutOverrides {
+    connect: Option<Duration>,
+    handshake: Option<Duration>,
+    write: Option<Duration>,
+}
+
+impl TimeoutOverrides {
+    fn apply(&self, limits: &mut Limits) {
+        if let Some(t) = self.connect {
+            limits.connect_timeout = t;
+        }
+        if let Some(t) = self.handshake {
+            limits.handshake_timeout = t;
+        }
+        if let Some(t) = self.write {
+            limits.write_timeout = Some(t);
+        }
+    }
+}
+
 /// Opens the socket within `timeout`, turning OS errors into errors that say
 /// what to do.
 pub(crate) fn open_socket(addr: &Address, timeout: Duration) -> Result<Socket> {
@@ -574,4 +607,35 @@ fn connect_tcp(addr: &Address, host: &str, port: u16, timeout: Duration) -> Resu
             source: None,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timeout given on its own survives a later `limits`, and `limits`
+    /// still sets everything else.
+    #[test]
+    fn single_timeouts_outlive_a_later_limits() {
+        let t = Duration::from_millis(1234);
+        let limits = Limits::default()
+            .connect_timeout(Duration::from_secs(60))
+            .max_message_size(99);
+        let builder = ClientBuilder::new("/tmp/x.sock")
+            .unwrap()
+            .connect_timeout(t)
+            .write_timeout(t)
+            .limits(limits.clone());
+        assert_eq!(builder.limits.connect_timeout, t);
+        assert_eq!(builder.limits.write_timeout, Some(t));
+        assert_eq!(builder.limits.handshake_timeout, limits.handshake_timeout);
+        assert_eq!(builder.limits.max_message_size, 99);
+        // And in the other order.
+        let builder = ClientBuilder::new("/tmp/x.sock")
+            .unwrap()
+            .limits(limits)
+            .handshake_timeout(t);
+        assert_eq!(builder.limits.handshake_timeout, t);
+        assert_eq!(builder.limits.connect_timeout, Duration::from_secs(60));
+    }
 }

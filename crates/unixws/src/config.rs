@@ -1,4 +1,4 @@
-//! Limits and timeouts: one struct with the defaults of DESIGN.md, shared by
+//! Limits and timeouts: one struct with its defaults, shared by
 //! clients and servers, blocking and async, all enforced by unixws itself
 //! (its codec checks frame and message sizes). [`Limits::websocket_config`]
 //! maps the protocol limits onto tungstenite's `WebSocketConfig`, for code
@@ -8,53 +8,65 @@ use std::time::Duration;
 
 use tungstenite::protocol::WebSocketConfig;
 
-/// Every limit and timeout, with defaults that suit a local service.
+/// Every limit and timeout, with defaults that suit a local service. Each
+/// field says which side it applies to: **both** (client and server
+/// connections), **server** or **client**.
 ///
 /// ```
 /// use std::time::Duration;
-/// let mut limits = unixws::Limits::default();
-/// limits.max_message_size = 1 << 20;
-/// limits.handshake_timeout = Duration::from_secs(2);
+/// let limits = unixws::Limits::default()
+///     .max_message_size(1 << 20)
+///     .handshake_timeout(Duration::from_secs(2))
+///     .ping_interval(None);
+/// assert_eq!(limits.max_message_size, 1 << 20);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Largest message, after reassembling fragments (default: 16 MiB). A larger one
-    /// closes the connection with 1009. Raising it raises the memory a single
-    /// peer can make the server hold.
+    /// Both: largest message, after reassembling fragments (default:
+    /// 16 MiB). A larger one closes the connection with 1009. Raising it
+    /// raises the memory a single peer can make the server hold.
     pub max_message_size: usize,
-    /// Largest single frame (default: 16 MiB).
+    /// Both: largest single frame (default: 16 MiB).
     pub max_frame_size: usize,
-    /// Largest handshake request or response head, in bytes (default: 16 KiB). A
-    /// larger one gets 431 and is closed.
+    /// Both: largest handshake head, in bytes: the request a server reads
+    /// (a larger one gets 431), the response a client reads (default:
+    /// 16 KiB).
     pub max_header_bytes: usize,
-    /// Most header lines in a handshake request (default: 100); tungstenite itself
-    /// refuses more than 124.
+    /// Server: most header lines in a handshake request (default: 100);
+    /// tungstenite itself refuses more than 124.
     pub max_headers: usize,
-    /// Most open connections on a server (default: 1024). The next one gets HTTP 503;
-    /// open connections are unaffected.
+    /// Server: most open connections (default: 1024). The next one gets
+    /// HTTP 503; open connections are unaffected.
     pub max_connections: usize,
-    /// Time a new connection has to complete its upgrade request (default: 10 s). A
-    /// client that connects and sends nothing is dropped after it.
+    /// Both: how long the upgrade may take (default: 10 s). A server
+    /// drops a client that connects and sends no request within it; a
+    /// client gives up on a server that does not answer.
     pub handshake_timeout: Duration,
-    /// Close a connection that has received nothing for this long (default: none).
+    /// Both: close a connection that has received nothing for this long
+    /// (default: none).
     pub idle_timeout: Option<Duration>,
-    /// Send a ping after this much silence, to detect dead peers (default: 30 s).
+    /// Both: send a ping after this much silence, to detect dead peers
+    /// (default: 30 s).
     pub ping_interval: Option<Duration>,
-    /// Close the connection when a ping is not answered within this (default: 10 s).
+    /// Both: close the connection when a ping is not answered within this
+    /// (default: 10 s).
     pub pong_timeout: Duration,
-    /// How long to wait for the peer's answer to our close frame (default: 5 s).
+    /// Both: how long to wait for the peer's answer to our close frame
+    /// (default: 5 s).
     pub close_timeout: Duration,
-    /// On shutdown, how long open connections may take to close (default: 10 s).
+    /// Server: on shutdown, how long open connections may take to close
+    /// (default: 10 s).
     pub drain_timeout: Duration,
-    /// A single write that blocks longer than this fails [30 s]: a peer
-    /// that stops reading cannot hold a sender forever.
+    /// Both: a single write that blocks longer than this fails (default:
+    /// 30 s): a peer that stops reading cannot hold a sender forever.
     pub write_timeout: Option<Duration>,
     /// Client: how long connecting to the socket may take (default: 5 s).
     pub connect_timeout: Duration,
-    /// Per-connection queue of messages waiting to be sent by other threads
-    /// (broadcast, stdin) (default: 256 messages). A broadcast to a full queue closes
-    /// that slow consumer with 1013 instead of growing without bound.
+    /// Both: per-connection queue of messages waiting to be sent from
+    /// other threads or tasks through an outbox (broadcast, stdin)
+    /// (default: 256 messages). A broadcast to a full queue closes that
+    /// slow consumer with 1013 instead of growing without bound.
     pub send_queue: usize,
 }
 
@@ -79,7 +91,37 @@ impl Default for Limits {
     }
 }
 
+/// A setter per field, named as the field: `Limits::default().pong_timeout(t)`.
+macro_rules! setters {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[doc = concat!("Sets [`", stringify!($name), "`](Limits::", stringify!($name), ").")]
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )*
+    };
+}
+
 impl Limits {
+    setters! {
+        max_message_size: usize,
+        max_frame_size: usize,
+        max_header_bytes: usize,
+        max_headers: usize,
+        max_connections: usize,
+        handshake_timeout: Duration,
+        idle_timeout: Option<Duration>,
+        ping_interval: Option<Duration>,
+        pong_timeout: Duration,
+        close_timeout: Duration,
+        drain_timeout: Duration,
+        write_timeout: Option<Duration>,
+        connect_timeout: Duration,
+        send_queue: usize,
+    }
+
     /// tungstenite's configuration for these limits.
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::peer::Peer;
 use crate::session::{AfterDeadline, Session};
 use crate::stats::ServerStats;
-use crate::stream::{Interrupt, ReadFailure, Stream, Waker};
+use crate::stream::{Interrupt, ReadFailure, Stream, WakePipe};
 
 /// What is known about a connection once its handshake is done.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub struct PeerClose {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: SyncSender<Message>,
-    waker: Waker,
+    waker: WakePipe,
     overflowed: Arc<AtomicBool>,
 }
 
@@ -148,8 +148,8 @@ impl Connection {
         }
     }
 
-    pub(crate) fn counting(mut self, stats: Arc<ServerStats>) -> Self {
-        self.session.counting(stats);
+    pub(crate) fn serving(mut self, stats: Arc<ServerStats>) -> Self {
+        self.session.count_into(stats);
         self
     }
 
@@ -176,7 +176,7 @@ impl Connection {
             return Ok(o.handle.clone());
         }
         let (waker, read_end) =
-            Waker::pair().map_err(|e| Error::io("creating the outbox wake-up pipe", e))?;
+            WakePipe::pair().map_err(|e| Error::io("creating the outbox wake-up pipe", e))?;
         self.stream.set_wake(read_end);
         let (tx, rx) = mpsc::sync_channel(self.session.limits().send_queue.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -252,7 +252,7 @@ impl Connection {
             }
             if self.session.is_done() {
                 let _ = self.flush();
-                self.abort();
+                self.drop_socket();
                 return Ok(None);
             }
             self.flush()?;
@@ -266,7 +266,7 @@ impl Connection {
                 Ok(0) => {
                     // Ask before abort(), which ends the session either way.
                     let ended = self.session.on_eof();
-                    self.abort();
+                    self.drop_socket();
                     return ended.map(|()| None);
                 }
                 Ok(got) => {
@@ -286,7 +286,7 @@ impl Connection {
                     match self.session.on_deadline(started, &self.info) {
                         AfterDeadline::Go => {}
                         AfterDeadline::Drop(result) => {
-                            self.abort();
+                            self.drop_socket();
                             return result.map(|()| None);
                         }
                         AfterDeadline::Fail(e) => return Err(e),
@@ -294,7 +294,7 @@ impl Connection {
                 }
                 Err(ReadFailure::Io(e)) => {
                     let ended = self.session.on_eof();
-                    self.abort();
+                    self.drop_socket();
                     return match ended {
                         Ok(()) => Ok(None),
                         Err(_) => Err(Error::on_connection("reading from the connection", e)),
@@ -316,7 +316,7 @@ impl Connection {
 
     /// Close normally unless already closing, then wait for the end. Used by
     /// the server after a handler returns.
-    pub(crate) fn finish(&mut self) -> Result<()> {
+    pub(crate) fn close_normally(&mut self) -> Result<()> {
         self.close(CloseCode::Normal, "")
     }
 
@@ -339,7 +339,7 @@ impl Connection {
         Ok(())
     }
 
-    fn abort(&mut self) {
+    fn drop_socket(&mut self) {
         self.session.abandon();
         let _ = self.stream.socket().shutdown(std::net::Shutdown::Both);
     }

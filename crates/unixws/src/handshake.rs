@@ -86,6 +86,7 @@ pub(crate) struct ActiveSlot(Arc<ServerStats>);
 impl Drop for ActiveSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.drain.leave();
     }
 }
 
@@ -146,6 +147,7 @@ pub(crate) fn check_request(
             .insert(REFUSED_BY, HeaderValue::from_static(ACCESS_POLICY));
         return Err(refusal);
     }
+    rules.stats.drain.enter();
     let slot = ActiveSlot(rules.stats.clone());
     if rules.stats.open.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
         drop(slot);

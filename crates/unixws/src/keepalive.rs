@@ -181,11 +181,10 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        let mut l = Limits::default();
-        l.ping_interval = Some(Duration::from_secs(30));
-        l.pong_timeout = Duration::from_secs(10);
-        l.idle_timeout = Some(Duration::from_secs(60));
-        l
+        Limits::default()
+            .ping_interval(Some(Duration::from_secs(30)))
+            .pong_timeout(Duration::from_secs(10))
+            .idle_timeout(Some(Duration::from_secs(60)))
     }
 
     #[test]
@@ -224,8 +223,7 @@ mod tests {
             t.expired(t0, t0 + Duration::from_millis(2)),
             Some(Deadline::ReadTimeout)
         );
-        let mut no_ping = Limits::default();
-        no_ping.ping_interval = None;
+        let no_ping = Limits::default().ping_interval(None);
         assert_eq!(Timers::new(Arc::new(no_ping), None, t0).next(t0), None);
     }
 

@@ -70,6 +70,7 @@ pub mod client;
 mod codec;
 pub mod config;
 pub mod connection;
+mod drain;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -113,5 +114,25 @@ pub struct ReadmeDoctests;
 /// `CloseCode::Away` 1001, ...), re-exported from tungstenite; any `u16`
 /// converts into one.
 pub use tungstenite::protocol::frame::coding::CloseCode;
+/// The blocking API in one import: `use unixws::prelude::*;`. (A glob of
+/// the crate root would also import the module `unixws::tokio`, which
+/// makes the name `tokio` ambiguous next to the tokio crate.) The async
+/// API has its own: [`tokio::prelude`](crate::tokio::prelude).
+///
+/// ```no_run
+/// use unixws::prelude::*;
+///
+/// let server: Server = Server::bind("/tmp/prelude.sock")?;
+/// let _conn: Connection = connect("/tmp/prelude.sock")?;
+/// # Ok::<(), Error>(())
+/// ```
+pub mod prelude {
+    pub use crate::{
+        connect, AccessPolicy, Address, BindOptions, ClientBuilder, CloseCode, Connection, Error,
+        HandlerResult, Limits, Message, Outbox, PeerClose, Result, RetryPolicy, Server,
+        ServerBuilder, ShutdownHandle,
+    };
+}
+
 /// The message type, re-exported from tungstenite.
 pub use tungstenite::Message;

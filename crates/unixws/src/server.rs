@@ -244,10 +244,7 @@ impl Server {
         let Server { listener, core } = self;
         // Dropping the listener stops accepting and removes the socket file.
         drop(listener);
-        let deadline = core.drain_deadline();
-        while core.draining(deadline) {
-            thread::sleep(ServerCore::DRAIN_POLL);
-        }
+        core.drain_blocking();
         core.stopped();
         Ok(())
     }
@@ -325,12 +322,12 @@ where
         .with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded();
-    let mut conn = Connection::new(stream, session, info).counting(core.rules.stats.clone());
+    let mut conn = Connection::new(stream, session, info).serving(core.rules.stats.clone());
     let result = handler(&mut conn);
     let closed = if handler_failed(Some(&conn.info().peer), &result) {
         conn.close(CloseCode::Error, HANDLER_FAILED)
     } else {
-        conn.finish()
+        conn.close_normally()
     };
     if let Err(e) = closed {
         tracing::debug!(peer = %conn.info().peer, error = %e, "error while closing");

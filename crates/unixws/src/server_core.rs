@@ -75,6 +75,7 @@ pub(crate) struct InFlight(Arc<ServerCore>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.rules.stats.drain.leave();
     }
 }
 
@@ -147,6 +148,7 @@ impl ServerCore {
             return Admission::Again(None);
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.rules.stats.drain.enter();
         Admission::Serve(socket, peer, InFlight(self.clone()))
     }
 
@@ -182,22 +184,23 @@ impl ServerCore {
 
     /// Connections still running: threads or tasks, and open connections.
     fn busy(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst) + self.rules.stats.open.load(Ordering::SeqCst)
+        self.rules.stats.drain.busy()
     }
 
-    /// When the drain must end.
-    pub(crate) fn drain_deadline(&self) -> Instant {
-        Instant::now() + self.limits.drain_timeout
+    /// Blocks until every connection has ended, at most the drain timeout.
+    pub(crate) fn drain_blocking(&self) {
+        self.rules
+            .stats
+            .drain
+            .wait_until(Instant::now() + self.limits.drain_timeout);
     }
 
-    /// True while connections are still closing and the drain timeout has
-    /// not passed: the server waits a little and asks again.
-    pub(crate) fn draining(&self, deadline: Instant) -> bool {
-        self.busy() > 0 && Instant::now() < deadline
+    /// What the tokio server awaits (with the drain timeout) until every
+    /// connection has ended.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn drained(&self) -> crate::drain::Idle<'_> {
+        self.rules.stats.drain.idle()
     }
-
-    /// How often a draining server looks again.
-    pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(5);
 
     /// The drain is over: say what was left behind, and the counters.
     pub(crate) fn stopped(&self) {

@@ -133,7 +133,7 @@ impl Session {
         self
     }
 
-    pub(crate) fn counting(&mut self, stats: Arc<ServerStats>) {
+    pub(crate) fn count_into(&mut self, stats: Arc<ServerStats>) {
         self.stats = Some(stats);
     }
 
@@ -213,6 +213,7 @@ impl Session {
         Ok(None)
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Forward mode (relays): as `next_message`, but data comes out as the
     /// checked bytes of its frames, to pass on as they are (see
     /// `Decoder::forward`), a large frame in pieces as it arrives.
@@ -504,13 +505,12 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        let mut l = Limits::default();
-        l.ping_interval = Some(Duration::from_secs(30));
-        l.pong_timeout = Duration::from_secs(10);
-        l.close_timeout = Duration::from_secs(5);
-        l.idle_timeout = Some(Duration::from_secs(60));
-        l.max_message_size = 1000;
-        l
+        Limits::default()
+            .ping_interval(Some(Duration::from_secs(30)))
+            .pong_timeout(Duration::from_secs(10))
+            .close_timeout(Duration::from_secs(5))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .max_message_size(1000)
     }
 
     /// A server session and the instant it started.

@@ -107,12 +107,14 @@ fn keep<B: Buffer>(spare: &Cell<Option<B>>, buf: B) {
     }
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 /// Lends the thread's read buffer to an empty read buffer.
 pub(crate) fn lend_read(read: &mut BytesMut) {
     debug_assert!(read.is_empty());
     lend(&READ, read);
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 /// Takes an empty read buffer back.
 pub(crate) fn take_back_read(read: &mut BytesMut) {
     debug_assert!(read.is_empty());

@@ -12,6 +12,8 @@ pub struct ServerStats {
     /// Connections past their handshake right now (also the count the
     /// connection limit is checked against).
     pub(crate) open: AtomicUsize,
+    /// What the server still runs; a shutting-down server waits on it.
+    pub(crate) drain: crate::drain::Drain,
 }
 
 /// One thing a server counts.

@@ -265,17 +265,17 @@ impl Drop for ShutdownWaiter {
 
 /// Wakes one stream from another thread (edge-like: each wake is consumed).
 #[derive(Debug, Clone)]
-pub(crate) struct Waker {
+pub(crate) struct WakePipe {
     write_end: Arc<UnixStream>,
 }
 
-impl Waker {
-    pub(crate) fn pair() -> io::Result<(Waker, UnixStream)> {
+impl WakePipe {
+    pub(crate) fn pair() -> io::Result<(WakePipe, UnixStream)> {
         let (read_end, write_end) = UnixStream::pair()?;
         read_end.set_nonblocking(true)?;
         write_end.set_nonblocking(true)?;
         Ok((
-            Waker {
+            WakePipe {
                 write_end: Arc::new(write_end),
             },
             read_end,

@@ -334,7 +334,7 @@ async fn outbox_messages_go_out_while_nobody_is_in_recv() {
     });
     let (socket, _) = listener.accept().await.unwrap();
     let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
-    let outbox = ws.outbox();
+    let outbox = ws.outbox().unwrap();
     let ticker = tokio::spawn(async move {
         for i in 0..3 {
             outbox
@@ -390,7 +390,7 @@ async fn an_abandoned_connection_with_an_outbox_is_closed_after_its_queue() {
     });
     let (socket, _) = listener.accept().await.unwrap();
     let mut ws = Connection::accept(socket, Limits::default()).await.unwrap();
-    let outbox = ws.outbox();
+    let outbox = ws.outbox().unwrap();
     outbox.try_send(Message::text("last words")).unwrap();
     drop(ws);
     tokio::task::spawn_blocking(move || peer.join())
@@ -401,4 +401,31 @@ async fn an_abandoned_connection_with_an_outbox_is_closed_after_its_queue() {
         outbox.send(Message::text("too late")).await.is_err(),
         "the outbox of a closed connection refuses messages"
     );
+}
+
+/// The tokio prelude names the async types: `Server::builder(..)` then
+/// `bind_async()` give the `Server` it names, and `next`/`send` come with
+/// it.
+mod with_the_prelude {
+    use unixws::tokio::prelude::*;
+
+    #[tokio::test]
+    async fn one_import_serves_and_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prelude.sock");
+        let server: Server = Server::builder(&path).unwrap().bind_async().unwrap();
+        let shutdown: ShutdownHandle = server.shutdown_handle();
+        let serving = tokio::spawn(server.serve(|mut conn: Connection| async move {
+            while let Some(message) = conn.next().await {
+                conn.send(message?).await?;
+            }
+            Ok(())
+        }));
+        let mut ws: Connection = connect(&path).await.unwrap();
+        SinkExt::send(&mut ws, Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+        ws.close(CloseCode::Normal, "").await.unwrap();
+        shutdown.shutdown();
+        serving.await.unwrap().unwrap();
+    }
 }

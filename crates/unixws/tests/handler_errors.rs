@@ -63,7 +63,7 @@ fn tokio_server(
                 .serve(move |mut conn: AsyncConnection| async move {
                     // The outbox starts the writer task: the close then
                     // goes out through it.
-                    let outbox = use_outbox.then(|| conn.outbox());
+                    let outbox = use_outbox.then(|| conn.outbox()).transpose()?;
                     while let Some(message) = conn.recv().await? {
                         if message == Message::text("end") {
                             return Ok(());

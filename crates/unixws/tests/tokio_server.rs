@@ -58,7 +58,7 @@ fn start_outbox_server(path: &Path, limits: Limits) -> (TestServer, Arc<Mutex<Ve
     let shutdown = server.shutdown_handle();
     let stats = server.stats();
     let task = tokio::spawn(server.serve(move |mut conn: Connection| {
-        record.lock().unwrap().push(conn.outbox());
+        record.lock().unwrap().push(conn.outbox().unwrap());
         async move {
             while conn.recv().await?.is_some() {}
             Ok(())

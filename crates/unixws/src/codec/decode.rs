@@ -62,6 +62,7 @@ pub(crate) const CUT_THROUGH_FROM: usize = 16 << 10;
 
 /// What [`Decoder::forward`] found.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) enum Forward {
     /// Data frames as they arrived (headers, masking and all), checked:
     /// to pass on verbatim. `frame_done` is false when the bytes end in
@@ -82,6 +83,7 @@ pub(crate) struct Decoder {
     /// The data frame at the front of the buffer, when forwarding.
     forwarding: Option<Forwarding>,
     /// An error found after whole frames that were handed out first.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pending_error: Option<CodecError>,
     fragments: Option<Box<Fragments>>,
     /// The text message in progress (single frame or fragmented).
@@ -161,6 +163,7 @@ impl Decoder {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// Forward mode (relays): the next checked bytes of data frames, to
     /// pass on as they are, or the next control frame, decoded. The checks
     /// are `decode`'s (headers, sizes, sequencing, UTF-8 as it arrives);
@@ -196,6 +199,7 @@ impl Decoder {
         }))
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// `forward`'s walk over the buffer: whole checked data frames extend
     /// `end`; a frame that is not whole stops it (and is cut through if it
     /// is at the front and large); so does a control frame after data.
@@ -255,6 +259,7 @@ impl Decoder {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// A data frame was forwarded whole: the message's sequencing, size
     /// and UTF-8 state move on.
     fn forwarded(&mut self, head: &Head) -> Result<(), CodecError> {
@@ -465,6 +470,7 @@ impl Decoder {
 
 /// Checks a piece of text that may be masked (`offset` into the payload
 /// gives the key's phase), leaving it as it was.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 fn check_text(
     utf8: &mut Utf8Check,
     piece: &mut [u8],

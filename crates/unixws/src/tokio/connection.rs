@@ -262,7 +262,7 @@ impl Connection {
         stats: Arc<ServerStats>,
     ) -> Self {
         let mut s = self.state();
-        s.session.counting(stats);
+        s.session.count_into(stats);
         s.shutdown = Some(shutdown);
         s.slot = Some(slot);
         drop(s);
@@ -355,10 +355,13 @@ impl Connection {
     /// A handle through which other tasks queue messages for this
     /// connection. A writer task sends them as they arrive, whether or not
     /// a task is inside [`recv`](Connection::recv) (outside a tokio
-    /// runtime, `recv` sends them).
-    pub fn outbox(&mut self) -> Outbox {
+    /// runtime, `recv` sends them). It returns a `Result` as the blocking
+    /// [`Connection::outbox`](crate::Connection::outbox) does (whose
+    /// wake-up pipe can fail), so that code moves between the two; here it
+    /// is always `Ok`.
+    pub fn outbox(&mut self) -> Result<Outbox> {
         if let Some(o) = &self.state().outbox {
-            return o.handle.clone();
+            return Ok(o.handle.clone());
         }
         let (tx, rx) = mpsc::channel(self.state().session.limits().send_queue.max(1));
         let overflow = Arc::new(Overflow::default());
@@ -376,7 +379,7 @@ impl Connection {
             shared.lock().pumped = true;
             runtime.spawn(pump(shared));
         }
-        handle
+        Ok(handle)
     }
 
     /// Send one message and flush it (bounded by [`Limits::write_timeout`](crate::Limits::write_timeout)).
@@ -426,7 +429,7 @@ impl Connection {
                 Ok(result) => result,
                 Err(_) => {
                     let mut s = self.state();
-                    s.finished();
+                    s.drop_socket();
                     Err(s.write_timed_out(t))
                 }
             },
@@ -532,8 +535,8 @@ impl Connection {
 
     /// For relays: ends the connection at once, without a close frame
     /// (a frame forwarded to it will never be completed).
-    pub(crate) fn abort(&mut self) {
-        self.state().finished();
+    pub(crate) fn drop_socket(&mut self) {
+        self.state().drop_socket();
     }
 
     /// Sends the close code a peer error left waiting, and awaits the answer.
@@ -638,7 +641,7 @@ impl State {
     }
 
     fn write_failed(&mut self, e: std::io::Error) -> Error {
-        self.finished();
+        self.drop_socket();
         Error::on_connection("writing to the connection", e)
     }
 
@@ -713,21 +716,21 @@ impl State {
             };
             if self.session.is_done() {
                 if flushed {
-                    self.finished();
+                    self.drop_socket();
                     return Poll::Ready(Ok(None));
                 }
             } else if flushed || self.read_past_output || self.session.out.len() < OUT_HIGH_WATER {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {
-                        // Ask before finished(), which ends the session either way.
+                        // Ask before drop_socket(), which ends the session either way.
                         let ended = self.session.on_eof();
-                        self.finished();
+                        self.drop_socket();
                         return Poll::Ready(ended.map(|()| None));
                     }
                     Poll::Ready(Err(e)) => {
                         let ended = self.session.on_eof();
-                        self.finished();
+                        self.drop_socket();
                         return Poll::Ready(match ended {
                             Ok(()) => Ok(None),
                             Err(_) => Err(Error::on_connection("reading from the connection", e)),
@@ -755,7 +758,7 @@ impl State {
     /// handshake started is the end of it; anything else is an error.
     fn after_write_error(&mut self, e: Error) -> Result<()> {
         if self.session.is_closing() {
-            self.finished();
+            self.drop_socket();
             return Ok(());
         }
         Err(e)
@@ -886,7 +889,7 @@ impl State {
             {
                 let at = stalled + t;
                 if at <= now {
-                    self.finished();
+                    self.drop_socket();
                     return Poll::Ready(Some(Err(self.write_timed_out(t))));
                 }
                 due = Some(due.map_or(at, |d| d.min(at)));
@@ -895,7 +898,7 @@ impl State {
                 return match self.session.on_deadline(started, &self.info) {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
-                        self.finished();
+                        self.drop_socket();
                         Poll::Ready(Some(result))
                     }
                     AfterDeadline::Fail(e) => Poll::Ready(Some(Err(e))),
@@ -927,7 +930,7 @@ impl State {
 
     /// The connection is over: drop the socket now (and let a writer task
     /// know).
-    fn finished(&mut self) {
+    fn drop_socket(&mut self) {
         self.session.abandon();
         self.socket = None;
         if let Some(wakers) = &self.wakers {
@@ -974,7 +977,7 @@ async fn close_abandoned(shared: Arc<Shared>) {
         }
     });
     let _ = tokio::time::timeout(close_timeout, closing).await;
-    shared.lock().finished();
+    shared.lock().drop_socket();
     drop(shared);
     crate::tokio::memory::freed();
 }

@@ -107,7 +107,7 @@ impl Exec {
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump_stdout(
             child,
-            conn.outbox(),
+            conn.outbox()?,
             self.binary,
             self.grace,
             stop_rx,

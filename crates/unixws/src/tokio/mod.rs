@@ -41,6 +41,20 @@ mod split;
 mod verdict;
 mod wrap;
 
+/// The async API in one import: `use unixws::tokio::prelude::*;` brings
+/// the tokio [`Connection`] and [`Server`] (the ones
+/// [`ServerBuilder::bind_async`](crate::ServerBuilder::bind_async) and
+/// [`connect`] give), the builders and types both front ends share, and
+/// the `futures` traits behind `ws.next()` and `ws.send(m)`.
+pub mod prelude {
+    pub use super::{connect, Connection, Outbox, Server};
+    pub use crate::{
+        AccessPolicy, Address, BindOptions, ClientBuilder, CloseCode, Error, HandlerResult, Limits,
+        Message, PeerClose, Result, RetryPolicy, ServerBuilder, ShutdownHandle,
+    };
+    pub use futures_util::{SinkExt, StreamExt};
+}
+
 pub use client::connect;
 pub use connection::{Connection, Outbox};
 pub use exec::Exec;

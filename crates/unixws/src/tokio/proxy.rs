@@ -294,7 +294,7 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
 /// sent a close frame: it is dropped.
 async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error) -> Result<()> {
     if other.output_mid_frame() {
-        other.abort();
+        other.drop_socket();
     } else if other
         .begin_close(CloseCode::Away, "the other side broke the protocol")
         .await
@@ -309,7 +309,7 @@ async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error
         }
     }
     if broken.output_mid_frame() {
-        broken.abort();
+        broken.drop_socket();
     } else {
         let _ = broken.close_deferred().await;
     }

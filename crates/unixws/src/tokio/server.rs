@@ -13,7 +13,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::HeaderValue;
 use tungstenite::protocol::Role;
 
-use crate::addr::Address;
+use crate::addr::{Address, ToAddress};
 use crate::error::{Error, Result};
 use crate::handshake::{
     check_request, handshake_config, write_plain_response, Accepted, HeadBuffer,
@@ -73,6 +73,18 @@ impl ServerBuilder {
 }
 
 impl Server {
+    /// Bind `addr` with default options (inside a tokio runtime).
+    pub fn bind(addr: impl ToAddress) -> Result<Self> {
+        ServerBuilder::new(addr)?.bind_async()
+    }
+
+    /// Options for a server on `addr`; finish with
+    /// [`bind_async`](ServerBuilder::bind_async). The same builder as
+    /// [`unixws::Server::builder`](crate::Server::builder).
+    pub fn builder(addr: impl ToAddress) -> Result<ServerBuilder> {
+        ServerBuilder::new(addr)
+    }
+
     /// The address being served (for TCP, with the real port).
     pub fn local_addr(&self) -> &Address {
         self.listener.local_addr()
@@ -168,10 +180,7 @@ impl Server {
         let Server { listener, core } = self;
         // Dropping the listener stops accepting and removes the socket file.
         drop(listener);
-        let deadline = core.drain_deadline();
-        while core.draining(deadline) {
-            tokio::time::sleep(ServerCore::DRAIN_POLL).await;
-        }
+        let _ = tokio::time::timeout(core.limits.drain_timeout, core.drained()).await;
         core.stopped();
         Ok(())
     }
