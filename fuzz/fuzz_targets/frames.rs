@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 const UPGRADE: &[u8] = b"GET /fuzz HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 fuzz_target!(|data: &[u8]| {
-    let output = unixws::server::serve_bytes_for_fuzzing(UPGRADE, data);
+    let output = unixws::fuzzing::serve_bytes(UPGRADE, data);
     assert!(output.starts_with(b"HTTP/1.1 101"), "a valid upgrade was refused");
 });

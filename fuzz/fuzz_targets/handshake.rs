@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = unixws::server::serve_bytes_for_fuzzing(data, b"");
+    let _ = unixws::fuzzing::serve_bytes(data, b"");
 });

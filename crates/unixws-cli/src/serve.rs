@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use unixws::listen::{from_systemd, notify_ready};
+use unixws::systemd::{from_systemd, notify_ready};
 use unixws::tokio::{Connection, Exec, Outbox};
 use unixws::{
     AccessPolicy, BindOptions, HandlerResult, Limits, OutboxError, Server, ServerBuilder,

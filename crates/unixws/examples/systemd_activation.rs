@@ -7,7 +7,7 @@
 //!     ./target/debug/examples/systemd_activation
 //! ```
 
-use unixws::listen::{from_systemd, notify_ready};
+use unixws::systemd::{from_systemd, notify_ready};
 use unixws::ServerBuilder;
 
 #[tokio::main]

@@ -414,8 +414,8 @@ pub(crate) fn open_socket(addr: &Address, timeout: Duration) -> Result<Socket> {
             connect_unix(&ua, timeout).map_err(|e| unix_connect_error(addr, Some(path), e))
         }
         Endpoint::Abstract(name) => {
-            let ua = UnixAddr::new_abstract(name.as_bytes())
-                .map_err(|e| Error::io(format!("abstract socket @{name}"), e.into()))?;
+            let ua = crate::sys::abstract_connect_address(name.as_bytes())
+                .map_err(|e| Error::io(format!("abstract socket @{name}"), e))?;
             connect_unix(&ua, timeout).map_err(|e| unix_connect_error(addr, None, e))
         }
         Endpoint::Tcp { host, port } => connect_tcp(addr, host, *port, timeout),

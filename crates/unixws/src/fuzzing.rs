@@ -7,6 +7,7 @@
 //! decode to the same messages, and it must end the same way.
 
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tungstenite::error::{CapacityError, Error as WsError};
@@ -305,4 +306,78 @@ mod tests {
             }
         }
     }
+}
+
+/// Drives the server's per-connection path (handshake checks, upgrade,
+/// echo handler, close codes, closing) over an in-memory socket pair: the
+/// fuzz targets and their corpus replay feed it arbitrary bytes. `first` is
+/// written at once; `then`, once the server has answered (as a client
+/// sends frames only after the 101); the server's output is returned.
+pub fn serve_bytes(first: &[u8], then: &[u8]) -> Vec<u8> {
+    use std::os::unix::net::UnixStream;
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return Vec::new();
+    };
+    let limits = crate::Limits {
+        handshake_timeout: Duration::from_millis(200),
+        close_timeout: Duration::from_millis(200),
+        max_message_size: 1 << 20,
+        max_frame_size: 1 << 20,
+        write_timeout: Some(Duration::from_secs(1)),
+        ..crate::Limits::default()
+    };
+    let rules = crate::handshake::HandshakeRules::new(
+        &limits,
+        crate::AccessPolicy::default(),
+        vec!["fuzz".into()],
+    );
+    let Ok(core) = crate::server_core::ServerCore::new(rules, limits) else {
+        return Vec::new();
+    };
+    let Ok(credentials) = crate::peer::PeerCredentials::of(&ours) else {
+        return Vec::new();
+    };
+    let Ok(mut their_writer) = theirs.try_clone() else {
+        return Vec::new();
+    };
+    let (first, then) = (first.to_vec(), then.to_vec());
+    let (answered_tx, answered_rx) = std::sync::mpsc::channel();
+    // Writing and reading on separate threads: the echo can fill our side
+    // while we are still writing.
+    let writer = std::thread::spawn(move || {
+        let _ = their_writer.write_all(&first);
+        if !then.is_empty() && answered_rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+            let _ = their_writer.write_all(&then);
+        }
+        let _ = their_writer.shutdown(std::net::Shutdown::Write);
+    });
+    let reader = std::thread::spawn(move || {
+        let mut theirs = theirs;
+        let mut output = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = theirs.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            output.extend_from_slice(&chunk[..n]);
+            if !told && output.windows(4).any(|w| w == b"\r\n\r\n") {
+                told = answered_tx.send(()).is_ok();
+            }
+        }
+        output
+    });
+    crate::server::serve_connection(
+        &core,
+        crate::stream::Socket::Unix(ours),
+        crate::peer::Peer::Unix(credentials),
+        &|conn: &mut crate::Connection| {
+            while let Some(message) = conn.recv()? {
+                conn.send(message)?;
+            }
+            Ok(())
+        },
+    );
+    let _ = writer.join();
+    reader.join().unwrap_or_default()
 }

@@ -66,6 +66,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+mod backoff;
 pub mod client;
 mod codec;
 pub mod config;
@@ -87,6 +88,7 @@ mod spare;
 pub mod stats;
 pub mod stream;
 mod sys;
+pub mod systemd;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

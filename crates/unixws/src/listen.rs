@@ -19,11 +19,9 @@ use std::fs;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self as nixsock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
@@ -137,7 +135,7 @@ impl Listener {
             }
             Endpoint::Abstract(name) => {
                 no_file_options(addr, options, "abstract sockets have no file")?;
-                let sa = UnixSocketAddr::from_abstract_name(name.as_bytes())
+                let sa = crate::sys::abstract_address(name.as_bytes())
                     .map_err(|e| bind_error(addr, e))?;
                 let listener = UnixListener::bind_addr(&sa).map_err(|e| bind_error(addr, e))?;
                 Ok(Self {
@@ -165,6 +163,25 @@ impl Listener {
                     file: None,
                 })
             }
+        }
+    }
+
+    /// A listener over a socket someone else bound (systemd): no file of
+    /// ours to remove.
+    pub(crate) fn adopted_unix(listener: UnixListener, addr: Address) -> Self {
+        Self {
+            kind: ListenerKind::Unix(listener),
+            addr,
+            file: None,
+        }
+    }
+
+    /// As [`adopted_unix`](Self::adopted_unix), for TCP.
+    pub(crate) fn adopted_tcp(listener: TcpListener, addr: Address) -> Self {
+        Self {
+            kind: ListenerKind::Tcp(listener),
+            addr,
+            file: None,
         }
     }
 
@@ -420,128 +437,4 @@ fn apply_file_options(addr: &Address, path: &Path, options: &BindOptions) -> Res
         })?;
     }
     Ok(())
-}
-
-/// Backs off on accept errors such as EMFILE so the loop never spins, and
-/// logs at most once a second.
-#[derive(Default)]
-pub(crate) struct AcceptBackoff {
-    pause: Option<Duration>,
-    last_log: Option<Instant>,
-    suppressed: u64,
-}
-
-impl AcceptBackoff {
-    pub(crate) fn reset(&mut self) {
-        self.pause = None;
-    }
-
-    pub(crate) fn on_error(&mut self, e: &io::Error) -> Option<Duration> {
-        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-            return None;
-        }
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|t| now - t >= Duration::from_secs(1))
-        {
-            tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed; backing off (raise `ulimit -n` if descriptors run out)");
-            self.last_log = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-        let next = self.pause.map_or(Duration::from_millis(10), |p| {
-            (p * 2).min(Duration::from_secs(1))
-        });
-        self.pause = Some(next);
-        Some(next)
-    }
-}
-
-/// The listening socket systemd passed (socket activation), if any.
-///
-/// Follows `sd_listen_fds(3)`: when `LISTEN_PID` is this process and
-/// `LISTEN_FDS` is at least 1, descriptor 3 is the socket. Its file belongs
-/// to systemd (`SocketMode=`, `SocketUser=`, `SocketGroup=` set its
-/// permissions), so this listener never removes it. Call this once, early:
-/// it takes ownership of descriptor 3.
-pub fn from_systemd() -> Result<Option<Listener>> {
-    const FIRST: std::os::fd::RawFd = 3;
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(None);
-    };
-    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(None);
-    }
-    let count: u32 = fds.trim().parse().map_err(|_| Error::Activation {
-        problem: format!("LISTEN_FDS=`{fds}` is not a number; is this started by systemd?"),
-    })?;
-    if count == 0 {
-        return Ok(None);
-    }
-    if count > 1 {
-        tracing::warn!(
-            count,
-            "systemd passed several sockets; serving the first (fd 3)"
-        );
-    }
-    let not_listening = || {
-        Error::Activation {
-            problem: "descriptor 3 from systemd is not a listening stream socket; use ListenStream= in the .socket unit"
-                .to_string(),
-        }
-    };
-    // SAFETY: sd_listen_fds(3) hands descriptor 3 to this process; nothing
-    // else in it owns descriptor 3, and this function takes it once.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(FIRST) };
-    match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn) {
-        Ok(true) => {}
-        _ => return Err(not_listening()),
-    }
-    let _ = nix::fcntl::fcntl(
-        &fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    let local: nix::sys::socket::SockaddrStorage =
-        nix::sys::socket::getsockname(fd.as_raw_fd()).map_err(|_| not_listening())?;
-    let (kind, endpoint) = if let Some(unix) = local.as_unix_addr() {
-        let endpoint = match (unix.path(), unix.as_abstract()) {
-            (Some(path), _) => Endpoint::Path(path.to_path_buf()),
-            (None, Some(name)) => Endpoint::Abstract(String::from_utf8_lossy(name).into_owned()),
-            (None, None) => return Err(not_listening()),
-        };
-        (ListenerKind::Unix(UnixListener::from(fd)), endpoint)
-    } else {
-        let listener = TcpListener::from(fd);
-        let local = listener.local_addr().map_err(|_| not_listening())?;
-        let endpoint = Endpoint::Tcp {
-            host: local.ip().to_string(),
-            port: local.port(),
-        };
-        (ListenerKind::Tcp(listener), endpoint)
-    };
-    Ok(Some(Listener {
-        kind,
-        addr: Address::new(endpoint, "/")?,
-        file: None,
-    }))
-}
-
-/// Tells systemd the service is ready (`READY=1` to `$NOTIFY_SOCKET`, see
-/// `sd_notify(3)`). Returns false when there is no `NOTIFY_SOCKET`.
-pub fn notify_ready() -> io::Result<bool> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    let bytes = target.as_encoded_bytes();
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => UnixSocketAddr::from_abstract_name(name)?,
-        None => UnixSocketAddr::from_pathname(Path::new(&target))?,
-    };
-    socket.send_to_addr(b"READY=1", &addr)?;
-    Ok(true)
 }

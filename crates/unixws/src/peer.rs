@@ -6,8 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
-use nix::sys::socket::{getsockopt, sockopt};
-
 /// The user, group and process of a Unix-socket peer, as the kernel recorded
 /// them when the peer connected. They cannot be forged by the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,12 +22,8 @@ impl PeerCredentials {
     /// The credentials of the process at the other end of a connected Unix
     /// socket (a std or tokio `UnixStream`, or any descriptor of one).
     pub fn of(stream: &impl AsFd) -> io::Result<Self> {
-        let cred = getsockopt(stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
-        Ok(Self {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-        })
+        let (uid, gid, pid) = crate::sys::peer_credentials(stream.as_fd())?;
+        Ok(Self { uid, gid, pid })
     }
 }
 

@@ -21,13 +21,14 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::Role;
 
 use crate::addr::{Address, Endpoint, ToAddress};
+use crate::backoff::AcceptBackoff;
 use crate::config::Limits;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::handshake::{
     check_request, handshake_config, Accepted, HandshakeRules, HeadBuffer, HeadReader,
 };
-use crate::listen::{AcceptBackoff, BindOptions, Listener};
+use crate::listen::{BindOptions, Listener};
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
 use crate::server_core::{
@@ -63,7 +64,7 @@ impl ServerBuilder {
     }
 
     /// Options for a server on a socket that is already listening, such as
-    /// the one systemd passes ([`listen::from_systemd`](crate::listen::from_systemd)).
+    /// the one systemd passes ([`systemd::from_systemd`](crate::systemd::from_systemd)).
     pub fn from_listener(listener: Listener) -> Self {
         Self {
             addr: listener.local_addr().clone(),
@@ -276,7 +277,7 @@ impl Server {
     }
 }
 
-fn serve_connection<H>(core: &ServerCore, socket: Socket, peer: Peer, handler: &H)
+pub(crate) fn serve_connection<H>(core: &ServerCore, socket: Socket, peer: Peer, handler: &H)
 where
     H: Fn(&mut Connection) -> HandlerResult,
 {
@@ -332,76 +333,4 @@ where
     if let Err(e) = closed {
         tracing::debug!(peer = %conn.info().peer, error = %e, "error while closing");
     }
-}
-
-/// Drives the server's per-connection path (handshake checks, upgrade,
-/// echo handler, close codes, closing) over an in-memory socket pair: the
-/// fuzz targets and their corpus replay feed it arbitrary bytes. `first` is
-/// written at once; `then`, once the server has answered (as a client
-/// sends frames only after the 101); the server's output is returned.
-#[doc(hidden)]
-pub fn serve_bytes_for_fuzzing(first: &[u8], then: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-    let Ok((ours, theirs)) = UnixStream::pair() else {
-        return Vec::new();
-    };
-    let limits = Limits {
-        handshake_timeout: Duration::from_millis(200),
-        close_timeout: Duration::from_millis(200),
-        max_message_size: 1 << 20,
-        max_frame_size: 1 << 20,
-        write_timeout: Some(Duration::from_secs(1)),
-        ..Limits::default()
-    };
-    let rules = HandshakeRules::new(&limits, AccessPolicy::default(), vec!["fuzz".into()]);
-    let Ok(core) = ServerCore::new(rules, limits) else {
-        return Vec::new();
-    };
-    let Ok(credentials) = crate::peer::PeerCredentials::of(&ours) else {
-        return Vec::new();
-    };
-    let Ok(mut their_writer) = theirs.try_clone() else {
-        return Vec::new();
-    };
-    let (first, then) = (first.to_vec(), then.to_vec());
-    let (answered_tx, answered_rx) = std::sync::mpsc::channel();
-    // Writing and reading on separate threads: the echo can fill our side
-    // while we are still writing.
-    let writer = std::thread::spawn(move || {
-        let _ = their_writer.write_all(&first);
-        if !then.is_empty() && answered_rx.recv_timeout(Duration::from_secs(1)).is_ok() {
-            let _ = their_writer.write_all(&then);
-        }
-        let _ = their_writer.shutdown(std::net::Shutdown::Write);
-    });
-    let reader = std::thread::spawn(move || {
-        let mut theirs = theirs;
-        let mut output = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut told = false;
-        while let Ok(n) = theirs.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            output.extend_from_slice(&chunk[..n]);
-            if !told && output.windows(4).any(|w| w == b"\r\n\r\n") {
-                told = answered_tx.send(()).is_ok();
-            }
-        }
-        output
-    });
-    serve_connection(
-        &core,
-        Socket::Unix(ours),
-        Peer::Unix(credentials),
-        &|conn: &mut Connection| {
-            while let Some(message) = conn.recv()? {
-                conn.send(message)?;
-            }
-            Ok(())
-        },
-    );
-    let _ = writer.join();
-    reader.join().unwrap_or_default()
 }

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use tungstenite::error::Error as WsError;
 
+use crate::backoff::AcceptBackoff;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::handshake::{
     is_header_too_large, refuse_bad_request, write_plain_response, HandshakeRules,
 };
-use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::stats::Counter;
 use crate::stream::{ShutdownSignal, Socket};

@@ -1,13 +1,54 @@
-//! The platform seam: the few calls that std does not offer. Reading into
-//! a buffer's spare capacity without zero-filling it first (tungstenite
-//! zero-filled its whole read chunk before every read, a third of a
-//! server's time on 16 KiB messages), and widening a Unix socket's send
-//! buffer (see [`widen_send_buffer`]).
+//! The platform seam: every call that is specific to Linux, or that std
+//! does not offer, is here, so that a port (macOS and the BSDs have
+//! `getpeereid`, `LOCAL_PEERCRED` and `LOCAL_PEERPID` for credentials, no
+//! abstract namespace, and no `malloc_trim`) is this one file:
+//!
+//! - [`peer_credentials`]: the uid, gid and pid of a Unix-socket peer
+//!   (`SO_PEERCRED`; only the primary group is reported, so an access
+//!   policy sees no supplementary groups);
+//! - [`abstract_address`] and [`abstract_connect_address`]: the Linux
+//!   abstract namespace (`@name`), for binding and for connecting;
+//! - [`release_free_memory`]: glibc's `malloc_trim`, which gives the
+//!   arenas' free pages back after a burst;
+//! - [`read_into`]: reading into a buffer's spare capacity without
+//!   zero-filling it first (tungstenite zero-filled its whole read chunk
+//!   before every read, a third of a server's time on 16 KiB messages);
+//! - [`widen_send_buffer`]: a larger Unix-socket send buffer.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::{BufMut, BytesMut};
+
+/// `(uid, gid, pid)` of the process at the other end of a connected Unix
+/// socket, as the kernel recorded them at connect time.
+pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let cred = getsockopt(&fd, sockopt::PeerCredentials).map_err(io::Error::from)?;
+    Ok((cred.uid(), cred.gid(), cred.pid()))
+}
+
+/// An abstract-namespace address (`@name`), for `bind`.
+pub(crate) fn abstract_address(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+/// An abstract-namespace address (`@name`), for a non-blocking `connect`.
+pub(crate) fn abstract_connect_address(name: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
+    nix::sys::socket::UnixAddr::new_abstract(name).map_err(io::Error::from)
+}
+
+/// Gives the allocator's free pages back to the system (glibc only; a
+/// no-op elsewhere). Walks every arena: call it off the async workers.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// One `read(2)` into the spare capacity of `buf`; returns how many bytes
 /// arrived (0: end of stream).

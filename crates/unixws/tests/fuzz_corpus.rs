@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use unixws::server::serve_bytes_for_fuzzing;
+use unixws::fuzzing::serve_bytes as serve_bytes_for_fuzzing;
 
 const UPGRADE: &[u8] = b"GET /fuzz HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 

@@ -22,11 +22,7 @@ pub(crate) fn trim_if_freed() {
     if !FREED.swap(false, Ordering::Relaxed) {
         return;
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::release_free_memory();
 }
 
 /// Trims once a second while the returned guard lives.

@@ -14,11 +14,11 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::Role;
 
 use crate::addr::{Address, ToAddress};
+use crate::backoff::AcceptBackoff;
 use crate::error::{Error, Result};
 use crate::handshake::{
     check_request, handshake_config, write_plain_response, Accepted, HeadBuffer,
 };
-use crate::listen::AcceptBackoff;
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
 use crate::server_core::{Admission, HandlerResult, InFlight, Outcome, ServerCore};
