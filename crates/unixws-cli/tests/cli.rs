@@ -1,5 +1,5 @@
 //! The `unixws` binary as users run it: real processes, real sockets, the
-//! stdin/stdout/exit-code contract of DESIGN.md, one-line errors, and the
+//! stdin/stdout/exit-code contract (README, "Quick start"), one-line errors, and the
 //! checks that need a second uid (file modes, peer credentials), which run
 //! the client as uid 65534 and so need root.
 

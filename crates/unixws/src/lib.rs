@@ -30,37 +30,65 @@
 //! ## Layout
 //!
 //! One engine, two drivers (quinn-proto's shape: the protocol has no I/O
-//! and no clock; the drivers pass bytes and `now`):
+//! and no clock; the drivers pass bytes and `now`).
 //!
-//! - `codec` (private): frames in and out of buffers the connection owns:
-//!   in-place unmasking, incremental UTF-8, fragments, close-code rules,
-//!   payloads as `Bytes` without a copy, batched and vectored output; and
-//!   the relay's forward mode (frames passed on as they arrived, large
-//!   ones cut through).
-//! - `session` (private): one connection's decisions: ping answers, close
-//!   handshake, peer-error close codes, keepalive and idle clocks, slow
+//! The engine (private):
+//!
+//! - `codec`: frames in and out of buffers the connection owns: in-place
+//!   unmasking, incremental UTF-8, fragments, close-code rules, payloads as
+//!   `Bytes` without a copy, batched and vectored output; and the relay's
+//!   forward mode (frames passed on as they arrived, large ones cut
+//!   through).
+//! - `session`: one connection's decisions: ping answers, close handshake,
+//!   peer-error close codes, keepalive and idle clocks (`keepalive`), slow
 //!   consumer.
-//! - `spare` (private): one read and one write buffer per thread, lent to
-//!   the connection that has bytes to move, so an idle connection holds
-//!   no buffer.
-//! - `server_core` (private): what both servers decide: admission, flood
-//!   slack, handshake outcomes, drain.
-//! - [`connection`], [`client`], [`server`]: the blocking driver
-//!   ([`Connection`], [`connect`] and [`ClientBuilder`], [`Server`]).
-//! - [`tokio`] (feature `tokio`): the async driver: client, server,
-//!   `Connection` (a `Stream` and `Sink`, with `split` and an outbox whose
-//!   writer task sends without waiting for `recv`), proxy, exec.
-//! - [`stream`]: the blocking socket under a connection, with interruptible
-//!   reads (shutdown, wake-ups, deadlines).
-//! - [`addr`]: [`Address`], the one parser for every address form.
-//! - [`listen`]: binding, permissions, stale-socket handling, cleanup.
-//! - [`peer`]: [`PeerCredentials`] of a Unix-socket peer.
+//! - `spare`: one read and one write buffer per thread, lent to the
+//!   connection that has bytes to move, so an idle connection holds no
+//!   buffer.
+//! - `server_core`: what both servers decide: admission, flood slack,
+//!   handshake outcomes (`handshake`: checks and refusals), what a
+//!   handler's error means ([`HandlerResult`], [`HandlerError`]), and the
+//!   drain (`drain`: the last connection to end wakes the server);
+//!   `backoff`: accept errors neither spin nor flood the log.
+//! - `sys`: the platform seam: `SO_PEERCRED`, the abstract namespace,
+//!   `malloc_trim`, reads into spare capacity, the Unix send buffer.
+//!
+//! The blocking driver:
+//!
+//! - [`connection`]: [`Connection`], [`ConnectionInfo`], [`PeerClose`],
+//!   [`Outbox`] and [`OutboxError`].
+//! - [`client`]: [`connect`], [`ClientBuilder`], [`RetryPolicy`].
+//! - [`server`]: [`Server`], [`ServerBuilder`], [`ShutdownHandle`].
+//! - [`stream`]: [`Stream`] and [`Socket`], the socket under a connection,
+//!   with interruptible reads (shutdown, wake-ups, deadlines).
+//!
+//! The async driver, [`tokio`] (feature `tokio`): its own
+//! [`Connection`](crate::tokio::Connection) (a `Stream` and `Sink`, with
+//! [`ReadHalf`](crate::tokio::ReadHalf) and
+//! [`WriteHalf`](crate::tokio::WriteHalf), an
+//! [`Outbox`](crate::tokio::Outbox) whose writer task sends without
+//! waiting for `recv`), [`Server`](crate::tokio::Server) and
+//! [`Admitted`](crate::tokio::Admitted), [`connect`](crate::tokio::connect),
+//! [`Proxy`](crate::tokio::Proxy), [`Exec`](crate::tokio::Exec) and
+//! [`AsyncSocket`](crate::tokio::AsyncSocket).
+//!
+//! What both drivers share:
+//!
+//! - [`addr`]: [`Address`], [`Endpoint`] and [`ToAddress`], the one parser
+//!   for every address form.
+//! - [`listen`]: [`Listener`] and [`BindOptions`]: binding, permissions,
+//!   stale-socket handling, cleanup; [`systemd`]: socket activation and
+//!   readiness.
+//! - [`peer`]: [`Peer`] and [`PeerCredentials`] of a Unix-socket peer.
 //! - [`policy`]: [`AccessPolicy`], who may connect.
-//! - [`config`]: [`Limits`], every limit and timeout with its default.
-//! - [`stats`]: [`ServerStats`], what a server accepted, refused and closed.
-//! - [`error`]: [`Error`], whose messages say what to do.
-//! - `sys` (private): the platform calls std lacks (reading into spare
-//!   capacity without zero-filling, widening a Unix socket's send buffer).
+//! - [`config`]: [`Limits`], every limit and timeout, with its default and
+//!   the side it applies to.
+//! - [`stats`]: [`ServerStats`] and [`StatsSnapshot`], what a server
+//!   accepted, refused and closed.
+//! - [`error`]: [`Error`] (with [`Operation`] and [`BindStep`]) and
+//!   [`Result`], whose messages say what to do.
+//! - [`Message`] and [`CloseCode`], tungstenite's; [`prelude`] and
+//!   [`tokio::prelude`](crate::tokio::prelude): one import per driver.
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
 #![deny(missing_docs)]

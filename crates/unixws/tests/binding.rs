@@ -1,4 +1,4 @@
-//! Binding rules of DESIGN.md over real files in temp dirs: stale sockets
+//! Binding rules (the `listen` module docs) over real files in temp dirs: stale sockets
 //! are replaced, live ones refused, non-sockets never removed, modes applied
 //! before anyone can connect, and only our own socket file removed.
 
