@@ -13,6 +13,9 @@
 //! `target/autobahn/<servers|clients>.txt`; the latest is committed in
 //! `tests/autobahn/`.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,6 +3,9 @@
 //! checks that need a second uid (file modes, peer credentials), which run
 //! the client as uid 65534 and so need root.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,9 @@
 //! and many messages, a missing backend (502), a real browser (headless
 //! Chromium) through the proxy, and nginx in front of `unixws serve`.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;

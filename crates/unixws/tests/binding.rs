@@ -2,6 +2,9 @@
 //! are replaced, live ones refused, non-sockets never removed, modes applied
 //! before anyone can connect, and only our own socket file removed.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -1,6 +1,9 @@
 //! Every client failure is its own `Error` variant with a message that says
 //! what to do; retry heals what can heal and nothing else.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,6 +93,7 @@ fn policy_rejection_is_handshake_rejected_403_and_not_retried() {
         .retry(RetryPolicy::attempts(5))
         .connect()
         .unwrap_err();
+    // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     assert!(
         matches!(err, Error::HandshakeRejected { status: 403, refused_uid: Some(u), .. } if u == uid),

@@ -2,6 +2,9 @@
 //! and what keeps connections honest afterwards: keepalive pings that close
 //! a silent peer, and the idle timeout.
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

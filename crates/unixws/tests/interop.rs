@@ -3,6 +3,9 @@
 //! exchanges text, binary, an empty message and a 1 MiB message, and a
 //! close with code 4000 and a reason in each direction (see tests/peers/).
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Server limits, each crossed over a real socket: message size (1009),
 //! connection count (503), handshake timeout, header bytes (431).
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! of a child running as another uid is checked in the CLI tests, which
 //! can start the `unixws` binary as uid 65534.)
 
+// The helpers unwrap as the tests do: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
