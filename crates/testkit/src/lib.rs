@@ -1,6 +1,8 @@
-//! Helpers shared by the unixws integration tests: locating and running the
-//! real interop peers (Python `websockets`, Node `ws`) as processes, temp
-//! directories other uids can enter, and running children as another uid.
+//! Helpers shared by the unixws integration tests and `unixws bench`:
+//! locating and running the real interop peers (Python `websockets`, Node
+//! `ws`) as processes (the `try_` forms say what is missing instead of
+//! failing the test), temp directories other uids can enter, and running
+//! children as another uid.
 //!
 //! A peer that is not installed fails the test with a message saying how to
 //! install it; nothing here skips a test.
@@ -16,50 +18,89 @@ use std::time::{Duration, Instant};
 /// The unprivileged uid/gid tests switch to ("nobody"/"nogroup").
 pub const NOBODY: u32 = 65534;
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The unixws checkout: the first directory holding `tests/peers` among
+/// the running binary's ancestors (a build in `target/`), the current
+/// directory, and the checkout this crate was compiled in. `unixws bench`
+/// finds its peers with it too.
+pub fn checkout() -> Option<PathBuf> {
+    let has_peers = |dir: &Path| dir.join("tests/peers").is_dir();
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .find(|d| has_peers(d))
+            .map(Path::to_path_buf)
+    });
+    let from_cwd = std::env::current_dir().ok().filter(|d| has_peers(d));
+    let compiled_in = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
-        .expect("repo root")
+        .ok()
+        .filter(|d| has_peers(d));
+    from_exe.or(from_cwd).or(compiled_in)
 }
 
-/// Where `scripts/test` installs the interop peers.
+/// The repository root (tests run inside the checkout).
+pub fn repo_root() -> PathBuf {
+    checkout().expect("the unixws checkout (a directory with tests/peers)")
+}
+
+/// Where `scripts/test` installs the interop peers: `$UNIXWS_INTEROP_DIR`,
+/// else `.interop` in the checkout.
 pub fn interop_dir() -> PathBuf {
     std::env::var_os("UNIXWS_INTEROP_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".interop"))
+        .or_else(|| checkout().map(|r| r.join(".interop")))
+        .unwrap_or_else(|| PathBuf::from(".interop"))
+}
+
+/// A script from `tests/peers/`, or what is missing.
+pub fn try_peer_script(name: &str) -> Result<PathBuf, String> {
+    checkout()
+        .map(|r| r.join("tests/peers").join(name))
+        .filter(|p| p.exists())
+        .ok_or_else(|| format!("tests/peers/{name} not found: run from the unixws checkout"))
 }
 
 /// A script from `tests/peers/`.
 pub fn peer_script(name: &str) -> PathBuf {
-    repo_root().join("tests/peers").join(name)
+    try_peer_script(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `python script` with the venv that has `websockets`, or how to install it.
+pub fn try_python(script: &str) -> Result<Command, String> {
+    let py = interop_dir().join("venv/bin/python");
+    if !py.exists() {
+        return Err(format!(
+            "Python `websockets` is not installed ({} is missing): run ./scripts/test, which installs it into .interop/venv",
+            py.display()
+        ));
+    }
+    let mut cmd = Command::new(py);
+    cmd.arg(try_peer_script(script)?);
+    Ok(cmd)
 }
 
 /// `python script args..` with the venv that has `websockets`.
 pub fn python(script: &str) -> Command {
-    let py = interop_dir().join("venv/bin/python");
-    assert!(
-        py.exists(),
-        "Python `websockets` is not installed ({} is missing): run ./scripts/test, which installs it into .interop/venv",
-        py.display()
-    );
-    let mut cmd = Command::new(py);
-    cmd.arg(peer_script(script));
-    cmd
+    try_python(script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `node script` with `ws` on the module path, or how to install it.
+pub fn try_node(script: &str) -> Result<Command, String> {
+    let modules = interop_dir().join("node/node_modules");
+    if !modules.join("ws/package.json").exists() {
+        return Err(format!(
+            "Node `ws` is not installed (no {}/ws): run ./scripts/test, which installs it into .interop/node",
+            modules.display()
+        ));
+    }
+    let mut cmd = Command::new("node");
+    cmd.arg(try_peer_script(script)?).env("NODE_PATH", modules);
+    Ok(cmd)
 }
 
 /// `node script args..` with `ws` on the module path.
 pub fn node(script: &str) -> Command {
-    let modules = interop_dir().join("node/node_modules");
-    assert!(
-        modules.join("ws/package.json").exists(),
-        "Node `ws` is not installed (no {}/ws): run ./scripts/test, which installs it into .interop/node",
-        modules.display()
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(peer_script(script)).env("NODE_PATH", modules);
-    cmd
+    try_node(script).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A temp dir that every uid may enter (tempfile makes them 0700), for
@@ -318,11 +359,14 @@ pub fn silent_peer(socket: &Path) -> (Vec<u8>, Duration) {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
+    try_free_port().expect("a free TCP port on 127.0.0.1")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn try_free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A raw Unix-socket connection that completed the WebSocket upgrade (and

@@ -10,7 +10,7 @@ use std::time::Duration;
 use unixws::{ClientBuilder, CloseCode, Message, RetryPolicy};
 
 use crate::error::{CliError, CliResult};
-use crate::units::parse_duration;
+use unixws_bench::units::parse_duration;
 
 const EXAMPLES: &str = "\
 Examples:

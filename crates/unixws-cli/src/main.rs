@@ -2,13 +2,11 @@
 //! library. One file per subcommand; errors become one line on stderr and a
 //! non-zero exit, never a backtrace.
 
-mod bench;
 mod connect;
 mod error;
 mod proxy;
 mod runtime;
 mod serve;
-mod units;
 
 use std::process::ExitCode;
 
@@ -47,7 +45,7 @@ enum Command {
     /// Relay WebSocket connections between two addresses (TCP <-> Unix socket).
     Proxy(proxy::Args),
     /// Measure WebSocket over Unix sockets against raw sockets, TCP and other servers.
-    Bench(bench::Args),
+    Bench(unixws_bench::Args),
     /// The raw byte-echo baseline server of `bench` (not WebSocket).
     #[command(hide = true)]
     BenchEcho {
@@ -63,8 +61,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Proxy(args) => proxy::run(args),
-        Command::Bench(args) => bench::run(args).map_err(error::CliError::Usage),
-        Command::BenchEcho { addr } => bench::run_raw_echo(&addr).map_err(error::CliError::Usage),
+        Command::Bench(args) => unixws_bench::run(args).map_err(error::CliError::Usage),
+        Command::BenchEcho { addr } => {
+            unixws_bench::run_raw_echo(&addr).map_err(error::CliError::Usage)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use unixws::{BindOptions, Limits, Server};
 
 use crate::error::CliResult;
 use crate::runtime;
-use crate::units::{parse_duration, parse_mode};
+use unixws_bench::units::{parse_duration, parse_mode};
 
 const EXAMPLES: &str = "\
 Examples:

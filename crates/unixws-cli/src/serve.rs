@@ -16,7 +16,7 @@ use unixws::{
 
 use crate::error::{CliError, CliResult};
 use crate::runtime::{self, resolve_group, resolve_user};
-use crate::units::{parse_duration, parse_mode, parse_size};
+use unixws_bench::units::{parse_duration, parse_mode, parse_size};
 
 const EXAMPLES: &str = "\
 Examples:

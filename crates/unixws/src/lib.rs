@@ -87,6 +87,8 @@
 //!   accepted, refused and closed.
 //! - [`error`]: [`Error`] (with [`Operation`] and [`BindStep`]) and
 //!   [`Result`], whose messages say what to do.
+//! - [`frame`]: single frames as bytes ([`frame::encode`],
+//!   [`frame::Head`]), for tools and tests below the connection API.
 //! - [`Message`] and [`CloseCode`], tungstenite's; [`prelude`] and
 //!   [`tokio::prelude`](crate::tokio::prelude): one import per driver.
 //!
@@ -101,6 +103,7 @@ pub mod config;
 pub mod connection;
 mod drain;
 pub mod error;
+pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use unixws::{ClientBuilder, CloseCode, Limits, Message};
+use unixws::{Address, ClientBuilder, CloseCode, Limits, Message};
 
 use super::load::{payload, Measured};
-use super::target::Endpoint;
 
 /// Which unixws client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,24 +15,17 @@ pub enum LibraryClient {
     Async,
 }
 
-fn url(endpoint: &Endpoint) -> String {
-    match endpoint {
-        Endpoint::Path(p) => format!("ws+unix://{}", p.display()),
-        Endpoint::Tcp(port) => format!("ws://127.0.0.1:{port}/"),
-    }
-}
-
-fn builder(endpoint: &Endpoint) -> unixws::Result<ClientBuilder> {
-    let mut limits = Limits::default();
-    limits.max_message_size = 64 << 20;
-    limits.max_frame_size = 64 << 20;
-    Ok(ClientBuilder::new(url(endpoint))?.limits(limits))
+fn builder(address: &Address) -> unixws::Result<ClientBuilder> {
+    let limits = Limits::default()
+        .max_message_size(64 << 20)
+        .max_frame_size(64 << 20);
+    Ok(ClientBuilder::new(address)?.limits(limits))
 }
 
 /// Request/response rounds of `size`-byte binary messages for `duration`.
 pub async fn request_response(
     client: LibraryClient,
-    endpoint: &Endpoint,
+    address: &Address,
     size: usize,
     duration: Duration,
 ) -> Result<Measured, String> {
@@ -42,9 +34,9 @@ pub async fn request_response(
     let started = Instant::now();
     match client {
         LibraryClient::Blocking => {
-            let endpoint = endpoint.clone();
+            let address = address.clone();
             m = tokio::task::spawn_blocking(move || -> unixws::Result<Measured> {
-                let mut conn = builder(&endpoint)?.connect()?;
+                let mut conn = builder(&address)?.connect()?;
                 let until = Instant::now() + duration;
                 while Instant::now() < until {
                     let sent = Instant::now();
@@ -62,9 +54,9 @@ pub async fn request_response(
             // On a worker task, as a tokio application runs it: polled from
             // `block_on` on the bench's own thread instead, every readiness
             // event would cross threads (2.1 against 2.45 GB/s at 1 MiB).
-            let endpoint = endpoint.clone();
+            let address = address.clone();
             m = tokio::spawn(async move {
-                let mut conn = builder(&endpoint)?.connect_async().await?;
+                let mut conn = builder(&address)?.connect_async().await?;
                 let until = Instant::now() + duration;
                 while Instant::now() < until {
                     let sent = Instant::now();

@@ -4,7 +4,7 @@
 //! the server's resident set per connection.
 //!
 //! ```sh
-//! cargo build --release --examples
+//! cargo build --release && cargo build --release --examples -p unixws-bench
 //! ./target/release/examples/idle_memory                 # unixws serve --echo, 10,000 connections
 //! ./target/release/examples/idle_memory --server node   # Node `ws` (installed by scripts/test)
 //! ./target/release/examples/idle_memory --server python --connections 5000

@@ -7,10 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves until killed.
 pub fn run(addr: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = crate::runtime(true)?;
     runtime.block_on(async {
         if let Some(port_part) = addr.strip_prefix("127.0.0.1:") {
             let listener = tokio::net::TcpListener::bind((

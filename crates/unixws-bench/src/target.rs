@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use unixws::{Address, Endpoint, Socket};
 
 /// How the bench reaches a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,19 +81,12 @@ impl ServerKind {
     }
 }
 
-/// Where a running server listens.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    Path(PathBuf),
-    Tcp(u16),
-}
-
 /// A server process, killed on drop.
 pub struct Running {
     child: Child,
     /// The backend behind a proxy (killed after the proxy).
     backend: Option<Box<Running>>,
-    pub endpoint: Endpoint,
+    pub address: Address,
     pub websocket: bool,
 }
 
@@ -109,44 +103,24 @@ impl Drop for Running {
         let _ = self.child.wait();
         drop(self.backend.take());
         // A killed peer leaves its socket file; the next run binds there again.
-        if let Endpoint::Path(path) = &self.endpoint {
+        if let Endpoint::Path(path) = self.address.endpoint() {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
 /// Files the bench needs beside its binary: the peers' scripts and the
-/// interop installs of `scripts/test`.
+/// interop installs of `scripts/test`, found as the tests find them
+/// (`unixws_testkit::checkout`).
 pub struct Locations {
-    pub repo: Option<PathBuf>,
     pub interop: PathBuf,
 }
 
 impl Locations {
     pub fn find() -> Self {
-        // target/release/unixws -> the checkout; else the current directory.
-        let exe_repo = std::env::current_exe().ok().and_then(|exe| {
-            exe.ancestors()
-                .find(|dir| dir.join("tests/peers").is_dir())
-                .map(Path::to_path_buf)
-        });
-        let cwd_repo = std::env::current_dir()
-            .ok()
-            .filter(|dir| dir.join("tests/peers").is_dir());
-        let repo = exe_repo.or(cwd_repo);
-        let interop = std::env::var_os("UNIXWS_INTEROP_DIR")
-            .map(PathBuf::from)
-            .or_else(|| repo.as_ref().map(|r| r.join(".interop")))
-            .unwrap_or_else(|| PathBuf::from(".interop"));
-        Self { repo, interop }
-    }
-
-    fn peer_script(&self, name: &str) -> Result<PathBuf, String> {
-        self.repo
-            .as_ref()
-            .map(|r| r.join("tests/peers").join(name))
-            .filter(|p| p.exists())
-            .ok_or_else(|| format!("tests/peers/{name} not found: run `unixws bench --peers` from the unixws checkout"))
+        Self {
+            interop: unixws_testkit::interop_dir(),
+        }
     }
 
     fn rust_peers(&self) -> Result<PathBuf, String> {
@@ -163,12 +137,6 @@ impl Locations {
     }
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Starts `kind` on `transport` (a socket in `dir`) and waits until it accepts.
 pub fn start(
     kind: ServerKind,
@@ -180,18 +148,19 @@ pub fn start(
         Transport::Uds => {
             Endpoint::Path(dir.join(format!("{}.sock", kind.name().replace(' ', "-"))))
         }
-        Transport::Tcp => Endpoint::Tcp(free_port().map_err(|e| format!("no free TCP port: {e}"))?),
+        Transport::Tcp => Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: unixws_testkit::try_free_port().map_err(|e| format!("no free TCP port: {e}"))?,
+        },
     };
-    let addr = match &endpoint {
-        Endpoint::Path(p) => p.display().to_string(),
-        Endpoint::Tcp(port) => format!("127.0.0.1:{port}"),
-    };
+    let address = Address::new(endpoint, "/").map_err(|e| e.to_string())?;
+    let addr = address.endpoint_display();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the unixws binary: {e}"))?;
     let mut backend = None;
     let mut cmd = match kind {
         ServerKind::UnixwsProxy | ServerKind::NginxProxy => {
             let behind = start(ServerKind::Unixws, Transport::Uds, dir, at)?;
-            let Endpoint::Path(sock) = behind.endpoint.clone() else {
+            let Endpoint::Path(sock) = behind.address.endpoint().clone() else {
                 return Err("the proxy's backend is not on a Unix socket".into());
             };
             backend = Some(Box::new(behind));
@@ -229,29 +198,13 @@ pub fn start(
             c
         }
         ServerKind::Python => {
-            let py = at.interop.join("venv/bin/python");
-            if !py.exists() {
-                return Err(format!(
-                    "Python websockets is not installed ({} is missing): run ./scripts/test, which installs it",
-                    py.display()
-                ));
-            }
-            let mut c = Command::new(py);
-            c.arg(at.peer_script("py_server.py")?).arg(&addr);
+            let mut c = unixws_testkit::try_python("py_server.py")?;
+            c.arg(&addr);
             c
         }
         ServerKind::Node => {
-            let modules = at.interop.join("node/node_modules");
-            if !modules.join("ws/package.json").exists() {
-                return Err(format!(
-                    "Node ws is not installed (no {}/ws): run ./scripts/test, which installs it",
-                    modules.display()
-                ));
-            }
-            let mut c = Command::new("node");
-            c.arg(at.peer_script("node_server.js")?)
-                .arg(&addr)
-                .env("NODE_PATH", modules);
+            let mut c = unixws_testkit::try_node("node_server.js")?;
+            c.arg(&addr);
             c
         }
         ServerKind::Peer(name) => {
@@ -274,16 +227,12 @@ pub fn start(
     let running = Running {
         child,
         backend,
-        endpoint,
+        address,
         websocket: kind.websocket(),
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let up = match &running.endpoint {
-            Endpoint::Path(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
-            Endpoint::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-        };
-        if up {
+        if connect_std(&running.address).is_ok() {
             return Ok(running);
         }
         if Instant::now() > deadline {
@@ -299,49 +248,64 @@ pub fn start(
 type Reader = Pin<Box<dyn AsyncRead + Send>>;
 type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// A connection of the load generator, upgraded when the server speaks
-/// WebSocket.
+/// A plain connection to `address` (TCP without Nagle).
+fn connect_std(address: &Address) -> io::Result<Socket> {
+    match address.endpoint() {
+        Endpoint::Path(p) => Ok(Socket::Unix(std::os::unix::net::UnixStream::connect(p)?)),
+        Endpoint::Tcp { host, port } => {
+            let s = std::net::TcpStream::connect((host.as_str(), *port))?;
+            s.set_nodelay(true)?;
+            Ok(Socket::Tcp(s))
+        }
+        Endpoint::Abstract(name) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the bench does not serve on abstract sockets (@{name})"),
+        )),
+    }
+}
+
+/// A connection of the load generator, upgraded by tungstenite's client
+/// handshake when the server speaks WebSocket. Nothing is lost in
+/// tungstenite's buffer: a server sends nothing after its 101 until the
+/// client writes.
+fn connect_upgraded(address: &Address, websocket: bool) -> io::Result<Socket> {
+    let socket = connect_std(address)?;
+    if !websocket {
+        return Ok(socket);
+    }
+    match unixws::tungstenite::client("ws://localhost/", socket) {
+        Ok((ws, _response)) => Ok(ws.into_inner()),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("upgrade refused: {e}"),
+        )),
+    }
+}
+
+/// A connection of the load generator, on tokio.
 pub struct Conn {
     read: Reader,
     write: Writer,
 }
 
 impl Conn {
-    pub async fn open(endpoint: &Endpoint, websocket: bool) -> io::Result<Conn> {
-        let (read, write): (Reader, Writer) = match endpoint {
-            Endpoint::Path(p) => {
-                let (r, w) = tokio::net::UnixStream::connect(p).await?.into_split();
+    pub async fn open(address: &Address, websocket: bool) -> io::Result<Conn> {
+        let address = address.clone();
+        let socket = tokio::task::spawn_blocking(move || connect_upgraded(&address, websocket))
+            .await
+            .map_err(io::Error::other)??;
+        socket.set_nonblocking(true)?;
+        let (read, write): (Reader, Writer) = match socket {
+            Socket::Unix(s) => {
+                let (r, w) = tokio::net::UnixStream::from_std(s)?.into_split();
                 (Box::pin(r), Box::pin(w))
             }
-            Endpoint::Tcp(port) => {
-                let s = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await?;
-                s.set_nodelay(true)?;
-                let (r, w) = s.into_split();
+            Socket::Tcp(s) => {
+                let (r, w) = tokio::net::TcpStream::from_std(s)?.into_split();
                 (Box::pin(r), Box::pin(w))
             }
         };
-        let mut conn = Conn { read, write };
-        if websocket {
-            conn.upgrade().await?;
-        }
-        Ok(conn)
-    }
-
-    async fn upgrade(&mut self) -> io::Result<()> {
-        self.write.write_all(UPGRADE).await?;
-        // Byte by byte: nothing after the head may be consumed here.
-        let mut head = Vec::with_capacity(256);
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if self.read.read(&mut byte).await? == 0 || head.len() > 16 << 10 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "no upgrade response",
-                ));
-            }
-            head.push(byte[0]);
-        }
-        check_upgrade(&head)
+        Ok(Conn { read, write })
     }
 
     pub fn split(self) -> (Reader, Writer) {
@@ -353,56 +317,14 @@ impl Conn {
 /// and a reader (two handles to one socket), upgraded when the server
 /// speaks WebSocket.
 pub fn open_blocking(
-    endpoint: &Endpoint,
+    address: &Address,
     websocket: bool,
 ) -> io::Result<(
     Box<dyn std::io::Write + Send>,
     Box<dyn std::io::Read + Send>,
 )> {
-    use std::io::{Read, Write};
-    let (mut write, mut read): (Box<dyn Write + Send>, Box<dyn Read + Send>) = match endpoint {
-        Endpoint::Path(p) => {
-            let s = std::os::unix::net::UnixStream::connect(p)?;
-            (Box::new(s.try_clone()?), Box::new(s))
-        }
-        Endpoint::Tcp(port) => {
-            let s = std::net::TcpStream::connect(("127.0.0.1", *port))?;
-            s.set_nodelay(true)?;
-            (Box::new(s.try_clone()?), Box::new(s))
-        }
-    };
-    if websocket {
-        write.write_all(UPGRADE)?;
-        let mut head = Vec::with_capacity(256);
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if read.read(&mut byte)? == 0 || head.len() > 16 << 10 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "no upgrade response",
-                ));
-            }
-            head.push(byte[0]);
-        }
-        check_upgrade(&head)?;
-    }
-    Ok((write, read))
-}
-
-/// The upgrade request of every load connection.
-const UPGRADE: &[u8] =
-    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-fn check_upgrade(head: &[u8]) -> io::Result<()> {
-    if head.starts_with(b"HTTP/1.1 101") {
-        return Ok(());
-    }
-    let line = String::from_utf8_lossy(head);
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("upgrade refused: {}", line.lines().next().unwrap_or("")),
-    ))
+    let socket = connect_upgraded(address, websocket)?;
+    Ok((Box::new(socket.try_clone()?), Box::new(socket)))
 }
 
 /// nginx with one worker on `addr`, proxying WebSocket upgrades to the Unix

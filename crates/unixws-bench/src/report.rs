@@ -392,7 +392,7 @@ fn machine(peers: bool, at: &Locations) -> serde_json::Value {
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
         "memory": first_line("/proc/meminfo", "MemTotal"),
         "unixws": env!("CARGO_PKG_VERSION"),
-        "tungstenite": "0.30",
+        "tungstenite": env!("UNIXWS_BENCH_TUNGSTENITE"),
     });
     if peers {
         m["python_websockets"] = command_output(

@@ -1,15 +1,26 @@
 //! `unixws bench`: measures WebSocket over Unix sockets against raw sockets
 //! and TCP, and against other servers, on this machine, in one run.
 //!
-//! Every server runs in its own process (this binary's `serve --echo` and
-//! hidden `bench-echo`, or a peer); the load comes from this process. See
-//! `load` for why the load client does not hide the servers' costs.
+//! A library of its own (quinn keeps `bench` and `perf` apart the same
+//! way), so that the `unixws` binary stays what serving, connecting and
+//! proxying need: its `bench` subcommand parses [`Args`] and calls [`run`].
+//! Every server runs in its own process (the `unixws` binary that called
+//! [`run`], re-run as `serve --echo`, `proxy` or the hidden `bench-echo`,
+//! or a peer); the load comes from this process. See `load` for why the
+//! load client does not hide the servers' costs.
+//!
+//! Layout: `target` starts the servers and opens connections; `load` is
+//! the pre-masked tokio load client and the thread-per-connection one;
+//! `clients` drives unixws's own clients; `raw_echo` is the byte-echo
+//! baseline server; `report` prints the table, the JSON and the plots;
+//! [`units`] parses sizes and durations for these flags and the CLI's.
 
 mod clients;
 mod load;
 mod raw_echo;
 mod report;
 mod target;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,10 +28,10 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::units::{parse_duration, parse_size};
 use clients::LibraryClient;
 use load::Measured;
 use target::{Locations, ServerKind, Transport, RUST_PEERS};
+use units::{parse_duration, parse_size};
 
 pub use raw_echo::run as run_raw_echo;
 
@@ -308,10 +319,7 @@ pub fn run(args: Args) -> Result<(), String> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = runtime(true)?;
     let mut results = Results::new();
     let mut failures = Vec::new();
     for _ in 0..args.repeat {
@@ -380,9 +388,9 @@ async fn measure(
     workload: Workload,
     duration: Duration,
 ) -> Result<Measured, String> {
-    let endpoint = &running.endpoint;
+    let address = &running.address;
     let websocket = running.websocket;
-    let open = || target::Conn::open(endpoint, websocket);
+    let open = || target::Conn::open(address, websocket);
     match (client, workload) {
         (Client::Load, Workload::PingPong { conns, size } | Workload::Matrix { conns, size }) => {
             load::ping_pong(open, conns, size, duration)
@@ -397,10 +405,10 @@ async fn measure(
         }
         (Client::SameCpu | Client::CrossCpu, Workload::PingPong { conns: 1, size }) => {
             let pid = running.pid();
-            let endpoint = endpoint.clone();
+            let address = address.clone();
             let cross = client == Client::CrossCpu;
             tokio::task::spawn_blocking(move || {
-                placed_ping_pong(pid, cross, endpoint, websocket, size, duration)
+                placed_ping_pong(pid, cross, address, websocket, size, duration)
             })
             .await
             .map_err(|e| e.to_string())?
@@ -409,9 +417,9 @@ async fn measure(
             Client::Threads,
             Workload::PingPong { conns, size } | Workload::Matrix { conns, size },
         ) => {
-            let endpoint = endpoint.clone();
+            let address = address.clone();
             tokio::task::spawn_blocking(move || {
-                load::ping_pong_threads(&endpoint, websocket, conns, size, duration)
+                load::ping_pong_threads(&address, websocket, conns, size, duration)
             })
             .await
             .map_err(|e| e.to_string())?
@@ -423,7 +431,7 @@ async fn measure(
             } else {
                 LibraryClient::Async
             };
-            clients::request_response(which, endpoint, size, duration).await
+            clients::request_response(which, address, size, duration).await
         }
         (_, other) => Err(format!(
             "{} is not a workload of the {} client",
@@ -440,7 +448,7 @@ async fn measure(
 fn placed_ping_pong(
     server: u32,
     cross: bool,
-    endpoint: target::Endpoint,
+    address: unixws::Address,
     websocket: bool,
     size: usize,
     duration: Duration,
@@ -450,25 +458,35 @@ fn placed_ping_pong(
     }
     pin_process(server, Some(0))?;
     pin_thread(0, Some(usize::from(cross)))?;
-    let measured = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|rt| {
-            rt.block_on(load::ping_pong(
-                || target::Conn::open(&endpoint, websocket),
-                1,
-                size,
-                duration,
-            ))
-            .map_err(|e| e.to_string())
-        });
+    let measured = runtime(false).and_then(|rt| {
+        rt.block_on(load::ping_pong(
+            || target::Conn::open(&address, websocket),
+            1,
+            size,
+            duration,
+        ))
+        .map_err(|e| e.to_string())
+    });
     pin_thread(0, None)?;
     pin_process(server, None)?;
     measured
 }
 
 /// The CPUs online (not those this thread may use: a pinned thread sees one).
+/// The bench's runtimes: a worker per CPU (`multi`), or the calling thread
+/// only (a placed ping-pong, whose thread is pinned).
+pub(crate) fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))
+}
+
 fn online_cpus() -> usize {
     // SAFETY: sysconf only reads a system setting.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };

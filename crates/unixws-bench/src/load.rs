@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use unixws::frame;
 
 use super::target::Conn;
 
@@ -22,29 +23,10 @@ pub fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i as u8).wrapping_mul(31)).collect()
 }
 
-/// One binary message of `size` bytes as a masked frame, built once.
+/// One binary message of `size` bytes as a masked frame, built once with
+/// the library's own encoder.
 pub fn masked_frame(size: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(size + 14);
-    f.push(0x82);
-    match size {
-        0..=125 => f.push(0x80 | size as u8),
-        126..=0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(size as u16).to_be_bytes());
-        }
-        _ => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(size as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&MASK);
-    f.extend(
-        payload(size)
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ MASK[i % 4]),
-    );
-    f
+    frame::encode(frame::FIN | frame::OP_BINARY, &payload(size), Some(MASK))
 }
 
 /// Reads frames and reports each complete data message, skipping payloads
@@ -118,22 +100,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// A frame header at the front of `buf`: its length, the payload length
 /// and the first byte; `None` while incomplete.
 fn parse_header(buf: &[u8]) -> Option<(usize, u64, u8)> {
-    let [b0, b1, ..] = *buf else {
-        return None;
-    };
-    let ext = match b1 & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let header = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
-    let h = buf.get(..header)?;
-    let len = match ext {
-        2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-        8 => u64::from_be_bytes(h[2..10].try_into().unwrap_or([0; 8])),
-        _ => u64::from(b1 & 0x7f),
-    };
-    Some((header, len, b0))
+    frame::Head::parse(buf).map(|head| (head.len, head.payload_len, head.first))
 }
 
 /// Adds a skipped frame to the message in progress: the message's length
@@ -214,7 +181,7 @@ impl<R: std::io::Read> BlockingFrames<R> {
 /// blocking reads and writes (what a thread-per-connection program does),
 /// the same pre-masked frames and header-only reading.
 pub fn ping_pong_threads(
-    endpoint: &super::target::Endpoint,
+    address: &unixws::Address,
     websocket: bool,
     connections: usize,
     size: usize,
@@ -224,7 +191,7 @@ pub fn ping_pong_threads(
     let frame = std::sync::Arc::new(masked_frame(size));
     let mut sockets = Vec::with_capacity(connections);
     for _ in 0..connections {
-        sockets.push(super::target::open_blocking(endpoint, websocket)?);
+        sockets.push(super::target::open_blocking(address, websocket)?);
     }
     let started = Instant::now();
     let until = started + duration;
