@@ -90,7 +90,7 @@
 //! - [`frame`]: single frames as bytes ([`frame::encode`],
 //!   [`frame::Head`]), for tools and tests below the connection API.
 //! - [`Message`] and [`CloseCode`], tungstenite's; [`prelude`] and
-//!   [`tokio::prelude`](crate::tokio::prelude): one import per driver.
+//!   [`tokio::prelude`]: one import per driver.
 //!
 //! [tungstenite]: https://docs.rs/tungstenite
 #![deny(missing_docs)]
@@ -150,7 +150,7 @@ pub use tungstenite::protocol::frame::coding::CloseCode;
 /// The blocking API in one import: `use unixws::prelude::*;`. (A glob of
 /// the crate root would also import the module `unixws::tokio`, which
 /// makes the name `tokio` ambiguous next to the tokio crate.) The async
-/// API has its own: [`tokio::prelude`](crate::tokio::prelude).
+/// API has its own: [`tokio::prelude`].
 ///
 /// ```no_run
 /// use unixws::prelude::*;
