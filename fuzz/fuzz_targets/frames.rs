@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-const UPGRADE: &[u8] = b"GET /fuzz HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+use unixws::fuzzing::UPGRADE;
 
 fuzz_target!(|data: &[u8]| {
     let output = unixws::fuzzing::serve_bytes(UPGRADE, data);

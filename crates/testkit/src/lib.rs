@@ -357,7 +357,8 @@ pub fn silent_peer(socket: &Path) -> (Vec<u8>, Duration) {
     (bytes, started.elapsed())
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago (the test fails
+/// when there is none).
 pub fn free_port() -> u16 {
     try_free_port().expect("a free TCP port on 127.0.0.1")
 }
@@ -377,7 +378,7 @@ pub fn raw_upgraded(path: &Path) -> std::os::unix::net::UnixStream {
         .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    s.write_all(upgrade_request("/", "").as_bytes())
         .expect("write the upgrade request");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -393,29 +394,69 @@ pub fn raw_upgraded(path: &Path) -> std::os::unix::net::UnixStream {
     s
 }
 
-/// A client frame as bytes on the wire: the FIN/RSV/opcode byte, the
-/// shortest length form, then the payload masked with a fixed non-zero key
-/// (or not, for tests of unmasked frames).
+/// The mask key of every masked test frame (fixed and non-zero, so that a
+/// server that skipped unmasking would be caught).
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A client frame as bytes on the wire, from the library's own encoder
+/// (`unixws::frame::encode`): the FIN/RSV/opcode byte as given, the
+/// shortest length form, the payload masked with [`MASK`] (or not, for
+/// tests of unmasked frames).
 pub fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut f = vec![first];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => f.push(mask_bit | n as u8),
-        n @ 126..=0xffff => {
-            f.push(mask_bit | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(mask_bit | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+    unixws::frame::encode(first, payload, masked.then_some(MASK))
+}
+
+/// The upgrade request every hand-written test client sends: `path`, and
+/// `extra` header lines (each ending in `\r\n`) before the WebSocket ones.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// The frames at the front of `bytes` that are whole: (first byte,
+/// unmasked payload) each, read with the library's header parser.
+pub fn split_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while let Some(head) = unixws::frame::Head::parse(bytes) {
+        let Some(end) = usize::try_from(head.payload_len)
+            .ok()
+            .and_then(|n| n.checked_add(head.len))
+            .filter(|&end| end <= bytes.len())
+        else {
+            break;
+        };
+        frames.push((head.first, unmasked(&head, bytes, end)));
+        bytes = &bytes[end..];
     }
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    if masked {
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
+    frames
+}
+
+/// Reads one frame from `reader`: (first byte, unmasked payload).
+pub fn read_frame(reader: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(14);
+    let head = loop {
+        if let Some(head) = unixws::frame::Head::parse(&buf) {
+            break head;
+        }
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte)?;
+        buf.push(byte[0]);
+    };
+    let len = usize::try_from(head.payload_len)
+        .map_err(|_| std::io::Error::other("a frame longer than memory"))?;
+    buf.resize(head.len + len, 0);
+    reader.read_exact(&mut buf[head.len..])?;
+    Ok((head.first, unmasked(&head, &buf, buf.len())))
+}
+
+fn unmasked(head: &unixws::frame::Head, bytes: &[u8], end: usize) -> Vec<u8> {
+    let mut payload = bytes[head.len..end].to_vec();
+    if let Some(key) = head.key(bytes) {
+        payload
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b ^= key[i % 4]);
     }
-    f
+    payload
 }

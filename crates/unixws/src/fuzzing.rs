@@ -17,6 +17,9 @@ use tungstenite::Message;
 use crate::codec::decode::Forward;
 use crate::codec::Decoder;
 
+/// The upgrade request the frame targets send before their frames.
+pub const UPGRADE: &[u8] = b"GET /fuzz HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 /// How one side's reading ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -114,6 +117,21 @@ fn tungstenite_reads(
         }
     }
 }
+
+/// The close code a server owes a client that sent `frames` (after the
+/// upgrade), by tungstenite's reading with [`serve_bytes`]'s limits:
+/// `Some(code)` for a protocol, UTF-8 or size error, `None` when the
+/// frames are valid (the server then echoes them, and a close if there is
+/// one). The corpus test holds the server's answer to it.
+pub fn expected_close(frames: &[u8]) -> Option<u16> {
+    match tungstenite_reads(frames, Vec::new(), Role::Server, SERVE_MAX).1 {
+        End::Error(code) => Some(code),
+        End::Input | End::Closed => None,
+    }
+}
+
+/// The message and frame limit of [`serve_bytes`].
+const SERVE_MAX: usize = 1 << 20;
 
 /// Runs both decoders over `input` (first byte: role and limits; next
 /// two: where to cut; the rest: the byte stream). `Err` describes a
@@ -321,8 +339,8 @@ pub fn serve_bytes(first: &[u8], then: &[u8]) -> Vec<u8> {
     let limits = crate::Limits {
         handshake_timeout: Duration::from_millis(200),
         close_timeout: Duration::from_millis(200),
-        max_message_size: 1 << 20,
-        max_frame_size: 1 << 20,
+        max_message_size: SERVE_MAX,
+        max_frame_size: SERVE_MAX,
         write_timeout: Some(Duration::from_secs(1)),
         ..crate::Limits::default()
     };

@@ -49,7 +49,11 @@ pub(crate) struct LogGate {
 impl LogGate {
     /// `Some(n)`: log now, mentioning the `n` held back since the last line.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let now = std::time::Instant::now();
+        self.allow_at(std::time::Instant::now())
+    }
+
+    /// [`allow`](Self::allow) at `now` (tests pass made-up instants).
+    fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
         let mut last = self
             .last
             .lock()
@@ -296,12 +300,19 @@ mod tests {
     #[test]
     fn a_log_gate_lets_one_line_a_second_through_and_counts_the_rest() {
         let gate = LogGate::default();
-        assert_eq!(gate.allow(), Some(0));
-        for _ in 0..5 {
-            assert_eq!(gate.allow(), None);
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        assert_eq!(gate.allow_at(at(0)), Some(0));
+        for ms in [1, 200, 500, 900, 999] {
+            assert_eq!(gate.allow_at(at(ms)), None, "{ms} ms after a line");
         }
-        std::thread::sleep(std::time::Duration::from_millis(1010));
-        assert_eq!(gate.allow(), Some(5));
+        assert_eq!(
+            gate.allow_at(at(1000)),
+            Some(5),
+            "a second later: one line, five held back"
+        );
+        assert_eq!(gate.allow_at(at(1001)), None);
+        assert_eq!(gate.allow_at(at(5000)), Some(1));
     }
 }
 

@@ -104,7 +104,7 @@ async fn frames_glued_to_the_request_reach_the_accepting_side() {
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let peer = std::thread::spawn(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-        let mut bytes = b"GET /glued?x=1 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        let mut bytes = unixws_testkit::upgrade_request("/glued?x=1", "").into_bytes();
         bytes.extend(client_frame(0x81, b"first, in the same write", true));
         s.write_all(&bytes).unwrap();
         let mut answer = vec![0u8; 4096];
@@ -226,24 +226,16 @@ fn read_until(
 
 /// Text frames (server frames are unmasked) in `bytes`, whole ones only.
 fn count_text_frames(bytes: &[u8]) -> usize {
-    frames(bytes).filter(|&(op, _)| op == 0x81).count()
+    unixws_testkit::split_frames(bytes)
+        .iter()
+        .filter(|(op, _)| *op == 0x81)
+        .count()
 }
 
 fn has_pong(bytes: &[u8]) -> bool {
-    frames(bytes).any(|(op, payload)| op == 0x8a && payload == b"are you there")
-}
-
-fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    std::iter::from_fn(move || {
-        let [op, len, ..] = *bytes else { return None };
-        let len = usize::from(len & 0x7f);
-        if len > 125 || bytes.len() < 2 + len {
-            return None;
-        }
-        let frame = (op, &bytes[2..2 + len]);
-        bytes = &bytes[2 + len..];
-        Some(frame)
-    })
+    unixws_testkit::split_frames(bytes)
+        .iter()
+        .any(|(op, payload)| *op == 0x8a && payload == b"are you there")
 }
 
 #[tokio::test]
@@ -313,7 +305,8 @@ async fn outbox_messages_go_out_while_nobody_is_in_recv() {
             "the ticks, while the handler is not in recv",
             |seen| count_text_frames(seen) >= 6,
         );
-        let ticks: Vec<&[u8]> = frames(&seen).map(|(_, p)| p).collect();
+        let frames = unixws_testkit::split_frames(&seen);
+        let ticks: Vec<&[u8]> = frames.iter().map(|(_, p)| &p[..]).collect();
         assert_eq!(
             ticks,
             [
@@ -375,11 +368,13 @@ async fn an_abandoned_connection_with_an_outbox_is_closed_after_its_queue() {
         let mut s = unixws_testkit::raw_upgraded(&path);
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let seen = read_until(&mut s, "a close", |seen| {
-            frames(seen).any(|(op, _)| op == 0x88)
+            unixws_testkit::split_frames(seen)
+                .iter()
+                .any(|(op, _)| *op == 0x88)
         });
-        let got: Vec<(u8, &[u8])> = frames(&seen).collect();
+        let got = unixws_testkit::split_frames(&seen);
         assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(got[0], (0x81, &b"last words"[..]));
+        assert_eq!(got[0], (0x81, b"last words".to_vec()));
         assert_eq!(got[1].0, 0x88);
         assert_eq!(&got[1].1[..2], &1000u16.to_be_bytes());
         s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))

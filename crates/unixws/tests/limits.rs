@@ -131,9 +131,12 @@ fn raw_exchange(server: &RunningServer, request: &str) -> String {
     response
 }
 
+/// The tests' upgrade request, with `extra` header lines and the
+/// `Sec-WebSocket-Version` given.
 fn upgrade_request(version: u8, extra: &str) -> String {
-    format!(
-        "GET / HTTP/1.1\r\nHost: localhost\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    unixws_testkit::upgrade_request("/", extra).replace(
+        "Sec-WebSocket-Version: 13",
+        &format!("Sec-WebSocket-Version: {version}"),
     )
 }
 

@@ -33,25 +33,10 @@ fn close_code_for(path: &Path, bytes: &[u8]) -> u16 {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        // Frames from the server are unmasked; find the first close frame.
-        let mut at = 0;
-        while at + 2 <= buf.len() {
-            let (op, len) = (buf[at] & 0x0f, (buf[at + 1] & 0x7f) as usize);
-            let (hdr, len) = match len {
-                126 if at + 4 <= buf.len() => {
-                    (4, u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize)
-                }
-                126 | 127 => break,
-                n => (2, n),
-            };
-            if at + hdr + len > buf.len() {
-                break;
-            }
-            if op == 8 {
-                assert!(len >= 2, "close frame without a code");
-                return u16::from_be_bytes([buf[at + hdr], buf[at + hdr + 1]]);
-            }
-            at += hdr + len;
+        let frames = unixws_testkit::split_frames(&buf);
+        if let Some((_, payload)) = frames.iter().find(|(first, _)| first & 0x0f == 8) {
+            assert!(payload.len() >= 2, "close frame without a code");
+            return u16::from_be_bytes([payload[0], payload[1]]);
         }
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => panic!("the connection ended without a close frame; got {buf:?}"),
@@ -268,9 +253,6 @@ fn answer_to(path: &Path, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-const KEY_AND_VERSION: &str =
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
-
 #[test]
 fn rows_6_to_13_protocol_violations_get_the_right_close_code() {
     each_server(limits(), |path, stats| {
@@ -332,7 +314,7 @@ fn row_1_a_1_mib_header_line_in_1_byte_writes_stops_at_the_byte_cap() {
 fn row_2_two_thousand_headers_get_431() {
     each_server(limits(), |path, _| {
         let many: String = (0..2000).map(|i| format!("X-H{i}: v\r\n")).collect();
-        let request = format!("GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY_AND_VERSION}{many}\r\n");
+        let request = unixws_testkit::upgrade_request("/", &many);
         let answer = answer_to(path, request.as_bytes());
         assert!(
             answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"),
@@ -505,12 +487,12 @@ fn row_12_invalid_utf8_fails_at_the_bad_byte_before_the_frame_is_complete() {
     // A text frame that declares 1,000 bytes, of which only the first few
     // (with a byte that is never UTF-8) are sent: the 1007 must come
     // without waiting for the rest (Autobahn 6.4.3).
-    let key = [7u8, 1, 2, 3];
-    let mut bytes = vec![0x81, 0x80 | 126];
-    bytes.extend_from_slice(&1000u16.to_be_bytes());
-    bytes.extend_from_slice(&key);
     let start = b"valid so far \xce\xba then \xff";
-    bytes.extend(start.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    let mut payload = start.to_vec();
+    payload.resize(1000, b'x');
+    let whole = frame(0x81, &payload, true);
+    // The 8-byte header (2, the 16-bit length, the key) and the start only.
+    let bytes = whole[..8 + start.len()].to_vec();
     each_server(limits(), |path, _| {
         assert_eq!(close_code_for(path, &bytes), 1007);
     });

@@ -502,26 +502,10 @@ async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout(
     );
 }
 
-/// Reads one unmasked frame from the server: (opcode, payload).
+/// Reads one frame from the server: (opcode, payload).
 fn read_frame(s: &mut UnixStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).unwrap();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut e = [0u8; 2];
-            s.read_exact(&mut e).unwrap();
-            u64::from(u16::from_be_bytes(e))
-        }
-        127 => {
-            let mut e = [0u8; 8];
-            s.read_exact(&mut e).unwrap();
-            u64::from_be_bytes(e)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    s.read_exact(&mut payload).unwrap();
-    (h[0] & 0x0f, payload)
+    let (first, payload) = unixws_testkit::read_frame(s).unwrap();
+    (first & 0x0f, payload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

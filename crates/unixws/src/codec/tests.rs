@@ -8,7 +8,7 @@ use tungstenite::protocol::Role;
 use tungstenite::Message;
 
 use super::decode::Forward;
-use super::encode::{encode_head, MAX_SLICES};
+use super::encode::MAX_SLICES;
 use super::{CodecError, Decoder, OpCode, Outgoing};
 
 const KEY: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
@@ -28,13 +28,8 @@ pub(crate) fn drain(out: &mut Outgoing) -> Vec<u8> {
 
 /// A client frame (masked), as a server receives it.
 pub(crate) fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut head = [0u8; 14];
-    let n = encode_head(&mut head, fin, opcode, payload.len(), Some(KEY));
-    let mut frame = head[..n].to_vec();
-    let start = frame.len();
-    frame.extend_from_slice(payload);
-    super::mask::apply(&mut frame[start..], KEY, 0);
-    frame
+    let first = if fin { crate::frame::FIN } else { 0 } | opcode;
+    crate::frame::encode(first, payload, Some(KEY))
 }
 
 fn server() -> Decoder {
