@@ -322,6 +322,177 @@ impl Drop for RunningServer {
     }
 }
 
+/// A unixws tokio server on a runtime of its own (a thread with two
+/// workers), so that blocking and async tests alike can start one; shut
+/// down and joined on drop. The twin of [`RunningServer`].
+pub struct RunningAsyncServer {
+    addr: unixws::Address,
+    stats: std::sync::Arc<unixws::ServerStats>,
+    shutdown: unixws::ShutdownHandle,
+    join: Option<std::thread::JoinHandle<unixws::Result<()>>>,
+}
+
+impl RunningAsyncServer {
+    /// Binds `builder` (with `bind_async`) and serves `handler`.
+    pub fn start<H, F>(builder: unixws::ServerBuilder, handler: H) -> RunningAsyncServer
+    where
+        H: Fn(unixws::tokio::Connection) -> F + Send + Sync + 'static,
+        F: std::future::Future<Output = unixws::HandlerResult> + Send + 'static,
+    {
+        let (bound, bound_rx) = mpsc::channel();
+        let join = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the test server");
+            runtime.block_on(async move {
+                let server = builder.bind_async().expect("bind test server");
+                let parts = (
+                    server.local_addr().clone(),
+                    server.stats(),
+                    server.shutdown_handle(),
+                );
+                bound.send(parts).expect("the test waits for the bind");
+                server.serve(handler).await
+            })
+        });
+        let (addr, stats, shutdown) = bound_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the tokio test server bound its socket");
+        RunningAsyncServer {
+            addr,
+            stats,
+            shutdown,
+            join: Some(join),
+        }
+    }
+
+    /// An echo server on `addr` with `limits`.
+    pub fn echo(addr: impl unixws::ToAddress, limits: unixws::Limits) -> RunningAsyncServer {
+        let builder = unixws::Server::builder(addr)
+            .expect("address")
+            .limits(limits);
+        Self::start(builder, echo_async)
+    }
+
+    /// The address it serves.
+    pub fn addr(&self) -> &unixws::Address {
+        &self.addr
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> unixws::StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// A handle that starts the shutdown without waiting for it.
+    pub fn shutdown_handle(&self) -> unixws::ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down and waits for `serve` to return (blocking).
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    /// [`stop`](Self::stop) from async code: the caller's runtime keeps
+    /// running while the server drains.
+    pub async fn stop_async(self) {
+        tokio::task::spawn_blocking(move || self.stop())
+            .await
+            .expect("the server stopped");
+    }
+
+    fn stop_inner(&mut self) {
+        self.shutdown.shutdown();
+        if let Some(join) = self.join.take() {
+            join.join().expect("server thread").expect("serve");
+        }
+    }
+}
+
+impl Drop for RunningAsyncServer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop_inner();
+        } else {
+            self.shutdown.shutdown();
+        }
+    }
+}
+
+/// The two server front ends, for cases that run over both from one body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// `Server::bind` and a thread per connection.
+    Blocking,
+    /// `ServerBuilder::bind_async` on tokio.
+    Tokio,
+}
+
+/// Both front ends, in the order the cases run them.
+pub const FRONT_ENDS: [FrontEnd; 2] = [FrontEnd::Blocking, FrontEnd::Tokio];
+
+/// A running test server of either front end.
+pub enum AnyServer {
+    /// See [`RunningServer`].
+    Blocking(RunningServer),
+    /// See [`RunningAsyncServer`].
+    Tokio(RunningAsyncServer),
+}
+
+impl AnyServer {
+    /// An echo server of `front` on `addr` with `limits`.
+    pub fn echo(front: FrontEnd, addr: impl unixws::ToAddress, limits: unixws::Limits) -> Self {
+        match front {
+            FrontEnd::Blocking => AnyServer::Blocking(RunningServer::echo(addr, limits)),
+            FrontEnd::Tokio => AnyServer::Tokio(RunningAsyncServer::echo(addr, limits)),
+        }
+    }
+
+    /// The address it serves.
+    pub fn addr(&self) -> &unixws::Address {
+        match self {
+            AnyServer::Blocking(s) => s.addr(),
+            AnyServer::Tokio(s) => s.addr(),
+        }
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> unixws::StatsSnapshot {
+        match self {
+            AnyServer::Blocking(s) => s.stats(),
+            AnyServer::Tokio(s) => s.stats(),
+        }
+    }
+
+    /// Shuts down and waits for `serve` to return.
+    pub fn stop(self) {
+        match self {
+            AnyServer::Blocking(s) => s.stop(),
+            AnyServer::Tokio(s) => s.stop(),
+        }
+    }
+}
+
+/// The tokio echo handler: every message goes back to its sender.
+pub async fn echo_async(mut conn: unixws::tokio::Connection) -> unixws::HandlerResult {
+    while let Some(message) = conn.recv().await? {
+        conn.send(message).await?;
+    }
+    Ok(())
+}
+
+/// Sends `text` on a tokio connection and expects it back.
+pub async fn assert_echo_async(conn: &mut unixws::tokio::Connection, text: &str) {
+    conn.send(unixws::Message::text(text)).await.expect("send");
+    assert_eq!(
+        conn.recv().await.expect("recv"),
+        Some(unixws::Message::text(text))
+    );
+}
+
 /// The echo handler: every message goes back to its sender.
 pub fn echo(conn: &mut unixws::Connection) -> unixws::HandlerResult {
     while let Some(message) = conn.recv()? {

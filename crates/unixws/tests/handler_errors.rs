@@ -2,12 +2,10 @@
 //! the peer then gets 1011 rather than a normal close: on both servers,
 //! and on a tokio connection whose outbox writer task is running.
 
-use std::time::Duration;
-
 use unixws::tokio::Connection as AsyncConnection;
 use unixws::CloseCode;
 use unixws::{ClientBuilder, Connection, Message, PeerClose, Server};
-use unixws_testkit::RunningServer;
+use unixws_testkit::{RunningAsyncServer, RunningServer};
 
 const REASON: &str = "the server's handler failed";
 
@@ -48,41 +46,25 @@ fn a_blocking_handler_error_closes_with_1011() {
     );
 }
 
-fn tokio_server(
-    path: &std::path::Path,
-    use_outbox: bool,
-) -> (unixws::ShutdownHandle, std::thread::JoinHandle<()>) {
-    let path = path.to_path_buf();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let server = Server::builder(&path).unwrap().bind_async().unwrap();
-            ready_tx.send(server.shutdown_handle()).unwrap();
-            server
-                .serve(move |mut conn: AsyncConnection| async move {
-                    // The outbox starts the writer task: the close then
-                    // goes out through it.
-                    let outbox = use_outbox.then(|| conn.outbox()).transpose()?;
-                    while let Some(message) = conn.recv().await? {
-                        if message == Message::text("end") {
-                            return Ok(());
-                        }
-                        let n = parse(&message)?;
-                        let answer = Message::text((n + 1).to_string());
-                        match &outbox {
-                            Some(outbox) => outbox.try_send(answer)?,
-                            None => conn.send(answer).await?,
-                        }
-                    }
-                    Ok(())
-                })
-                .await
-                .unwrap();
-        });
-    });
-    let shutdown = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    (shutdown, thread)
+fn tokio_server(path: &std::path::Path, use_outbox: bool) -> RunningAsyncServer {
+    let builder = Server::builder(path).unwrap();
+    RunningAsyncServer::start(builder, move |mut conn: AsyncConnection| async move {
+        // The outbox starts the writer task: the close then goes out
+        // through it.
+        let outbox = use_outbox.then(|| conn.outbox()).transpose()?;
+        while let Some(message) = conn.recv().await? {
+            if message == Message::text("end") {
+                return Ok(());
+            }
+            let n = parse(&message)?;
+            let answer = Message::text((n + 1).to_string());
+            match &outbox {
+                Some(outbox) => outbox.try_send(answer)?,
+                None => conn.send(answer).await?,
+            }
+        }
+        Ok(())
+    })
 }
 
 #[test]
@@ -90,15 +72,14 @@ fn a_tokio_handler_error_closes_with_1011() {
     for use_outbox in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sock");
-        let (shutdown, thread) = tokio_server(&path, use_outbox);
+        let server = tokio_server(&path, use_outbox);
         let close = client_sees(&path);
         assert_eq!(
             (close.code, close.reason.as_str()),
             (CloseCode::Error, REASON),
             "with the outbox writer task: {use_outbox}"
         );
-        shutdown.shutdown();
-        thread.join().unwrap();
+        server.stop();
     }
 }
 
@@ -107,7 +88,7 @@ fn a_tokio_handler_error_closes_with_1011() {
 fn a_handler_that_returns_ok_closes_with_1000() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.sock");
-    let (shutdown, thread) = tokio_server(&path, false);
+    let server = tokio_server(&path, false);
     let mut conn = unixws::connect(&path).unwrap();
     conn.send(Message::text("1")).unwrap();
     assert_eq!(conn.recv().unwrap(), Some(Message::text("2")));
@@ -115,6 +96,5 @@ fn a_handler_that_returns_ok_closes_with_1000() {
     assert_eq!(conn.recv().unwrap(), None);
     let close = conn.peer_close().cloned().expect("a close frame");
     assert_eq!((close.code, close.reason.as_str()), (CloseCode::Normal, ""));
-    shutdown.shutdown();
-    thread.join().unwrap();
+    server.stop();
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use unixws::CloseCode;
 use unixws::{Error, Limits, Message};
-use unixws_testkit::{assert_echo, RunningServer};
+use unixws_testkit::{assert_echo, AnyServer, FRONT_ENDS};
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     let mut l = Limits::default();
@@ -20,72 +20,84 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 
 #[test]
 fn message_over_max_closes_with_1009_and_others_keep_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(
-        dir.path().join("l.sock"),
-        limits(|l| l.max_message_size = 1024),
-    );
-    let mut bystander = unixws::connect(server.addr()).unwrap();
-    let mut offender = unixws::connect(server.addr()).unwrap();
-    assert_echo(&mut offender, "small is fine");
-    offender.send(Message::binary(vec![7u8; 2000])).unwrap();
-    assert_eq!(
-        offender.recv().unwrap(),
-        None,
-        "the server closes the connection"
-    );
-    assert_eq!(offender.peer_close().map(|c| c.code), Some(CloseCode::Size));
-    assert_echo(&mut bystander, "still here");
-    let mut newcomer = unixws::connect(server.addr()).unwrap();
-    assert_echo(&mut newcomer, "and accepting");
-    assert_eq!(server.stats().protocol_errors, 1);
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("l.sock"),
+            limits(|l| l.max_message_size = 1024),
+        );
+        let mut bystander = unixws::connect(server.addr()).unwrap();
+        let mut offender = unixws::connect(server.addr()).unwrap();
+        assert_echo(&mut offender, "small is fine");
+        offender.send(Message::binary(vec![7u8; 2000])).unwrap();
+        assert_eq!(
+            offender.recv().unwrap(),
+            None,
+            "the server closes the connection"
+        );
+        assert_eq!(offender.peer_close().map(|c| c.code), Some(CloseCode::Size));
+        assert_echo(&mut bystander, "still here");
+        let mut newcomer = unixws::connect(server.addr()).unwrap();
+        assert_echo(&mut newcomer, "and accepting");
+        assert_eq!(server.stats().protocol_errors, 1);
+    }
 }
 
 #[test]
 fn reassembled_fragments_count_towards_max_message() {
-    use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use unixws::tungstenite::protocol::frame::Frame;
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(
-        dir.path().join("f.sock"),
-        limits(|l| l.max_message_size = 1024),
-    );
-    let mut conn = unixws::connect(server.addr()).unwrap();
-    conn.feed(Message::Frame(Frame::message(
-        vec![1u8; 600],
-        OpCode::Data(Data::Binary),
-        false,
-    )))
-    .unwrap();
-    conn.feed(Message::Frame(Frame::message(
-        vec![1u8; 600],
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .unwrap();
-    conn.flush().unwrap();
-    assert_eq!(conn.recv().unwrap(), None);
-    assert_eq!(conn.peer_close().map(|c| c.code), Some(CloseCode::Size));
+    for front in FRONT_ENDS {
+        use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use unixws::tungstenite::protocol::frame::Frame;
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("f.sock"),
+            limits(|l| l.max_message_size = 1024),
+        );
+        let mut conn = unixws::connect(server.addr()).unwrap();
+        conn.feed(Message::Frame(Frame::message(
+            vec![1u8; 600],
+            OpCode::Data(Data::Binary),
+            false,
+        )))
+        .unwrap();
+        conn.feed(Message::Frame(Frame::message(
+            vec![1u8; 600],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .unwrap();
+        conn.flush().unwrap();
+        assert_eq!(conn.recv().unwrap(), None);
+        assert_eq!(conn.peer_close().map(|c| c.code), Some(CloseCode::Size));
+    }
 }
 
 #[test]
 fn connection_over_max_connections_gets_503_and_others_are_unaffected() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(dir.path().join("c.sock"), limits(|l| l.max_connections = 2));
-    let mut a = unixws::connect(server.addr()).unwrap();
-    let mut b = unixws::connect(server.addr()).unwrap();
-    assert_echo(&mut a, "a");
-    let err = unixws::connect(server.addr()).unwrap_err();
-    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
-    assert!(err.to_string().contains("503"), "{err}");
-    assert_eq!(server.stats().refused_busy, 1);
-    assert_echo(&mut a, "a again");
-    assert_echo(&mut b, "b");
-    a.close(1000, "").unwrap();
-    drop(a);
-    // The slot is free again once the first connection is gone.
-    let mut c = unixws_testkit_retry(server.addr());
-    assert_echo(&mut c, "c");
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("c.sock"),
+            limits(|l| l.max_connections = 2),
+        );
+        let mut a = unixws::connect(server.addr()).unwrap();
+        let mut b = unixws::connect(server.addr()).unwrap();
+        assert_echo(&mut a, "a");
+        let err = unixws::connect(server.addr()).unwrap_err();
+        assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert_eq!(server.stats().refused_busy, 1);
+        assert_echo(&mut a, "a again");
+        assert_echo(&mut b, "b");
+        a.close(1000, "").unwrap();
+        drop(a);
+        // The slot is free again once the first connection is gone.
+        let mut c = unixws_testkit_retry(server.addr());
+        assert_echo(&mut c, "c");
+    }
 }
 
 fn unixws_testkit_retry(addr: &unixws::Address) -> unixws::Connection {
@@ -98,30 +110,33 @@ fn unixws_testkit_retry(addr: &unixws::Address) -> unixws::Connection {
 
 #[test]
 fn silent_client_is_dropped_after_the_handshake_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let timeout = Duration::from_millis(300);
-    let server = RunningServer::echo(
-        dir.path().join("t.sock"),
-        limits(|l| l.handshake_timeout = timeout),
-    );
-    let path = server.addr().unix_path().unwrap().to_path_buf();
-    let started = Instant::now();
-    let mut silent = UnixStream::connect(&path).unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = silent
-        .read(&mut buf)
-        .expect("the server closes, not our read timeout");
-    assert_eq!(n, 0, "no response is sent to a silent client");
-    assert!(started.elapsed() >= timeout, "dropped before the timeout");
-    let mut ok = unixws::connect(server.addr()).unwrap();
-    assert_echo(&mut ok, "after");
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_millis(300);
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("t.sock"),
+            limits(|l| l.handshake_timeout = timeout),
+        );
+        let path = server.addr().unix_path().unwrap().to_path_buf();
+        let started = Instant::now();
+        let mut silent = UnixStream::connect(&path).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = silent
+            .read(&mut buf)
+            .expect("the server closes, not our read timeout");
+        assert_eq!(n, 0, "no response is sent to a silent client");
+        assert!(started.elapsed() >= timeout, "dropped before the timeout");
+        let mut ok = unixws::connect(server.addr()).unwrap();
+        assert_echo(&mut ok, "after");
+    }
 }
 
 /// Sends `request` on a raw socket and returns all the server answers.
-fn raw_exchange(server: &RunningServer, request: &str) -> String {
+fn raw_exchange(server: &AnyServer, request: &str) -> String {
     let mut raw = UnixStream::connect(server.addr().unix_path().unwrap()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     // The server may stop reading half-way; a write error then is expected.
@@ -142,33 +157,44 @@ fn upgrade_request(version: u8, extra: &str) -> String {
 
 #[test]
 fn oversized_handshake_gets_431() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(
-        dir.path().join("h.sock"),
-        limits(|l| l.max_header_bytes = 1024),
-    );
-    let big = format!("X-Big: {}\r\n", "a".repeat(4096));
-    let response = raw_exchange(&server, &upgrade_request(13, &big));
-    assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("h.sock"),
+            limits(|l| l.max_header_bytes = 1024),
+        );
+        let big = format!("X-Big: {}\r\n", "a".repeat(4096));
+        let response = raw_exchange(&server, &upgrade_request(13, &big));
+        assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
+    }
 }
 
 #[test]
 fn bad_version_gets_426_with_the_supported_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(dir.path().join("v.sock"), Limits::default());
-    let response = raw_exchange(&server, &upgrade_request(8, ""));
-    assert!(response.starts_with("HTTP/1.1 426"), "{response:?}");
-    assert!(
-        response.contains("Sec-WebSocket-Version: 13"),
-        "{response:?}"
-    );
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(front, dir.path().join("v.sock"), Limits::default());
+        let response = raw_exchange(&server, &upgrade_request(8, ""));
+        assert!(response.starts_with("HTTP/1.1 426"), "{response:?}");
+        assert!(
+            response.contains("Sec-WebSocket-Version: 13"),
+            "{response:?}"
+        );
+    }
 }
 
 #[test]
 fn too_many_header_lines_get_431() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::echo(dir.path().join("n.sock"), limits(|l| l.max_headers = 10));
-    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let response = raw_exchange(&server, &upgrade_request(13, &many));
-    assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
+    for front in FRONT_ENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let server = AnyServer::echo(
+            front,
+            dir.path().join("n.sock"),
+            limits(|l| l.max_headers = 10),
+        );
+        let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let response = raw_exchange(&server, &upgrade_request(13, &many));
+        assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
+    }
 }

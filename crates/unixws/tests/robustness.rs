@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use unixws::{Limits, Server};
-use unixws_testkit::RunningServer;
+use unixws::Limits;
+use unixws_testkit::{RunningAsyncServer, RunningServer};
 
 const MAX_MESSAGE: usize = 64 << 10;
 
@@ -214,26 +214,10 @@ fn each_server(limits: Limits, check: impl Fn(&Path, &dyn Fn() -> unixws::StatsS
     drop(server);
 
     let sock = dir.path().join("tokio.sock");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(async {
-        Server::builder(&sock)
-            .unwrap()
-            .limits(limits)
-            .bind_async()
-            .unwrap()
-    });
-    let stop = server.shutdown_handle();
-    let stats = server.stats();
-    let serving = runtime.spawn(server.serve(|mut conn| async move {
-        while let Some(m) = conn.recv().await? {
-            conn.send(m).await?;
-        }
-        Ok(())
-    }));
-    check(&sock, &|| stats.snapshot());
+    let server = RunningAsyncServer::echo(&sock, limits);
+    check(&sock, &|| server.stats());
     assert_still_serving(&sock);
-    stop.shutdown();
-    runtime.block_on(serving).unwrap().unwrap();
+    server.stop();
 }
 
 fn assert_still_serving(path: &Path) {

@@ -1,4 +1,4 @@
-//! The tokio server over real sockets: limits, keepalive, graceful shutdown
+//! The tokio server over real sockets: keepalive, graceful shutdown
 //! that flushes queued messages, bounded queues that close a slow consumer
 //! without slowing the others, and 2,000 concurrent connections.
 
@@ -8,75 +8,31 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
 use unixws::tokio::{Connection, Outbox};
 use unixws::CloseCode;
-use unixws::{Error, Limits, Message, OutboxError, Server, ShutdownHandle};
+use unixws::{Error, Limits, Message, OutboxError, Server};
+use unixws_testkit::{assert_echo_async, RunningAsyncServer};
 
-struct TestServer {
-    shutdown: ShutdownHandle,
-    stats: std::sync::Arc<unixws::ServerStats>,
-    task: JoinHandle<unixws::Result<()>>,
-}
-
-impl TestServer {
-    async fn stop(self) {
-        self.shutdown.shutdown();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn echo(mut conn: Connection) -> unixws::HandlerResult {
-    while let Some(m) = conn.recv().await? {
-        conn.send(m).await?;
-    }
-    Ok(())
-}
-
-fn start_echo(path: &Path, limits: Limits) -> TestServer {
-    let server = Server::builder(path)
-        .unwrap()
-        .limits(limits)
-        .bind_async()
-        .unwrap();
-    TestServer {
-        shutdown: server.shutdown_handle(),
-        stats: server.stats(),
-        task: tokio::spawn(server.serve(echo)),
-    }
+fn start_echo(path: &Path, limits: Limits) -> RunningAsyncServer {
+    RunningAsyncServer::echo(path, limits)
 }
 
 /// A server whose handlers hand their outbox to the test and then just read.
-fn start_outbox_server(path: &Path, limits: Limits) -> (TestServer, Arc<Mutex<Vec<Outbox>>>) {
+fn start_outbox_server(
+    path: &Path,
+    limits: Limits,
+) -> (RunningAsyncServer, Arc<Mutex<Vec<Outbox>>>) {
     let outboxes: Arc<Mutex<Vec<Outbox>>> = Arc::default();
     let record = outboxes.clone();
-    let server = Server::builder(path)
-        .unwrap()
-        .limits(limits)
-        .bind_async()
-        .unwrap();
-    let shutdown = server.shutdown_handle();
-    let stats = server.stats();
-    let task = tokio::spawn(server.serve(move |mut conn: Connection| {
+    let builder = Server::builder(path).unwrap().limits(limits);
+    let server = RunningAsyncServer::start(builder, move |mut conn: Connection| {
         record.lock().unwrap().push(conn.outbox().unwrap());
         async move {
             while conn.recv().await?.is_some() {}
             Ok(())
         }
-    }));
-    (
-        TestServer {
-            shutdown,
-            stats,
-            task,
-        },
-        outboxes,
-    )
-}
-
-async fn assert_echo(conn: &mut Connection, text: &str) {
-    conn.send(Message::text(text)).await.unwrap();
-    assert_eq!(conn.recv().await.unwrap(), Some(Message::text(text)));
+    });
+    (server, outboxes)
 }
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
@@ -85,68 +41,7 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     l
 }
 
-#[tokio::test]
-async fn message_over_max_closes_with_1009_and_others_keep_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("m.sock");
-    let server = start_echo(&sock, limits(|l| l.max_message_size = 1024));
-    let mut bystander = unixws::tokio::connect(&sock).await.unwrap();
-    let mut offender = unixws::tokio::connect(&sock).await.unwrap();
-    offender
-        .send(Message::binary(vec![1u8; 2000]))
-        .await
-        .unwrap();
-    assert_eq!(offender.recv().await.unwrap(), None);
-    assert_eq!(offender.peer_close().map(|c| c.code), Some(CloseCode::Size));
-    assert_echo(&mut bystander, "unaffected").await;
-    assert_eq!(server.stats.snapshot().protocol_errors, 1);
-    bystander.close(1000, "").await.unwrap();
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn connection_over_max_gets_503_and_silent_clients_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
-    let server = start_echo(
-        &sock,
-        limits(|l| {
-            l.max_connections = 2;
-            l.handshake_timeout = Duration::from_millis(300);
-        }),
-    );
-    let mut a = unixws::tokio::connect(&sock).await.unwrap();
-    let mut b = unixws::tokio::connect(&sock).await.unwrap();
-    let err = unixws::tokio::connect(&sock).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Busy { .. }) && err.to_string().contains("503"),
-        "{err:?}"
-    );
-    assert_echo(&mut a, "a").await;
-    assert_echo(&mut b, "b").await;
-
-    let path = sock.clone();
-    let (eof, waited) = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let mut silent = UnixStream::connect(&path).unwrap();
-        silent
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let n = silent
-            .read(&mut [0u8; 16])
-            .expect("closed by the server, not our timeout");
-        (n == 0, started.elapsed())
-    })
-    .await
-    .unwrap();
-    assert!(
-        eof && waited >= Duration::from_millis(300),
-        "{eof} {waited:?}"
-    );
-    a.close(1000, "").await.unwrap();
-    b.close(1000, "").await.unwrap();
-    server.stop().await;
-}
+// The message and connection limits run over both front ends in limits.rs.
 
 #[tokio::test]
 async fn keepalive_closes_a_peer_that_stops_answering() {
@@ -168,15 +63,12 @@ async fn keepalive_closes_a_peer_that_stops_answering() {
     // which start at its end of the handshake, and ours.
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
     assert!(
-        unixws_testkit::wait_until(Duration::from_secs(5), || server
-            .stats
-            .snapshot()
-            .keepalive_timeouts
+        unixws_testkit::wait_until(Duration::from_secs(5), || server.stats().keepalive_timeouts
             == 1),
         "the keepalive drop is counted: {:?}",
-        server.stats.snapshot()
+        server.stats()
     );
-    server.stop().await;
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -196,7 +88,7 @@ async fn shutdown_flushes_queued_messages_then_closes_with_1001() {
             .try_send(Message::text(format!("queued {i}")))
             .unwrap();
     }
-    server.shutdown.shutdown();
+    server.shutdown_handle().shutdown();
     for i in 0..100 {
         assert_eq!(
             client.recv().await.unwrap(),
@@ -205,7 +97,7 @@ async fn shutdown_flushes_queued_messages_then_closes_with_1001() {
     }
     assert_eq!(client.recv().await.unwrap(), None);
     assert_eq!(client.peer_close().map(|c| c.code), Some(CloseCode::Away));
-    server.task.await.unwrap().unwrap();
+    server.stop_async().await;
     assert!(!sock.exists(), "socket file removed");
 }
 
@@ -270,12 +162,12 @@ async fn slow_consumer_is_closed_at_its_queue_bound_and_others_are_unaffected() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(server.stats.snapshot().slow_consumers, 1);
+    assert_eq!(server.stats().slow_consumers, 1);
     fast_box.try_send(Message::text("after")).unwrap();
     assert_eq!(fast.recv().await.unwrap(), Some(Message::text("after")));
     drop(slow);
     fast.close(1000, "").await.unwrap();
-    server.stop().await;
+    server.stop_async().await;
 }
 
 /// Raises this process's descriptor limit: 2,000 connections need 4,000+
@@ -347,7 +239,7 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
     }
     assert_eq!(ok, N);
     drop(keep);
-    server.stop().await;
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -358,14 +250,14 @@ async fn an_idle_connection_that_released_its_buffers_loses_nothing() {
     let mut conn = unixws::tokio::connect(&sock).await.unwrap();
     let big = Message::binary(vec![3u8; 1 << 20]);
     for round in 0..3 {
-        assert_echo(&mut conn, &format!("small {round}")).await;
+        assert_echo_async(&mut conn, &format!("small {round}")).await;
         conn.send(big.clone()).await.unwrap();
         assert_eq!(conn.recv().await.unwrap(), Some(big.clone()));
         // Long enough for the server connection to hand its buffers back.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     conn.close(1000, "").await.unwrap();
-    server.stop().await;
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -398,7 +290,7 @@ async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
     .await
     .unwrap();
     assert_eq!(echoed, Some(Message::text("first half, second half")));
-    server.stop().await;
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -428,10 +320,10 @@ async fn parked_connections_keep_answering_pings_and_queued_messages() {
         Some(Message::text("while parked"))
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    server.shutdown.shutdown();
+    server.shutdown_handle().shutdown();
     assert_eq!(client.recv().await.unwrap(), None);
     assert_eq!(client.peer_close().map(|c| c.code), Some(CloseCode::Away));
-    server.task.await.unwrap().unwrap();
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -443,14 +335,14 @@ async fn idle_timeout_closes_with_1001() {
         limits(|l| l.idle_timeout = Some(Duration::from_millis(200))),
     );
     let mut conn = unixws::tokio::connect(&sock).await.unwrap();
-    assert_echo(&mut conn, "then silence").await;
+    assert_echo_async(&mut conn, "then silence").await;
     assert_eq!(conn.recv().await.unwrap(), None);
     let close = conn.peer_close().unwrap();
     assert_eq!(
         (close.code, close.reason.as_str()),
         (CloseCode::Away, "idle timeout")
     );
-    server.stop().await;
+    server.stop_async().await;
 }
 
 #[tokio::test]
@@ -475,8 +367,8 @@ async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout(
     .await
     .unwrap();
     let started = Instant::now();
-    server.shutdown.shutdown();
-    server.task.await.unwrap().unwrap();
+    server.shutdown_handle().shutdown();
+    server.stop_async().await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(200),
