@@ -170,7 +170,7 @@ pub fn start(
                     .arg(format!("ws+unix://{}", sock.display()));
                 c
             } else {
-                nginx_command(dir, &addr, &sock)?
+                unixws_testkit::nginx_command(dir, &addr, &sock)?
             }
         }
         ServerKind::Raw => {
@@ -325,59 +325,4 @@ pub fn open_blocking(
 )> {
     let socket = connect_upgraded(address, websocket)?;
     Ok((Box::new(socket.try_clone()?), Box::new(socket)))
-}
-
-/// nginx with one worker on `addr`, proxying WebSocket upgrades to the Unix
-/// socket `backend`; its files (configuration, pid, logs, temp dirs) in `dir`.
-fn nginx_command(dir: &Path, addr: &str, backend: &Path) -> Result<Command, String> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or("nginx is not installed: `apt-get install nginx` (scripts/test installs it)")?;
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/nginx-body;
-    proxy_temp_path {d}/nginx-proxy;
-    fastcgi_temp_path {d}/nginx-fastcgi;
-    uwsgi_temp_path {d}/nginx-uwsgi;
-    scgi_temp_path {d}/nginx-scgi;
-    server {{
-        listen {addr};
-        location / {{
-            proxy_pass http://unix:{sock}:/;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection \"upgrade\";
-            proxy_read_timeout 3600s;
-            proxy_buffering off;
-        }}
-    }}
-}}
-",
-            sock = backend.display()
-        ),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
-    // nginx's workers run as another uid: they must reach the socket.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("cannot open {} to nginx's workers: {e}", dir.display()))?;
-    let mut c = Command::new(nginx);
-    c.arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"));
-    Ok(c)
 }

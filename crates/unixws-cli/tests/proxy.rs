@@ -323,56 +323,19 @@ fn echo_backend(sock: &Path) -> Process {
 
 #[test]
 fn nginx_in_front_of_unixws_serve_round_trips_messages() {
-    let nginx = tool("nginx");
+    tool("nginx"); // fails loudly when nginx is missing
     let dir = unixws_testkit::shared_tempdir();
     let sock = dir.path().join("app.sock");
     let _backend = echo_backend(&sock);
     let port = free_port();
-    let conf = dir.path().join("nginx.conf");
-    let d = dir.path().display();
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://unix:{sock}:/;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection \"upgrade\";
-        }}
-    }}
-}}
-",
-            sock = sock.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(nginx);
-    cmd.arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-e")
-        .arg(dir.path().join("error.log"));
+    let mut cmd =
+        unixws_testkit::nginx_command(dir.path(), &format!("127.0.0.1:{port}"), &sock).unwrap();
     let _nginx = Process::spawn(&mut cmd);
     assert!(
         wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port))
             .is_ok()),
         "nginx did not start: {}",
-        std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default()
     );
     let mut conn = unixws::connect(format!("ws://127.0.0.1:{port}/through/nginx")).unwrap();
     for i in 0..100 {

@@ -192,12 +192,12 @@ impl Server {
 
     /// Live counters of what this server accepted, refused and closed.
     pub fn stats(&self) -> Arc<ServerStats> {
-        self.core.rules.stats.clone()
+        self.core.stats()
     }
 
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle::new(self.core.shutdown.clone())
+        self.core.shutdown_handle()
     }
 
     /// Accept connections until shut down, running `handler` for each on

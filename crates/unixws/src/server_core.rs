@@ -177,6 +177,16 @@ impl ServerCore {
         }
     }
 
+    /// The counters both servers hand out (`Server::stats`).
+    pub(crate) fn stats(&self) -> Arc<crate::stats::ServerStats> {
+        self.rules.stats.clone()
+    }
+
+    /// The handle both servers hand out (`Server::shutdown_handle`).
+    pub(crate) fn shutdown_handle(&self) -> crate::server::ShutdownHandle {
+        crate::server::ShutdownHandle::new(self.shutdown.clone())
+    }
+
     /// The handshake upgraded.
     pub(crate) fn upgraded(&self) {
         self.rules.stats.count(Counter::Upgraded);

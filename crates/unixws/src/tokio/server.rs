@@ -92,12 +92,12 @@ impl Server {
 
     /// Live counters of what this server accepted, refused and closed.
     pub fn stats(&self) -> Arc<ServerStats> {
-        self.core.rules.stats.clone()
+        self.core.stats()
     }
 
     /// A handle that shuts the server down (the same type as the blocking server's).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle::new(self.core.shutdown.clone())
+        self.core.shutdown_handle()
     }
 
     /// Accept connections until shut down, running `handler` on its own task
