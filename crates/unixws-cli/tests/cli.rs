@@ -793,12 +793,12 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// The header of a masked frame declaring `len` payload bytes.
-fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
-    let mut h = vec![0x80 | opcode, 0x80 | 127];
-    h.extend_from_slice(&len.to_be_bytes());
-    h.extend_from_slice(&[1, 2, 3, 4]);
-    h
+/// The first `sent` payload bytes of a masked frame of `len` bytes: a
+/// frame the peer never finishes.
+fn partial_frame(opcode: u8, len: usize, sent: usize) -> Vec<u8> {
+    let whole = unixws_testkit::client_frame(0x80 | opcode, &vec![0x55; len], true);
+    let header = whole.len() - len;
+    whole[..header + sent].to_vec()
 }
 
 /// One round of bad peers, all open at once, then all gone: half-sent
@@ -807,12 +807,11 @@ fn bad_peer_round(sock: &Path) {
     let mut open = Vec::new();
     for _ in 0..30 {
         let mut s = unixws_testkit::raw_upgraded(sock);
-        s.write_all(&frame_header(2, 900 << 10)).unwrap();
-        s.write_all(&vec![0x55; 600 << 10]).unwrap();
+        s.write_all(&partial_frame(2, 900 << 10, 600 << 10))
+            .unwrap();
         open.push(s);
         let mut s = unixws_testkit::raw_upgraded(sock);
-        let _ = s.write_all(&frame_header(2, 4 << 20));
-        let _ = s.write_all(&vec![0x55; 64 << 10]);
+        let _ = s.write_all(&partial_frame(2, 4 << 20, 64 << 10));
         open.push(s);
         let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ")

@@ -13,10 +13,6 @@ use unixws::CloseCode;
 use unixws::{Error, Limits, Message, OutboxError, Server};
 use unixws_testkit::{assert_echo_async, RunningAsyncServer};
 
-fn start_echo(path: &Path, limits: Limits) -> RunningAsyncServer {
-    RunningAsyncServer::echo(path, limits)
-}
-
 /// A server whose handlers hand their outbox to the test and then just read.
 fn start_outbox_server(
     path: &Path,
@@ -47,7 +43,7 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 async fn keepalive_closes_a_peer_that_stops_answering() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("k.sock");
-    let server = start_echo(
+    let server = RunningAsyncServer::echo(
         &sock,
         limits(|l| {
             l.ping_interval = Some(Duration::from_millis(200));
@@ -198,7 +194,7 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
     raise_nofile(3 * N as u64 + 256);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("many.sock");
-    let server = start_echo(
+    let server = RunningAsyncServer::echo(
         &sock,
         limits(|l| {
             l.ping_interval = None;
@@ -246,7 +242,7 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
 async fn an_idle_connection_that_released_its_buffers_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("park.sock");
-    let server = start_echo(&sock, limits(|_| {}));
+    let server = RunningAsyncServer::echo(&sock, limits(|_| {}));
     let mut conn = unixws::tokio::connect(&sock).await.unwrap();
     let big = Message::binary(vec![3u8; 1 << 20]);
     for round in 0..3 {
@@ -266,7 +262,7 @@ async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
     use unixws::tungstenite::protocol::frame::Frame;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("frag.sock");
-    let server = start_echo(&sock, limits(|_| {}));
+    let server = RunningAsyncServer::echo(&sock, limits(|_| {}));
     let path = sock.clone();
     let echoed = tokio::task::spawn_blocking(move || {
         let mut conn = unixws::connect(&path).unwrap();
@@ -330,7 +326,7 @@ async fn parked_connections_keep_answering_pings_and_queued_messages() {
 async fn idle_timeout_closes_with_1001() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("idle.sock");
-    let server = start_echo(
+    let server = RunningAsyncServer::echo(
         &sock,
         limits(|l| l.idle_timeout = Some(Duration::from_millis(200))),
     );
@@ -349,7 +345,7 @@ async fn idle_timeout_closes_with_1001() {
 async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("mute.sock");
-    let server = start_echo(
+    let server = RunningAsyncServer::echo(
         &sock,
         limits(|l| {
             l.close_timeout = Duration::from_millis(200);
@@ -411,7 +407,7 @@ async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
-    let _server = start_echo(&sock, limits(|l| l.max_message_size = 4 << 20));
+    let _server = RunningAsyncServer::echo(&sock, limits(|l| l.max_message_size = 4 << 20));
     let messages: Vec<Vec<u8>> = (0..24u8)
         .map(|i| {
             let size = if i % 3 == 0 {
