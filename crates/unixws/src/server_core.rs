@@ -4,9 +4,8 @@
 //! not end in an upgrade (logged, counted, answered 431/426/400 where a
 //! peer is owed an answer), what a handler's error means for its
 //! connection (1011, logged at WARN unless the peer caused it), and the
-//! drain on shutdown. The blocking server
-//! runs a thread per connection and the tokio server a task; each only
-//! calls in here.
+//! drain on shutdown. The blocking server runs a thread per connection and
+//! the tokio server a task; each only calls in here.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -98,3 +98,37 @@ fn a_handler_that_returns_ok_closes_with_1000() {
     assert_eq!((close.code, close.reason.as_str()), (CloseCode::Normal, ""));
     server.stop();
 }
+
+/// A handler that panics takes nothing else down: its peer's connection
+/// ends, and the next connection's failed handler still closes with 1011
+/// (the per-thread parking slot was put back when the panic unwound).
+#[test]
+fn a_panicking_handler_leaves_the_server_and_the_verdicts_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sock");
+    let builder = Server::builder(&path).unwrap();
+    let server = RunningAsyncServer::start(builder, |mut conn: AsyncConnection| async move {
+        while let Some(message) = conn.recv().await? {
+            if message == Message::text("panic") {
+                panic!("this handler panics on purpose (a test)");
+            }
+            let n = parse(&message)?;
+            conn.send(Message::text((n + 1).to_string())).await?;
+        }
+        Ok(())
+    });
+    for _ in 0..4 {
+        let mut doomed = unixws::connect(&path).unwrap();
+        doomed.send(Message::text("panic")).unwrap();
+        assert!(
+            !matches!(doomed.recv(), Ok(Some(_))),
+            "no answer from a panicked handler"
+        );
+    }
+    let close = client_sees(&path);
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Error, REASON)
+    );
+    server.stop();
+}

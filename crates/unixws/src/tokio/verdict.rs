@@ -42,6 +42,38 @@ pub(crate) fn park(shared: Arc<Shared>) -> Result<(), Arc<Shared>> {
     })
 }
 
+/// This thread's parking slot while one handler is polled; put back as it
+/// was when the poll ends, even by a panic, so that no later drop on this
+/// thread is parked where nobody looks. (A connection the handler dropped
+/// before panicking closes with 1011; one still held by the panicking
+/// future is dropped with it later, outside any scope, and closes with
+/// 1000.)
+struct Scope {
+    outer: Option<Option<Option<Arc<Shared>>>>,
+}
+
+impl Scope {
+    fn enter() -> Self {
+        Scope {
+            outer: Some(PARKED.with(|parked| parked.replace(Some(None)))),
+        }
+    }
+
+    /// Ends the scope; the connection the handler dropped meanwhile, if any.
+    fn leave(&mut self) -> Option<Arc<Shared>> {
+        let outer = self.outer.take()?;
+        PARKED.with(|parked| parked.replace(outer)).flatten()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.leave() {
+            close_detached(dropped, true);
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A handler's future, polled so that a connection it drops is closed
     /// with 1011 when it fails (see the module doc).
@@ -61,9 +93,9 @@ impl<F: Future<Output = HandlerResult>> Future for Judged<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let outer = PARKED.with(|parked| parked.replace(Some(None)));
+        let mut scope = Scope::enter();
         let polled = self.project().handler.poll(cx);
-        let dropped = PARKED.with(|parked| parked.replace(outer)).flatten();
+        let dropped = scope.leave();
         let failed = match &polled {
             Poll::Ready(result) => {
                 let peer = dropped.as_ref().map(|shared| &shared.info().peer);
