@@ -136,11 +136,14 @@ pub struct Process {
 }
 
 impl Process {
-    /// Spawns `cmd` with stdout piped (stderr inherited, for the test log).
+    /// Spawns `cmd` with stdout piped (stderr inherited, for the test log),
+    /// in a process group of its own: dropping it kills the whole group,
+    /// so a server's workers (nginx's) never outlive the test.
     pub fn spawn(cmd: &mut Command) -> Process {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
@@ -216,8 +219,7 @@ impl Process {
         let ok = match status {
             Some(s) => s.success(),
             None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                kill_group(&mut self.child);
                 false
             }
         };
@@ -237,9 +239,23 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// Kills `child` and every process of its group (spawned with
+/// `process_group(0)`, so the group is the child's pid), then reaps it.
+/// nginx's master killed alone leaves its workers running.
+pub fn kill_group(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill has no memory effects; the group is the one our
+        // child leads (its pid), created at spawn.
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.

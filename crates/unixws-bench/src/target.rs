@@ -2,6 +2,7 @@
 //! connections the load generator opens to them.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -99,8 +100,8 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The whole group: nginx's workers outlive a master killed alone.
+        unixws_testkit::kill_group(&mut self.child);
         drop(self.backend.take());
         // A killed peer leaves its socket file; the next run binds there again.
         if let Endpoint::Path(path) = self.address.endpoint() {
@@ -219,6 +220,7 @@ pub fn start(
         _ => Stdio::inherit(),
     };
     let child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)

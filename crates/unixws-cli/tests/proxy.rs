@@ -330,7 +330,7 @@ fn nginx_in_front_of_unixws_serve_round_trips_messages() {
     let port = free_port();
     let mut cmd =
         unixws_testkit::nginx_command(dir.path(), &format!("127.0.0.1:{port}"), &sock).unwrap();
-    let _nginx = Process::spawn(&mut cmd);
+    let nginx = Process::spawn(&mut cmd);
     assert!(
         wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port))
             .is_ok()),
@@ -345,6 +345,16 @@ fn nginx_in_front_of_unixws_serve_round_trips_messages() {
     conn.send(big.clone()).unwrap();
     assert_eq!(conn.recv().unwrap(), Some(big));
     conn.close(1000, "").unwrap();
+    // nginx's worker is in the master's process group: stopping the
+    // master must not leave it behind (it once did, one per run).
+    let group = nginx.id() as i32;
+    drop(nginx);
+    // SAFETY: signal 0 only asks whether any process of the group exists.
+    let alive = || unsafe { libc::kill(-group, 0) } == 0;
+    assert!(
+        wait_until(T, || !alive()),
+        "nginx processes outlived the test"
+    );
 }
 
 /// Serves the browser test's page, and takes the page's report.
