@@ -62,7 +62,9 @@ impl BindOptions {
         Self::default()
     }
 
-    /// Set the file mode.
+    /// Set the file mode, in octal: `0o660`. A mode with bits outside
+    /// `0o777` (a decimal `660` is `0o1224`) makes the bind fail with
+    /// [`Error::InvalidOption`] before anything is created.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = Some(mode);
         self
