@@ -21,6 +21,7 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 #[test]
 fn message_over_max_closes_with_1009_and_others_keep_working() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let server = AnyServer::echo(
             front,
@@ -47,6 +48,7 @@ fn message_over_max_closes_with_1009_and_others_keep_working() {
 #[test]
 fn reassembled_fragments_count_towards_max_message() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
         use unixws::tungstenite::protocol::frame::Frame;
         let dir = tempfile::tempdir().unwrap();
@@ -77,6 +79,7 @@ fn reassembled_fragments_count_towards_max_message() {
 #[test]
 fn connection_over_max_connections_gets_503_and_others_are_unaffected() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let server = AnyServer::echo(
             front,
@@ -111,6 +114,7 @@ fn unixws_testkit_retry(addr: &unixws::Address) -> unixws::Connection {
 #[test]
 fn silent_client_is_dropped_after_the_handshake_timeout() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let timeout = Duration::from_millis(300);
         let server = AnyServer::echo(
@@ -158,6 +162,7 @@ fn upgrade_request(version: u8, extra: &str) -> String {
 #[test]
 fn oversized_handshake_gets_431() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let server = AnyServer::echo(
             front,
@@ -173,6 +178,7 @@ fn oversized_handshake_gets_431() {
 #[test]
 fn bad_version_gets_426_with_the_supported_version() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let server = AnyServer::echo(front, dir.path().join("v.sock"), Limits::default());
         let response = raw_exchange(&server, &upgrade_request(8, ""));
@@ -187,6 +193,7 @@ fn bad_version_gets_426_with_the_supported_version() {
 #[test]
 fn too_many_header_lines_get_431() {
     for front in FRONT_ENDS {
+        eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let server = AnyServer::echo(
             front,
