@@ -30,16 +30,16 @@ thread_local! {
 /// polling on this thread has been judged; gives it back when no handler
 /// is being polled.
 pub(crate) fn park(shared: Arc<Shared>) -> Result<(), Arc<Shared>> {
-    PARKED.with(|parked| match &mut *parked.borrow_mut() {
-        Some(slot) => {
-            // A second one in the same poll: the first one closes now.
-            if let Some(earlier) = slot.replace(shared) {
-                close_detached(earlier, false);
-            }
-            Ok(())
-        }
+    let earlier = PARKED.with(|parked| match &mut *parked.borrow_mut() {
+        Some(slot) => Ok(slot.replace(shared)),
         None => Err(shared),
-    })
+    })?;
+    // A second one in the same poll: the first one closes now (outside
+    // the borrow of the slot).
+    if let Some(earlier) = earlier {
+        close_detached(earlier, false);
+    }
+    Ok(())
 }
 
 /// This thread's parking slot while one handler is polled; put back as it
