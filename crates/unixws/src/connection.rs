@@ -196,8 +196,7 @@ impl Connection {
     /// Send one message and flush it. A `Message::Frame` is written as
     /// given (masked on a client), for tools that craft frames.
     pub fn send(&mut self, message: Message) -> Result<()> {
-        self.session.tick(Instant::now());
-        self.session.send(message)?;
+        self.feed(message)?;
         self.flush()
     }
 
@@ -205,6 +204,9 @@ impl Connection {
     /// [`send`](Connection::send) or [`flush`](Connection::flush), or when
     /// [`recv`](Connection::recv) waits for input.
     pub fn feed(&mut self, message: Message) -> Result<()> {
+        if Session::wants_now(&message) {
+            self.session.tick(Instant::now());
+        }
         self.session.send(message)
     }
 

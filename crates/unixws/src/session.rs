@@ -277,6 +277,14 @@ impl Session {
         self.closing = Closing::Done;
     }
 
+    /// Whether queueing `message` needs the clock read first: a close
+    /// starts the close timeout, which must count from now; data keeps the
+    /// last wake-up's reading (at worst a keepalive ping goes out early),
+    /// so that an echo reads the clock once per wake-up, not per message.
+    pub(crate) fn wants_now(message: &Message) -> bool {
+        matches!(message, Message::Close(_))
+    }
+
     /// Queues `message` for sending. A `Close` starts the closing
     /// handshake; after that nothing more can be sent.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {

@@ -424,3 +424,47 @@ mod with_the_prelude {
         serving.await.unwrap().unwrap();
     }
 }
+
+/// The close timeout counts from the close, not from the last time the
+/// connection read the clock: a handler that works for 300 ms after a
+/// message and then closes (with `close`, or by sending a close message),
+/// with a 200 ms close timeout, still gets the peer's answer that comes
+/// 100 ms later.
+#[tokio::test]
+async fn the_close_timeout_counts_from_the_close() {
+    for by_message in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late-close.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut s = unixws_testkit::raw_upgraded(&path);
+            s.write_all(&client_frame(0x81, b"work on this", true))
+                .unwrap();
+            let (first, _) = unixws_testkit::read_frame(&mut s).unwrap();
+            assert_eq!(first, 0x88, "the server's close");
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+                .unwrap();
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let limits = Limits::default().close_timeout(Duration::from_millis(200));
+        let mut ws = Connection::accept(socket, limits).await.unwrap();
+        assert_eq!(
+            ws.recv().await.unwrap(),
+            Some(Message::text("work on this"))
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await; // the handler's work
+        if by_message {
+            ws.send(Message::Close(None)).await.unwrap();
+            while ws.recv().await.unwrap().is_some() {}
+        } else {
+            ws.close(CloseCode::Normal, "done").await.unwrap();
+        }
+        assert_eq!(
+            ws.peer_close().map(|c| c.code),
+            Some(CloseCode::Normal),
+            "closed by message: {by_message}; the answer 100 ms after the close was awaited"
+        );
+        peer.join().unwrap();
+    }
+}

@@ -445,7 +445,9 @@ impl Connection {
     /// the split halves).
     pub(crate) fn queue(&mut self, message: Message) -> Result<()> {
         let mut s = self.state();
-        s.session.tick(Instant::now());
+        if Session::wants_now(&message) {
+            s.session.tick(Instant::now());
+        }
         s.session.send(message)
     }
 
@@ -881,20 +883,29 @@ impl State {
     /// `Ready(Some(result))` to end `recv` (with no message).
     fn poll_timer(&mut self, cx: &mut Context<'_>, started: Instant) -> Poll<Option<Result<()>>> {
         loop {
+            let mut due = self.session.timers.next(started).map(|(at, _)| at);
+            let stall = match (self.write_stalled, self.session.limits().write_timeout) {
+                (Some(stalled), Some(t)) => Some((stalled + t, t)),
+                _ => None,
+            };
+            if let Some((at, _)) = stall {
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+            let Some(at) = due else {
+                // Nothing is due (no keepalive): an idle connection keeps
+                // no timer either, and the clock is not read.
+                self.timer = None;
+                return Poll::Pending;
+            };
             let now = Instant::now();
             self.session.tick(now);
-            let mut due = self.session.timers.next(started).map(|(at, _)| at);
-            if let (Some(stalled), Some(t)) =
-                (self.write_stalled, self.session.limits().write_timeout)
-            {
-                let at = stalled + t;
-                if at <= now {
+            if let Some((stall_at, t)) = stall {
+                if stall_at <= now {
                     self.drop_socket();
                     return Poll::Ready(Some(Err(self.write_timed_out(t))));
                 }
-                due = Some(due.map_or(at, |d| d.min(at)));
             }
-            if due.is_some_and(|at| at <= now) {
+            if at <= now {
                 return match self.session.on_deadline(started, &self.info) {
                     AfterDeadline::Go => Poll::Ready(None),
                     AfterDeadline::Drop(result) => {
@@ -904,12 +915,6 @@ impl State {
                     AfterDeadline::Fail(e) => Poll::Ready(Some(Err(e))),
                 };
             }
-            let Some(at) = due else {
-                // Nothing is due (no keepalive): an idle connection keeps
-                // no timer either.
-                self.timer = None;
-                return Poll::Pending;
-            };
             let at = tokio::time::Instant::from_std(at);
             match &mut self.timer {
                 Some(timer) if timer.deadline() <= at => {}
