@@ -123,3 +123,43 @@ fn idle_connections_are_closed_with_1001() {
         (CloseCode::Away, "idle timeout")
     );
 }
+
+/// The blocking twin of `async_api::the_close_timeout_counts_from_the_close`:
+/// a close fed 300 ms after the last read, with a 200 ms close timeout,
+/// still waits for the peer's answer 100 ms later.
+#[test]
+fn a_fed_close_times_out_from_when_it_was_fed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (told, answer) = std::sync::mpsc::channel();
+    let told = Mutex::new(told);
+    let builder = Server::builder(dir.path().join("fed-close.sock"))
+        .unwrap()
+        .limits(Limits::default().close_timeout(Duration::from_millis(200)));
+    let server = RunningServer::start(builder, move |conn| {
+        conn.recv()?;
+        std::thread::sleep(Duration::from_millis(300)); // the handler's work
+        conn.feed(unixws::Message::Close(None))?;
+        while conn.recv()?.is_some() {}
+        told.lock()
+            .unwrap()
+            .send(conn.peer_close().map(|c| c.code))
+            .unwrap();
+        Ok(())
+    });
+    let path = server.addr().unix_path().unwrap().to_path_buf();
+    let mut s = unixws_testkit::raw_upgraded(&path);
+    use std::io::Write;
+    s.write_all(&unixws_testkit::client_frame(0x81, b"work on this", true))
+        .unwrap();
+    let (first, _) = unixws_testkit::read_frame(&mut s).unwrap();
+    assert_eq!(first, 0x88, "the server's close");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&unixws_testkit::client_frame(
+        0x88,
+        &1000u16.to_be_bytes(),
+        true,
+    ))
+    .unwrap();
+    let got = answer.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(got, Some(CloseCode::Normal));
+}
