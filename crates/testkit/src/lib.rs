@@ -270,7 +270,9 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A unixws server running on its own thread; shut down and joined on drop.
+/// A unixws server, blocking ([`start`](Self::start)) or tokio
+/// ([`start_async`](Self::start_async)), on a thread of its own; shut down
+/// and joined on drop.
 pub struct RunningServer {
     addr: unixws::Address,
     stats: std::sync::Arc<unixws::ServerStats>,
@@ -338,19 +340,11 @@ impl Drop for RunningServer {
     }
 }
 
-/// A unixws tokio server on a runtime of its own (a thread with two
-/// workers), so that blocking and async tests alike can start one; shut
-/// down and joined on drop. The twin of [`RunningServer`].
-pub struct RunningAsyncServer {
-    addr: unixws::Address,
-    stats: std::sync::Arc<unixws::ServerStats>,
-    shutdown: unixws::ShutdownHandle,
-    join: Option<std::thread::JoinHandle<unixws::Result<()>>>,
-}
-
-impl RunningAsyncServer {
-    /// Binds `builder` (with `bind_async`) and serves `handler`.
-    pub fn start<H, F>(builder: unixws::ServerBuilder, handler: H) -> RunningAsyncServer
+impl RunningServer {
+    /// Binds `builder` with `bind_async` and serves `handler` on a tokio
+    /// runtime of its own (a thread with two workers), so that blocking
+    /// and async tests alike can start one.
+    pub fn start_async<H, F>(builder: unixws::ServerBuilder, handler: H) -> RunningServer
     where
         H: Fn(unixws::tokio::Connection) -> F + Send + Sync + 'static,
         F: std::future::Future<Output = unixws::HandlerResult> + Send + 'static,
@@ -376,7 +370,7 @@ impl RunningAsyncServer {
         let (addr, stats, shutdown) = bound_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the tokio test server bound its socket");
-        RunningAsyncServer {
+        RunningServer {
             addr,
             stats,
             shutdown,
@@ -384,32 +378,29 @@ impl RunningAsyncServer {
         }
     }
 
-    /// An echo server on `addr` with `limits`.
-    pub fn echo(addr: impl unixws::ToAddress, limits: unixws::Limits) -> RunningAsyncServer {
+    /// A tokio echo server on `addr` with `limits`.
+    pub fn echo_async(addr: impl unixws::ToAddress, limits: unixws::Limits) -> RunningServer {
         let builder = unixws::Server::builder(addr)
             .expect("address")
             .limits(limits);
-        Self::start(builder, echo_async)
+        Self::start_async(builder, echo_async)
     }
 
-    /// The address it serves.
-    pub fn addr(&self) -> &unixws::Address {
-        &self.addr
-    }
-
-    /// The server's counters now.
-    pub fn stats(&self) -> unixws::StatsSnapshot {
-        self.stats.snapshot()
+    /// An echo server of `front` on `addr` with `limits`.
+    pub fn echo_on(
+        front: FrontEnd,
+        addr: impl unixws::ToAddress,
+        limits: unixws::Limits,
+    ) -> RunningServer {
+        match front {
+            FrontEnd::Blocking => Self::echo(addr, limits),
+            FrontEnd::Tokio => Self::echo_async(addr, limits),
+        }
     }
 
     /// A handle that starts the shutdown without waiting for it.
     pub fn shutdown_handle(&self) -> unixws::ShutdownHandle {
         self.shutdown.clone()
-    }
-
-    /// Shuts down and waits for `serve` to return (blocking).
-    pub fn stop(mut self) {
-        self.stop_inner();
     }
 
     /// [`stop`](Self::stop) from async code: the caller's runtime keeps
@@ -418,23 +409,6 @@ impl RunningAsyncServer {
         tokio::task::spawn_blocking(move || self.stop())
             .await
             .expect("the server stopped");
-    }
-
-    fn stop_inner(&mut self) {
-        self.shutdown.shutdown();
-        if let Some(join) = self.join.take() {
-            join.join().expect("server thread").expect("serve");
-        }
-    }
-}
-
-impl Drop for RunningAsyncServer {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.stop_inner();
-        } else {
-            self.shutdown.shutdown();
-        }
     }
 }
 
@@ -449,48 +423,6 @@ pub enum FrontEnd {
 
 /// Both front ends, in the order the cases run them.
 pub const FRONT_ENDS: [FrontEnd; 2] = [FrontEnd::Blocking, FrontEnd::Tokio];
-
-/// A running test server of either front end.
-pub enum AnyServer {
-    /// See [`RunningServer`].
-    Blocking(RunningServer),
-    /// See [`RunningAsyncServer`].
-    Tokio(RunningAsyncServer),
-}
-
-impl AnyServer {
-    /// An echo server of `front` on `addr` with `limits`.
-    pub fn echo(front: FrontEnd, addr: impl unixws::ToAddress, limits: unixws::Limits) -> Self {
-        match front {
-            FrontEnd::Blocking => AnyServer::Blocking(RunningServer::echo(addr, limits)),
-            FrontEnd::Tokio => AnyServer::Tokio(RunningAsyncServer::echo(addr, limits)),
-        }
-    }
-
-    /// The address it serves.
-    pub fn addr(&self) -> &unixws::Address {
-        match self {
-            AnyServer::Blocking(s) => s.addr(),
-            AnyServer::Tokio(s) => s.addr(),
-        }
-    }
-
-    /// The server's counters now.
-    pub fn stats(&self) -> unixws::StatsSnapshot {
-        match self {
-            AnyServer::Blocking(s) => s.stats(),
-            AnyServer::Tokio(s) => s.stats(),
-        }
-    }
-
-    /// Shuts down and waits for `serve` to return.
-    pub fn stop(self) {
-        match self {
-            AnyServer::Blocking(s) => s.stop(),
-            AnyServer::Tokio(s) => s.stop(),
-        }
-    }
-}
 
 /// The tokio echo handler: every message goes back to its sender.
 pub async fn echo_async(mut conn: unixws::tokio::Connection) -> unixws::HandlerResult {

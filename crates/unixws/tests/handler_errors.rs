@@ -5,7 +5,7 @@
 use unixws::tokio::Connection as AsyncConnection;
 use unixws::CloseCode;
 use unixws::{ClientBuilder, Connection, Message, PeerClose, Server};
-use unixws_testkit::{RunningAsyncServer, RunningServer};
+use unixws_testkit::RunningServer;
 
 const REASON: &str = "the server's handler failed";
 
@@ -46,9 +46,9 @@ fn a_blocking_handler_error_closes_with_1011() {
     );
 }
 
-fn tokio_server(path: &std::path::Path, use_outbox: bool) -> RunningAsyncServer {
+fn tokio_server(path: &std::path::Path, use_outbox: bool) -> RunningServer {
     let builder = Server::builder(path).unwrap();
-    RunningAsyncServer::start(builder, move |mut conn: AsyncConnection| async move {
+    RunningServer::start_async(builder, move |mut conn: AsyncConnection| async move {
         // The outbox starts the writer task: the close then goes out
         // through it.
         let outbox = use_outbox.then(|| conn.outbox()).transpose()?;
@@ -107,7 +107,7 @@ fn a_panicking_handler_leaves_the_server_and_the_verdicts_working() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.sock");
     let builder = Server::builder(&path).unwrap();
-    let server = RunningAsyncServer::start(builder, |mut conn: AsyncConnection| async move {
+    let server = RunningServer::start_async(builder, |mut conn: AsyncConnection| async move {
         while let Some(message) = conn.recv().await? {
             if message == Message::text("panic") {
                 panic!("this handler panics on purpose (a test)");

@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use unixws::{CloseCode, ConnectionInfo, Message, PeerClose, Server};
-use unixws_testkit::{
-    node, python, AnyServer, FrontEnd, Process, RunningAsyncServer, RunningServer, FRONT_ENDS,
-};
+use unixws_testkit::{node, python, FrontEnd, Process, RunningServer, FRONT_ENDS};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -33,12 +31,12 @@ fn record(seen: &Seen, info: &ConnectionInfo, close: Option<&PeerClose>) {
 
 /// Serves the peers' protocol (echo; `close:REASON` → close 4000 REASON)
 /// and records the request and the close each client sent.
-fn serve_peer_protocol(path: &Path, front: FrontEnd) -> (AnyServer, Seen) {
+fn serve_peer_protocol(path: &Path, front: FrontEnd) -> (RunningServer, Seen) {
     let seen = Seen::default();
     let record_to = seen.clone();
     let builder = Server::builder(path).unwrap();
     let running = match front {
-        FrontEnd::Blocking => AnyServer::Blocking(RunningServer::start(builder, move |conn| {
+        FrontEnd::Blocking => RunningServer::start(builder, move |conn| {
             let result = (|| {
                 while let Some(message) = conn.recv()? {
                     if let Some(reason) = close_request(&message) {
@@ -50,8 +48,8 @@ fn serve_peer_protocol(path: &Path, front: FrontEnd) -> (AnyServer, Seen) {
             })();
             record(&record_to, conn.info(), conn.peer_close());
             Ok(result?)
-        })),
-        FrontEnd::Tokio => AnyServer::Tokio(RunningAsyncServer::start(builder, move |mut conn| {
+        }),
+        FrontEnd::Tokio => RunningServer::start_async(builder, move |mut conn| {
             let record_to = record_to.clone();
             async move {
                 let result = async {
@@ -67,7 +65,7 @@ fn serve_peer_protocol(path: &Path, front: FrontEnd) -> (AnyServer, Seen) {
                 record(&record_to, conn.info(), conn.peer_close());
                 Ok(result?)
             }
-        })),
+        }),
     };
     (running, seen)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use unixws::CloseCode;
 use unixws::{Error, Limits, Message};
-use unixws_testkit::{assert_echo, AnyServer, FRONT_ENDS};
+use unixws_testkit::{assert_echo, RunningServer, FRONT_ENDS};
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     let mut l = Limits::default();
@@ -23,7 +23,7 @@ fn message_over_max_closes_with_1009_and_others_keep_working() {
     for front in FRONT_ENDS {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("l.sock"),
             limits(|l| l.max_message_size = 1024),
@@ -52,7 +52,7 @@ fn reassembled_fragments_count_towards_max_message() {
         use unixws::tungstenite::protocol::frame::coding::{Data, OpCode};
         use unixws::tungstenite::protocol::frame::Frame;
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("f.sock"),
             limits(|l| l.max_message_size = 1024),
@@ -81,7 +81,7 @@ fn connection_over_max_connections_gets_503_and_others_are_unaffected() {
     for front in FRONT_ENDS {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("c.sock"),
             limits(|l| l.max_connections = 2),
@@ -117,7 +117,7 @@ fn silent_client_is_dropped_after_the_handshake_timeout() {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
         let timeout = Duration::from_millis(300);
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("t.sock"),
             limits(|l| l.handshake_timeout = timeout),
@@ -140,7 +140,7 @@ fn silent_client_is_dropped_after_the_handshake_timeout() {
 }
 
 /// Sends `request` on a raw socket and returns all the server answers.
-fn raw_exchange(server: &AnyServer, request: &str) -> String {
+fn raw_exchange(server: &RunningServer, request: &str) -> String {
     let mut raw = UnixStream::connect(server.addr().unix_path().unwrap()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     // The server may stop reading half-way; a write error then is expected.
@@ -164,7 +164,7 @@ fn oversized_handshake_gets_431() {
     for front in FRONT_ENDS {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("h.sock"),
             limits(|l| l.max_header_bytes = 1024),
@@ -180,7 +180,7 @@ fn bad_version_gets_426_with_the_supported_version() {
     for front in FRONT_ENDS {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(front, dir.path().join("v.sock"), Limits::default());
+        let server = RunningServer::echo_on(front, dir.path().join("v.sock"), Limits::default());
         let response = raw_exchange(&server, &upgrade_request(8, ""));
         assert!(response.starts_with("HTTP/1.1 426"), "{response:?}");
         assert!(
@@ -195,7 +195,7 @@ fn too_many_header_lines_get_431() {
     for front in FRONT_ENDS {
         eprintln!("front end: {front:?}"); // shown with a failure
         let dir = tempfile::tempdir().unwrap();
-        let server = AnyServer::echo(
+        let server = RunningServer::echo_on(
             front,
             dir.path().join("n.sock"),
             limits(|l| l.max_headers = 10),

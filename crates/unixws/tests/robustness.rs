@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use unixws::Limits;
-use unixws_testkit::{RunningAsyncServer, RunningServer};
+use unixws_testkit::RunningServer;
 
 const MAX_MESSAGE: usize = 64 << 10;
 
@@ -214,7 +214,7 @@ fn each_server(limits: Limits, check: impl Fn(&Path, &dyn Fn() -> unixws::StatsS
     drop(server);
 
     let sock = dir.path().join("tokio.sock");
-    let server = RunningAsyncServer::echo(&sock, limits);
+    let server = RunningServer::echo_async(&sock, limits);
     check(&sock, &|| server.stats());
     assert_still_serving(&sock);
     server.stop();

@@ -11,17 +11,14 @@ use std::time::{Duration, Instant};
 use unixws::tokio::{Connection, Outbox};
 use unixws::CloseCode;
 use unixws::{Error, Limits, Message, OutboxError, Server};
-use unixws_testkit::{assert_echo_async, RunningAsyncServer};
+use unixws_testkit::{assert_echo_async, RunningServer};
 
 /// A server whose handlers hand their outbox to the test and then just read.
-fn start_outbox_server(
-    path: &Path,
-    limits: Limits,
-) -> (RunningAsyncServer, Arc<Mutex<Vec<Outbox>>>) {
+fn start_outbox_server(path: &Path, limits: Limits) -> (RunningServer, Arc<Mutex<Vec<Outbox>>>) {
     let outboxes: Arc<Mutex<Vec<Outbox>>> = Arc::default();
     let record = outboxes.clone();
     let builder = Server::builder(path).unwrap().limits(limits);
-    let server = RunningAsyncServer::start(builder, move |mut conn: Connection| {
+    let server = RunningServer::start_async(builder, move |mut conn: Connection| {
         record.lock().unwrap().push(conn.outbox().unwrap());
         async move {
             while conn.recv().await?.is_some() {}
@@ -43,7 +40,7 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 async fn keepalive_closes_a_peer_that_stops_answering() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("k.sock");
-    let server = RunningAsyncServer::echo(
+    let server = RunningServer::echo_async(
         &sock,
         limits(|l| {
             l.ping_interval = Some(Duration::from_millis(200));
@@ -194,7 +191,7 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
     raise_nofile(3 * N as u64 + 256);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("many.sock");
-    let server = RunningAsyncServer::echo(
+    let server = RunningServer::echo_async(
         &sock,
         limits(|l| {
             l.ping_interval = None;
@@ -242,7 +239,7 @@ async fn two_thousand_concurrent_connections_all_get_their_echo() {
 async fn an_idle_connection_that_released_its_buffers_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("park.sock");
-    let server = RunningAsyncServer::echo(&sock, limits(|_| {}));
+    let server = RunningServer::echo_async(&sock, limits(|_| {}));
     let mut conn = unixws::tokio::connect(&sock).await.unwrap();
     let big = Message::binary(vec![3u8; 1 << 20]);
     for round in 0..3 {
@@ -262,7 +259,7 @@ async fn a_fragmented_message_split_by_an_idle_pause_arrives_whole() {
     use unixws::tungstenite::protocol::frame::Frame;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("frag.sock");
-    let server = RunningAsyncServer::echo(&sock, limits(|_| {}));
+    let server = RunningServer::echo_async(&sock, limits(|_| {}));
     let path = sock.clone();
     let echoed = tokio::task::spawn_blocking(move || {
         let mut conn = unixws::connect(&path).unwrap();
@@ -326,7 +323,7 @@ async fn parked_connections_keep_answering_pings_and_queued_messages() {
 async fn idle_timeout_closes_with_1001() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("idle.sock");
-    let server = RunningAsyncServer::echo(
+    let server = RunningServer::echo_async(
         &sock,
         limits(|l| l.idle_timeout = Some(Duration::from_millis(200))),
     );
@@ -345,7 +342,7 @@ async fn idle_timeout_closes_with_1001() {
 async fn a_peer_that_never_answers_our_close_is_dropped_after_the_close_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("mute.sock");
-    let server = RunningAsyncServer::echo(
+    let server = RunningServer::echo_async(
         &sock,
         limits(|l| {
             l.close_timeout = Duration::from_millis(200);
@@ -407,7 +404,7 @@ async fn large_messages_back_to_back_survive_the_move_to_large_reads() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
-    let _server = RunningAsyncServer::echo(&sock, limits(|l| l.max_message_size = 4 << 20));
+    let _server = RunningServer::echo_async(&sock, limits(|l| l.max_message_size = 4 << 20));
     let messages: Vec<Vec<u8>> = (0..24u8)
         .map(|i| {
             let size = if i % 3 == 0 {
