@@ -6,7 +6,6 @@
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -517,21 +516,9 @@ fn missing_directory(path: &Path) -> Option<PathBuf> {
     missing
 }
 
-/// What `path` holds, when it is there and not a socket.
+/// What `path` holds (following links), when it is there and not a socket.
 fn non_socket_kind(path: &Path) -> Option<&'static str> {
-    let meta = std::fs::metadata(path).ok()?;
-    let ft = meta.file_type();
-    if ft.is_socket() {
-        None
-    } else if ft.is_dir() {
-        Some("a directory")
-    } else if ft.is_file() {
-        Some("a regular file")
-    } else if ft.is_fifo() {
-        Some("a FIFO")
-    } else {
-        Some("a device or other special file")
-    }
+    crate::listen::non_socket_kind(&std::fs::metadata(path).ok()?.file_type())
 }
 
 /// "the socket is mode 0660 owned by root:app; run as root or a member of group app".

@@ -117,7 +117,7 @@ pub struct Listener {
 }
 
 #[derive(Debug)]
-enum ListenerKind {
+pub(crate) enum ListenerKind {
     Unix(UnixListener),
     Tcp(TcpListener),
 }
@@ -170,18 +170,9 @@ impl Listener {
 
     /// A listener over a socket someone else bound (systemd): no file of
     /// ours to remove.
-    pub(crate) fn adopted_unix(listener: UnixListener, addr: Address) -> Self {
+    pub(crate) fn adopted(kind: ListenerKind, addr: Address) -> Self {
         Self {
-            kind: ListenerKind::Unix(listener),
-            addr,
-            file: None,
-        }
-    }
-
-    /// As [`adopted_unix`](Self::adopted_unix), for TCP.
-    pub(crate) fn adopted_tcp(listener: TcpListener, addr: Address) -> Self {
-        Self {
-            kind: ListenerKind::Tcp(listener),
+            kind,
             addr,
             file: None,
         }
@@ -261,6 +252,24 @@ impl AsFd for Listener {
     }
 }
 
+/// What a path holds, in words, when it is not a socket (`None` for a
+/// socket): for the errors of binding and of connecting.
+pub(crate) fn non_socket_kind(ft: &fs::FileType) -> Option<&'static str> {
+    Some(if ft.is_socket() {
+        return None;
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device or other special file"
+    })
+}
+
 fn bind_error(addr: &Address, source: io::Error) -> Error {
     Error::Bind {
         addr: addr.endpoint_display(),
@@ -321,8 +330,7 @@ fn inspect_existing(addr: &Address, path: &Path) -> Result<Existing> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
         Err(e) => return Err(bind_error(addr, e)),
     };
-    let ft = meta.file_type();
-    let kind = if ft.is_socket() {
+    let Some(kind) = non_socket_kind(&meta.file_type()) else {
         return match UnixStream::connect(path) {
             Ok(_) => Err(Error::AddressInUse {
                 path: path.to_path_buf(),
@@ -335,16 +343,6 @@ fn inspect_existing(addr: &Address, path: &Path) -> Result<Existing> {
             }),
             Err(e) => Err(bind_error(addr, e)),
         };
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_dir() {
-        "a directory"
-    } else if ft.is_file() {
-        "a regular file"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else {
-        "a device or other special file"
     };
     Err(Error::NotASocket {
         path: path.to_path_buf(),

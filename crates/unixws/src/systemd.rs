@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::addr::{Address, Endpoint};
 use crate::error::{Error, Result};
-use crate::listen::Listener;
+use crate::listen::{Listener, ListenerKind};
 
 /// The listening socket systemd passed (socket activation), if any.
 ///
@@ -69,7 +69,7 @@ pub fn from_systemd() -> Result<Option<Listener>> {
             (None, Some(name)) => Endpoint::Abstract(String::from_utf8_lossy(name).into_owned()),
             (None, None) => return Err(not_listening()),
         };
-        (Adopted::Unix(UnixListener::from(fd)), endpoint)
+        (ListenerKind::Unix(UnixListener::from(fd)), endpoint)
     } else {
         let listener = TcpListener::from(fd);
         let local = listener.local_addr().map_err(|_| not_listening())?;
@@ -77,19 +77,9 @@ pub fn from_systemd() -> Result<Option<Listener>> {
             host: local.ip().to_string(),
             port: local.port(),
         };
-        (Adopted::Tcp(listener), endpoint)
+        (ListenerKind::Tcp(listener), endpoint)
     };
-    let addr = Address::new(endpoint, "/")?;
-    Ok(Some(match kind {
-        Adopted::Unix(l) => Listener::adopted_unix(l, addr),
-        Adopted::Tcp(l) => Listener::adopted_tcp(l, addr),
-    }))
-}
-
-/// What descriptor 3 turned out to be.
-enum Adopted {
-    Unix(UnixListener),
-    Tcp(TcpListener),
+    Ok(Some(Listener::adopted(kind, Address::new(endpoint, "/")?)))
 }
 
 /// Tells systemd the service is ready (`READY=1` to `$NOTIFY_SOCKET`, see
