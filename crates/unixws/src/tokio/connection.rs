@@ -989,18 +989,22 @@ async fn close_abandoned(shared: Arc<Shared>) {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let shared = match &mut self.core {
+        // A server's handler is judged before its connection closes: a
+        // failed one closes it with 1011 (see `verdict`).
+        let (shared, serving) = match &mut self.core {
             Core::Own(state) => {
                 if !state.is_open() {
                     return;
                 }
-                Arc::new(Shared {
+                let serving = state.slot.is_some();
+                let shared = Arc::new(Shared {
                     info: state.info.clone(),
                     state: Mutex::new(state.detach()),
                     peer_close: OnceLock::new(),
                     handles: AtomicUsize::new(0),
                     failed: AtomicBool::new(false),
-                })
+                });
+                (shared, serving)
             }
             Core::Shared(shared, _) => {
                 if shared.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
@@ -1011,13 +1015,11 @@ impl Drop for Connection {
                 if !s.pumped && !s.is_open() {
                     return;
                 }
+                let serving = s.slot.is_some();
                 drop(s);
-                shared.clone()
+                (shared.clone(), serving)
             }
         };
-        // A server's handler is judged before its connection closes: a
-        // failed one closes it with 1011 (see `verdict`).
-        let serving = shared.lock().slot.is_some();
         if serving {
             if let Err(shared) = super::verdict::park(shared) {
                 close_detached(shared, false);
