@@ -572,10 +572,7 @@ pub fn read_frame(reader: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u
 fn unmasked(head: &unixws::frame::Head, bytes: &[u8], end: usize) -> Vec<u8> {
     let mut payload = bytes[head.len..end].to_vec();
     if let Some(key) = head.key(bytes) {
-        payload
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b ^= key[i % 4]);
+        unixws::frame::apply_mask(&mut payload, key);
     }
     payload
 }

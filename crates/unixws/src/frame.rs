@@ -50,9 +50,15 @@ pub fn encode(first: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
     frame.extend_from_slice(&head[..n]);
     frame.extend_from_slice(payload);
     if let Some(key) = key {
-        mask::apply(&mut frame[n..], key, 0);
+        apply_mask(&mut frame[n..], key);
     }
     frame
+}
+
+/// Masks or unmasks `payload` in place with `key` (the same operation),
+/// eight bytes at a time: the connections' own masking.
+pub fn apply_mask(payload: &mut [u8], key: [u8; 4]) {
+    mask::apply(payload, key, 0);
 }
 
 /// A frame header, as read from the front of a buffer.
@@ -136,6 +142,7 @@ mod tests {
                 assert_eq!(head.key(&frame), mask);
                 let mut body = frame[head.len..].to_vec();
                 if let Some(key) = mask {
+                    // A byte-by-byte reference, independent of `apply_mask`.
                     body.iter_mut()
                         .enumerate()
                         .for_each(|(i, b)| *b ^= key[i % 4]);

@@ -88,7 +88,8 @@
 //! - [`error`]: [`Error`] (with [`Operation`] and [`BindStep`]) and
 //!   [`Result`], whose messages say what to do.
 //! - [`frame`]: single frames as bytes ([`frame::encode`],
-//!   [`frame::Head`]), for tools and tests below the connection API.
+//!   [`frame::Head`], [`frame::apply_mask`]), for tools and tests below
+//!   the connection API.
 //! - [`Message`] and [`CloseCode`], tungstenite's; [`prelude`] and
 //!   [`tokio::prelude`]: one import per driver.
 //!
