@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<String>,
 
-    /// Admit Unix-socket clients whose primary group is this gid (repeatable).
+    /// Admit Unix-socket clients in this group, primary or supplementary (repeatable).
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
 }

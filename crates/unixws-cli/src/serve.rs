@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<String>,
 
-    /// Allow peers whose primary group is this gid (name or number; repeatable).
+    /// Allow peers in this group, primary or supplementary (name or number; repeatable).
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
 

@@ -31,16 +31,35 @@ fn unixws() -> Command {
 /// reach it (a clone in a private home directory), so the binary is copied
 /// into `dir` (a [`shared_tempdir`]) and run from there.
 fn unixws_as_nobody(dir: &Path) -> Command {
+    let mut cmd = Command::new(unixws_copy(dir));
+    cmd.current_dir(dir);
+    as_nobody(&mut cmd);
+    cmd
+}
+
+/// `unixws` run as uid/gid 65534 with these supplementary groups, through
+/// util-linux's `setpriv` (std's `Command` can only drop them all).
+fn unixws_as_nobody_in_groups(dir: &Path, groups: &[u32]) -> Command {
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.current_dir(dir)
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg(format!("--groups={}", groups.join(",")))
+        .arg("--")
+        .arg(unixws_copy(dir));
+    cmd
+}
+
+/// A copy of the `unixws` binary in `dir`, where uid 65534 can run it.
+fn unixws_copy(dir: &Path) -> PathBuf {
     let copy = dir.join("unixws-bin");
     if !copy.exists() {
         std::fs::copy(env!("CARGO_BIN_EXE_unixws"), &copy).expect("copy the unixws binary");
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .expect("chmod the copy");
     }
-    let mut cmd = Command::new(copy);
-    cmd.current_dir(dir);
-    as_nobody(&mut cmd);
-    cmd
+    copy
 }
 
 /// Starts `unixws serve ARGS..` and waits for its socket file.
@@ -305,7 +324,7 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
         .bind_options(unixws::BindOptions::new().mode(0o666));
     let server = RunningServer::start(builder, move |conn| {
         if let Some(c) = conn.info().peer.credentials() {
-            record.lock().unwrap().push(*c);
+            record.lock().unwrap().push(c.clone());
         }
         unixws_testkit::echo(conn)
     });
@@ -328,11 +347,44 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
     let seen = seen.lock().unwrap();
     assert_eq!(
         seen.as_slice(),
-        &[PeerCredentials {
-            uid: NOBODY,
-            gid: NOBODY,
-            pid
-        }]
+        &[PeerCredentials::new(NOBODY, NOBODY, pid)],
+        "std's Command drops the supplementary groups, so none are reported"
+    );
+}
+
+/// Needs root: the client runs as uid 65534 with groups it is given.
+/// `--allow-gid` admits a peer by a supplementary group (systemd's
+/// `DynamicUser=yes` with `SupplementaryGroups=`), and the same peer
+/// without that group is refused.
+#[test]
+fn allow_gid_admits_a_peer_by_its_supplementary_group() {
+    require_root("the client runs as uid 65534 with chosen supplementary groups");
+    let dir = shared_tempdir();
+    let sock = dir.path().join("groups.sock");
+    let _server = serve(&sock, &["--echo", "--mode", "666", "--allow-gid", "4243"]);
+    let run = |groups: &[u32]| {
+        let mut cmd = unixws_as_nobody_in_groups(dir.path(), groups);
+        cmd.arg("connect")
+            .arg(ws_unix(&sock))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start setpriv");
+        let _ = child.stdin.take().unwrap().write_all(b"member\n");
+        child.wait_with_output().unwrap()
+    };
+    // 20 groups: more than the 16 the library reads first, so the kernel's
+    // ERANGE answer and the retry at its size are crossed too.
+    let many: Vec<u32> = (4230..4250).collect();
+    let member = run(&many);
+    assert!(member.status.success(), "stderr: {}", stderr(&member));
+    assert_eq!(stdout(&member), "member\n");
+    let outsider = run(&[4242]);
+    assert!(!outsider.status.success());
+    assert!(
+        stderr(&outsider).contains("403"),
+        "stderr: {}",
+        stderr(&outsider)
     );
 }
 
@@ -655,11 +707,11 @@ fn exec_exit_status_3_closes_with_1011() {
     );
 }
 
-/// Needs root: the client runs as uid 65534 so that the uid the process
-/// reports is not simply the test's.
+/// Needs root: the client runs as uid 65534, in supplementary groups of
+/// its own, so that what the process reports is not simply the test's.
 #[test]
-fn exec_sees_the_clients_real_uid() {
-    require_root("the client runs as uid 65534");
+fn exec_sees_the_clients_real_uid_and_groups() {
+    require_root("the client runs as uid 65534 with chosen groups");
     let dir = shared_tempdir();
     let sock = dir.path().join("uid.sock");
     let mut cmd = unixws();
@@ -669,11 +721,11 @@ fn exec_sees_the_clients_real_uid() {
         "--exec",
         "sh",
         "-c",
-        "echo $UNIXWS_PEER_UID; read line",
+        "echo $UNIXWS_PEER_UID $UNIXWS_PEER_GROUPS; read line",
     ]);
     let _s = Process::spawn(&mut cmd);
     assert!(wait_until(T, || sock.exists()));
-    let mut client = unixws_as_nobody(dir.path());
+    let mut client = unixws_as_nobody_in_groups(dir.path(), &[4242, 4243]);
     client
         .arg("connect")
         .arg(ws_unix(&sock))
@@ -684,7 +736,7 @@ fn exec_sees_the_clients_real_uid() {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
-    assert_eq!(first, "65534\n");
+    assert_eq!(first, "65534 4242 4243\n");
     drop(child.stdin.take()); // EOF: a normal close
     assert!(child.wait().unwrap().success());
 }

@@ -14,14 +14,18 @@ type Predicate = Arc<dyn Fn(&PeerCredentials) -> bool + Send + Sync>;
 ///
 /// With no rule set, every peer that can open the socket file is allowed
 /// (file permissions still apply). With allow lists, a peer passes when its
-/// uid is in the uid list **or** its primary gid is in the gid list. A
-/// predicate, when set, must also return true.
+/// uid is in the uid list **or** one of its groups, primary or
+/// supplementary, is in the gid list. A predicate, when set, must also
+/// return true.
 ///
 /// ```
 /// use unixws::{AccessPolicy, PeerCredentials};
 /// let policy = AccessPolicy::new().allow_uid(1000).allow_gid(50);
-/// assert!(policy.allows(&PeerCredentials { uid: 1000, gid: 1000, pid: 1 }));
-/// assert!(!policy.allows(&PeerCredentials { uid: 1001, gid: 1001, pid: 1 }));
+/// assert!(policy.allows(&PeerCredentials::new(1000, 1000, 1)));
+/// assert!(!policy.allows(&PeerCredentials::new(1001, 1001, 1)));
+/// // A service running under a dynamic uid with group 50 added
+/// // (systemd's `DynamicUser=yes` with `SupplementaryGroups=`):
+/// assert!(policy.allows(&PeerCredentials::new(61234, 61234, 1).with_groups([50])));
 /// ```
 #[derive(Clone, Default)]
 pub struct AccessPolicy {
@@ -48,8 +52,8 @@ impl AccessPolicy {
         self
     }
 
-    /// Allow this primary gid. (`SO_PEERCRED` reports only the primary group;
-    /// supplementary groups are not seen.)
+    /// Allow members of this group: peers whose primary group or one of
+    /// whose supplementary groups it is.
     pub fn allow_gid(mut self, gid: u32) -> Self {
         self.gids.insert(gid);
         self
@@ -73,7 +77,7 @@ impl AccessPolicy {
     pub fn allows(&self, cred: &PeerCredentials) -> bool {
         let listed = (self.uids.is_empty() && self.gids.is_empty())
             || self.uids.contains(&cred.uid)
-            || self.gids.contains(&cred.gid);
+            || self.gids.iter().any(|&gid| cred.in_group(gid));
         listed && self.predicate.as_ref().is_none_or(|p| p(cred))
     }
 

@@ -4,8 +4,9 @@
 //! abstract namespace, and no `malloc_trim`) is this one file:
 //!
 //! - [`peer_credentials`]: the uid, gid and pid of a Unix-socket peer
-//!   (`SO_PEERCRED`; only the primary group is reported, so an access
-//!   policy sees no supplementary groups);
+//!   (`SO_PEERCRED`), and [`peer_groups`], its supplementary groups
+//!   (`SO_PEERGROUPS`, Linux 4.13; BSD's `LOCAL_PEERCRED` reports both in
+//!   one `xucred`);
 //! - [`abstract_address`] and [`abstract_connect_address`]: the Linux
 //!   abstract namespace (`@name`), for binding and for connecting;
 //! - [`release_free_memory`]: glibc's `malloc_trim`, which gives the
@@ -26,6 +27,41 @@ pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)
     use nix::sys::socket::{getsockopt, sockopt};
     let cred = getsockopt(&fd, sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok((cred.uid(), cred.gid(), cred.pid()))
+}
+
+/// The supplementary groups of the process at the other end of a connected
+/// Unix socket, as the kernel recorded them at connect time
+/// (`SO_PEERGROUPS`). The primary group is not necessarily among them; see
+/// [`peer_credentials`].
+pub(crate) fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    // Most processes have a handful of groups; the kernel says how many
+    // bytes it needs (ERANGE) when the guess is short, and the list is
+    // fixed for the socket's life, so one retry at that size suffices.
+    let mut groups: Vec<libc::gid_t> = vec![0; 16];
+    loop {
+        let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`,
+        // which holds exactly `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(needed, 0);
+    }
 }
 
 /// An abstract-namespace address (`@name`), for `bind`.

@@ -3,7 +3,9 @@
 //! sent as a text message (or, with `binary`, raw chunks both ways).
 //!
 //! The process sees who is connected in its environment:
-//! `UNIXWS_PEER_UID`, `UNIXWS_PEER_GID`, `UNIXWS_PEER_PID` (Unix sockets),
+//! `UNIXWS_PEER_UID`, `UNIXWS_PEER_GID`, `UNIXWS_PEER_PID` and
+//! `UNIXWS_PEER_GROUPS` (supplementary groups, space-separated as `id -G`
+//! prints them; Unix sockets only),
 //! `UNIXWS_PATH`, `UNIXWS_QUERY`, and each request header as `HTTP_NAME`
 //! (upper case, `-` as `_`). Its stderr goes to the server log.
 //!
@@ -141,7 +143,8 @@ impl Exec {
         if let Peer::Unix(c) = &info.peer {
             cmd.env("UNIXWS_PEER_UID", c.uid.to_string())
                 .env("UNIXWS_PEER_GID", c.gid.to_string())
-                .env("UNIXWS_PEER_PID", c.pid.to_string());
+                .env("UNIXWS_PEER_PID", c.pid.to_string())
+                .env("UNIXWS_PEER_GROUPS", peer_groups_env(&c.groups));
         }
         for (name, value) in &info.headers {
             if let Ok(value) = value.to_str() {
@@ -264,4 +267,11 @@ fn close_for(status: Option<ExitStatus>) -> CloseFrame {
         code,
         reason: reason.into(),
     }
+}
+
+/// `UNIXWS_PEER_GROUPS`: the groups as `id -G` prints them, so that
+/// `for g in $UNIXWS_PEER_GROUPS` works in a shell.
+fn peer_groups_env(groups: &[u32]) -> String {
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    groups.join(" ")
 }
