@@ -606,3 +606,68 @@ fn a_large_frame_streams_through_verbatim_before_it_is_whole() {
     client.write_all(&frame[half..]).unwrap();
     backend.join().unwrap();
 }
+
+/// The close code in a close frame's payload.
+fn close_code(frame: &(u8, Vec<u8>)) -> u16 {
+    assert_eq!(frame.0, 0x88, "a close frame, got {frame:?}");
+    u16::from_be_bytes([frame.1[0], frame.1[1]])
+}
+
+/// When the backend breaks the protocol, the client is told so with 1014
+/// (bad gateway) and the backend gets its 1002; when the client breaks
+/// it, the client gets 1002 and the backend 1001 (the proxy, its client,
+/// goes away).
+#[test]
+fn the_innocent_side_is_told_who_broke_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The backend breaks it: a reserved opcode right after the upgrade.
+    let backend_sock = dir.path().join("bad-backend.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&backend_sock).unwrap();
+    let backend = std::thread::spawn(move || {
+        use std::io::Write;
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut ws = unixws::tungstenite::accept(s).expect("the proxy's upgrade");
+        ws.get_mut().write_all(&[0x83, 0x01, b'x']).unwrap();
+        unixws_testkit::read_frame(ws.get_mut()).expect("the proxy's close")
+    });
+    let proxy_sock = dir.path().join("proxy-a.sock");
+    let _proxy_a = proxy(
+        proxy_sock.to_str().unwrap(),
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let mut client = unixws::connect(&proxy_sock).unwrap();
+    assert!(matches!(client.recv(), Ok(None)), "a close, not an error");
+    let close = client
+        .peer_close()
+        .cloned()
+        .expect("the proxy's close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1014, "the backend broke the protocol")
+    );
+    assert_eq!(close_code(&backend.join().unwrap()), 1002);
+
+    // The client breaks it, in front of a well-behaved backend.
+    let backend_sock = dir.path().join("good-backend.sock");
+    let (backend, seen) = recording_backend(&backend_sock);
+    let proxy_sock = dir.path().join("proxy-b.sock");
+    let _proxy_b = proxy(
+        proxy_sock.to_str().unwrap(),
+        &format!("ws+unix://{}", backend_sock.display()),
+        &[],
+    );
+    let mut raw = unixws_testkit::raw_upgraded(&proxy_sock);
+    std::io::Write::write_all(&mut raw, &unixws_testkit::client_frame(0x83, b"x", true)).unwrap();
+    let answer = unixws_testkit::read_frame(&mut raw).expect("the proxy's close");
+    assert_eq!(close_code(&answer), 1002);
+    assert!(wait_until(T, || !seen.lock().unwrap().is_empty()));
+    let backend_close = seen.lock().unwrap()[0].1.clone().expect("a close frame");
+    assert_eq!(
+        (backend_close.code, backend_close.reason.as_str()),
+        (CloseCode::Away, "the client broke the protocol")
+    );
+    drop(backend);
+}

@@ -486,6 +486,15 @@ fn check_text(
     checked.map_err(|_| CodecError::InvalidUtf8)
 }
 
+/// May `code` appear in a close frame? RFC 6455's own codes but 1004-1006
+/// and 1015, the ones IANA's registry added since (1012 service restart,
+/// 1013 try again later, 1014 bad gateway: tungstenite refuses the last,
+/// which Python `websockets`, Node `ws` and browsers accept), and the
+/// 3000-4999 ranges for libraries and applications.
+pub(crate) fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// A close frame's payload: none, or a code (2 bytes) and a UTF-8 reason.
 fn close_message(payload: Bytes) -> Result<Message, CodecError> {
     match payload.len() {
@@ -495,8 +504,9 @@ fn close_message(payload: Bytes) -> Result<Message, CodecError> {
     }
     // The reason is checked before the code, in tungstenite's order.
     let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| CodecError::InvalidUtf8)?;
-    let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
-    if !code.is_allowed() {
+    let raw = u16::from_be_bytes([payload[0], payload[1]]);
+    let code = CloseCode::from(raw);
+    if !close_code_allowed(raw) {
         return Err(CodecError::Protocol("close code not allowed on the wire"));
     }
     Ok(Message::Close(Some(CloseFrame { code, reason })))

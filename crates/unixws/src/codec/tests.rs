@@ -376,3 +376,25 @@ fn forwarding_passes_large_server_frames_through_in_pieces() {
         assert!(partial > 0);
     }
 }
+
+#[test]
+fn close_codes_on_the_wire_follow_the_iana_registry() {
+    use super::decode::close_code_allowed;
+    let allowed: Vec<u16> = (0..=u16::MAX).filter(|&c| close_code_allowed(c)).collect();
+    for code in [
+        1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999,
+    ] {
+        assert!(allowed.contains(&code), "{code} may be sent");
+    }
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        assert!(!allowed.contains(&code), "{code} may not be sent");
+    }
+    // A 1014 close (what a proxy sends when its backend failed) is a
+    // close, not a protocol error.
+    let mut decoder = Decoder::new(Role::Server, 1 << 20, 1 << 20);
+    let mut buf = BytesMut::from(&client_frame(true, 8, &1014u16.to_be_bytes())[..]);
+    match decoder.decode(&mut buf) {
+        Ok(Some(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1014),
+        other => panic!("a 1014 close: {other:?}"),
+    }
+}

@@ -25,8 +25,10 @@
 //!   halfway (invalid UTF-8, a hang-up), the side that got its first half
 //!   cannot be sent a close frame inside it, and is dropped instead.
 //! - A side that breaks the protocol first gets the other side's answers to
-//!   its earlier messages, then its close code (1002, 1007, 1009); the other
-//!   side is closed with 1001.
+//!   its earlier messages, then its close code (1002, 1007, 1009). The other
+//!   side is closed with 1014 (bad gateway, registered for exactly this)
+//!   when the backend broke it, and with 1001 (going away: the proxy, the
+//!   backend's client, leaves) when the client did.
 //! - The listening side has the server's limits, access policy and
 //!   backpressure; `allow_origin` restricts browsers by `Origin`.
 
@@ -266,8 +268,20 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
         let (side, relayed) = poll_fn(|cx| poll_step(cx, &mut client, &mut backend)).await;
         let relayed = match (relayed, side) {
             (Ok(relayed), _) => relayed,
-            (Err(e), Side::Client) => return fail(client, backend, e).await,
-            (Err(e), Side::Backend) => return fail(backend, client, e).await,
+            (Err(e), Side::Client) => {
+                return fail(
+                    client,
+                    backend,
+                    e,
+                    CloseCode::Away,
+                    "the client broke the protocol",
+                )
+                .await
+            }
+            (Err(e), Side::Backend) => {
+                let code = CloseCode::from(BAD_GATEWAY);
+                return fail(backend, client, e, code, "the backend broke the protocol").await;
+            }
         };
         let (from, to) = by_side(side, &mut client, &mut backend);
         match relayed {
@@ -286,20 +300,27 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
     }
 }
 
-/// One side broke the protocol: the other is closed (1001) and what it
+/// The close code a client gets when the backend broke the protocol: 1014,
+/// "bad gateway" in IANA's WebSocket close code registry. (tungstenite's
+/// `CloseCode` has no name for it; it is `CloseCode::Bad(1014)` there.)
+pub(crate) const BAD_GATEWAY: u16 = 1014;
+
+/// One side broke the protocol: the other is closed (`code`) and what it
 /// still sends (answers to messages the broken side sent before its error)
 /// is delivered first; then the broken side gets its close code (1002,
 /// 1007, 1009), in the order an endpoint without the proxy would answer.
 /// A side that was left inside a frame forwarded cut-through cannot be
 /// sent a close frame: it is dropped.
-async fn fail(mut broken: Connection, mut other: Connection, error: crate::Error) -> Result<()> {
+async fn fail(
+    mut broken: Connection,
+    mut other: Connection,
+    error: crate::Error,
+    code: CloseCode,
+    reason: &str,
+) -> Result<()> {
     if other.output_mid_frame() {
         other.drop_socket();
-    } else if other
-        .begin_close(CloseCode::Away, "the other side broke the protocol")
-        .await
-        .is_ok()
-    {
+    } else if other.begin_close(code, reason).await.is_ok() {
         while let Ok(Some(relayed)) = other.recv_forward().await {
             if let Forward::Data { bytes, frame_done } = relayed {
                 if broken.forward(bytes, frame_done).is_ok() {
