@@ -291,6 +291,9 @@ pub enum BindStep {
     Owner,
     /// Setting the file's mode ([`BindOptions::mode`](crate::BindOptions::mode)).
     Mode,
+    /// Taking the advisory lock `PATH.lock` that keeps two servers starting
+    /// at once on one path from both binding it.
+    Lock,
 }
 
 impl fmt::Display for BindStep {
@@ -299,6 +302,7 @@ impl fmt::Display for BindStep {
             BindStep::Listen => "",
             BindStep::Owner => "setting the owner and group: ",
             BindStep::Mode => "setting the mode: ",
+            BindStep::Lock => "taking the lock beside it: ",
         })
     }
 }
@@ -317,6 +321,12 @@ fn bind_hint(step: BindStep, source: &io::Error) -> &'static str {
         }
         (BindStep::Listen, io::ErrorKind::NotFound) => {
             "; the directory does not exist: create it first"
+        }
+        (BindStep::Lock, io::ErrorKind::TimedOut) => {
+            "; another process starting a server at this path holds the lock: stop it, or pick another address"
+        }
+        (BindStep::Lock, io::ErrorKind::PermissionDenied) => {
+            "; the lock file belongs to another user: run as that user, or pick another address"
         }
         _ => "",
     }

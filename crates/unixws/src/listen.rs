@@ -9,6 +9,13 @@
 //!   its mode and owner, and only then put into `listen` state and renamed
 //!   into place, so no client can ever connect under looser permissions than
 //!   asked (the process umask is never touched);
+//! - the probe, bind and rename run under an advisory lock (`flock`) on
+//!   `PATH.lock`, so that of two servers started at once on one path exactly
+//!   one binds and the other gets "address in use" (without it both could
+//!   pass the probe, and the later rename would silently take the path from
+//!   the earlier server). The lock file exists only while a server binds:
+//!   a stopped or hung holder makes the next server give up after 10 s
+//!   with an error that says so;
 //! - on drop the file is removed, but only if the path still holds the inode
 //!   this listener created, so a newer server's socket survives.
 //!
@@ -355,6 +362,7 @@ fn bind_path(
     path: &Path,
     options: &BindOptions,
 ) -> Result<(UnixListener, SocketFile)> {
+    let _lock = BindLock::take(addr, path)?;
     let existing = inspect_existing(addr, path)?;
     let staging = staging_path(path);
     let fd = nixsock::socket(
@@ -402,6 +410,73 @@ fn bind_path(
             let _ = fs::remove_file(bound_at);
             Err(e)
         }
+    }
+}
+
+/// The advisory lock on `PATH.lock` held while a socket file is probed,
+/// bound and renamed into place. Its holder removes the file before
+/// letting go; a process that was waiting on the removed file sees that
+/// the path no longer names what it locked, and tries again.
+struct BindLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl BindLock {
+    /// How long a server waits for another one's bind to finish (it takes
+    /// milliseconds; only a stopped or hung process holds it longer).
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn take(addr: &Address, socket: &Path) -> Result<BindLock> {
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let failed = |source: io::Error| Error::Bind {
+            addr: addr.endpoint_display(),
+            step: BindStep::Lock,
+            source,
+        };
+        let deadline = std::time::Instant::now() + Self::PATIENCE;
+        loop {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(failed)?;
+            if crate::sys::try_lock_exclusive(&file).map_err(failed)? {
+                // Still the file at the path? Its last holder may have
+                // removed it between our open and our lock.
+                let held = file.metadata().map_err(failed)?;
+                let same = fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino());
+                if same {
+                    return Ok(BindLock { path, _file: file });
+                }
+                continue;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} has been locked by another process for {} s",
+                        path.display(),
+                        Self::PATIENCE.as_secs()
+                    ),
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for BindLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this), so
+        // nobody can lock a file that is about to vanish and think it won.
+        let _ = fs::remove_file(&self.path);
     }
 }
 

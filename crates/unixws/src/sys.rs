@@ -14,7 +14,9 @@
 //! - [`read_into`]: reading into a buffer's spare capacity without
 //!   zero-filling it first (tungstenite zero-filled its whole read chunk
 //!   before every read, a third of a server's time on 16 KiB messages);
-//! - [`widen_send_buffer`]: a larger Unix-socket send buffer.
+//! - [`widen_send_buffer`]: a larger Unix-socket send buffer;
+//! - [`try_lock_exclusive`]: `flock(2)` (BSD has it too), which std offers
+//!   only from Rust 1.89, past this crate's minimum.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -129,6 +131,23 @@ pub(crate) fn widen_send_buffer(fd: BorrowedFd<'_>) {
             (&size as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// Takes an exclusive advisory lock on `file` if nobody holds one:
+/// `Ok(false)` when another open file description holds it. The lock goes
+/// with the descriptor: closing it (or the process dying) releases it.
+pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock takes a descriptor that `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        Some(libc::EINTR) => try_lock_exclusive(file),
+        _ => Err(err),
     }
 }
 

@@ -214,3 +214,92 @@ fn path_too_long_is_refused_before_touching_the_disk() {
     );
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Servers started at the same moment on one path: in every round exactly
+/// one binds, every other one gets "address in use", and the winner's
+/// socket is the one at the path (no loser renamed its own over it). The
+/// probe-bind-rename sequence runs under `PATH.lock`, which is gone after.
+#[test]
+fn of_servers_started_together_on_one_path_exactly_one_wins() {
+    const SERVERS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.sock");
+    for round in 0..100 {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(SERVERS));
+        let racers: Vec<_> = (0..SERVERS)
+            .map(|_| {
+                let (start, a) = (start.clone(), addr(&path));
+                thread::spawn(move || {
+                    start.wait();
+                    Listener::bind(&a, &BindOptions::new())
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let (won, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        assert_eq!(won.len(), 1, "round {round}: {lost:?}");
+        for err in lost.iter().map(|r| r.as_ref().unwrap_err()) {
+            assert!(
+                matches!(err, Error::AddressInUse { .. }),
+                "round {round}: {err:?}"
+            );
+        }
+        let winner = won.into_iter().next().unwrap().unwrap();
+        assert!(
+            winner.owns_socket_file(),
+            "round {round}: the winner's file was replaced"
+        );
+        drop(winner);
+        assert!(!path.exists(), "round {round}: the socket file is removed");
+        assert!(
+            !dir.path().join("race.sock.lock").exists(),
+            "round {round}: the lock file is removed"
+        );
+    }
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing is left behind: {left:?}");
+}
+
+/// A process that holds `PATH.lock` and never lets go (stopped, hung)
+/// makes a server give up after its 10 s of patience, with an error that
+/// names the lock and what to do, and nothing of its own left behind.
+#[test]
+fn a_bind_lock_held_forever_is_an_error_after_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.sock");
+    let lock = dir.path().join("held.sock.lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("util-linux flock");
+    assert!(
+        unixws_testkit::wait_until(std::time::Duration::from_secs(10), || lock.exists()),
+        "flock did not create the lock file"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100)); // and took it
+    let started = std::time::Instant::now();
+    let err = Listener::bind(&addr(&path), &BindOptions::new()).unwrap_err();
+    let waited = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        waited >= std::time::Duration::from_secs(10),
+        "gave up after {waited:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("held.sock.lock has been locked by another process for 10 s")
+            && message.contains("stop it, or pick another address"),
+        "{message}"
+    );
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["held.sock.lock"],
+        "only the holder's lock file remains"
+    );
+}
