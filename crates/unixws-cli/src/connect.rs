@@ -1,6 +1,8 @@
 //! `unixws connect`: each stdin line becomes one message, each received
-//! message one stdout line. EOF on stdin closes normally (1000) and waits for
-//! the server's close; the exit code is 0 only after a normal close.
+//! message one stdout line. EOF on stdin closes normally (1000); what the
+//! server still sends is printed until its close arrives (at most the close
+//! timeout), so a one-shot pipe hears an answer that comes after its
+//! request. The exit code is 0 only after a normal close.
 
 use std::io::{self, BufRead, Write};
 use std::sync::{Arc, OnceLock};

@@ -721,7 +721,7 @@ fn exec_sees_the_clients_real_uid_and_groups() {
         "--exec",
         "sh",
         "-c",
-        "echo $UNIXWS_PEER_UID $UNIXWS_PEER_GROUPS; read line",
+        "echo $UNIXWS_PEER_UID $UNIXWS_PEER_GROUPS; read line; exit 0",
     ]);
     let _s = Process::spawn(&mut cmd);
     assert!(wait_until(T, || sock.exists()));
@@ -905,5 +905,64 @@ fn bad_peers_leave_the_servers_memory_at_its_baseline() {
     assert!(
         worst <= before + 4096,
         "memory stays above its baseline after bad peers left: before {before} KiB, after each round {after:?}"
+    );
+}
+
+/// The one-shot pipe: `printf 'ping\n' | unixws connect` sends its close
+/// right after the request, and still prints the answer that a program
+/// behind `serve --exec` gives after it (its close is answered once the
+/// program has exited, with the code its exit status maps to).
+#[test]
+fn a_one_shot_pipe_prints_the_answer_that_comes_after_its_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("cat.sock");
+    let _cat = serve_exec(&cat, &["cat"]);
+    let out = connect(&[&ws_unix(&cat)], "ping\n", None);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "ping\n");
+
+    // The answer comes 0.3 s after the request (and the client's close).
+    let slow = dir.path().join("slow.sock");
+    let mut cmd = unixws();
+    cmd.arg("serve").arg(&slow).args([
+        "--exec-grace",
+        "5s",
+        "--exec",
+        "sh",
+        "-c",
+        "read x; sleep 0.3; echo got $x",
+    ]);
+    let _slow = Process::spawn(&mut cmd);
+    assert!(wait_until(T, || slow.exists()));
+    let out = connect(&[&ws_unix(&slow)], "ping\n", None);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "got ping\n");
+}
+
+/// After the client's close, the program's exit status still decides the
+/// close code, and one that outlives `--exec-grace` is ended: what it
+/// printed in time is delivered, then 1011 with the signal.
+#[test]
+fn after_the_clients_close_the_exit_status_is_the_close_code_and_grace_bounds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing.sock");
+    let _failing = serve_exec(&failing, &["sh", "-c", "read x; echo got $x; exit 3"]);
+    let out = connect(&[&ws_unix(&failing)], "ping\n", None);
+    assert_eq!(stdout(&out), "got ping\n");
+    assert_one_line_error(
+        &out,
+        "the server closed the connection with code 1011: process exited with status 3",
+    );
+
+    let lingering = dir.path().join("lingering.sock");
+    let _lingering = serve_exec(
+        &lingering,
+        &["sh", "-c", "read x; echo first; exec sleep 30"],
+    );
+    let out = connect(&[&ws_unix(&lingering)], "ping\n", None);
+    assert_eq!(stdout(&out), "first\n");
+    assert_one_line_error(
+        &out,
+        "the server closed the connection with code 1011: process killed by signal 15",
     );
 }

@@ -169,8 +169,28 @@ impl Connection {
         self.session.control_frames = on;
     }
 
+    /// Hold the answer to the peer's close until [`close`](Connection::close):
+    /// when the peer closes, [`recv`](Connection::recv) returns `Ok(None)`
+    /// as usual, but the connection stays open for sending, so that what
+    /// the peer's last messages asked for still reaches it (RFC 6455 lets
+    /// an endpoint finish sending before it answers a close; the peer
+    /// reads until it does). [`peer_close`](Connection::peer_close) has
+    /// the peer's code. `close(code, reason)` then answers with the code
+    /// of your choosing; a handler that returns without closing answers
+    /// with the peer's own code. For one-shot exchanges: a client sends a
+    /// request and closes at once, and the server answers a moment later.
+    ///
+    /// The peer waits for the answer only as long as its own close timeout
+    /// (5 s by default in unixws): answer within that.
+    pub fn hold_close_reply(&mut self, on: bool) {
+        self.session.hold_close_reply = on;
+    }
+
     /// A handle through which other threads queue messages for this
     /// connection; [`recv`](Connection::recv) sends them as they arrive.
+    /// Messages queued here before a direct [`send`](Connection::send),
+    /// [`feed`](Connection::feed) or [`close`](Connection::close) go out
+    /// before it.
     pub fn outbox(&mut self) -> Result<Outbox> {
         if let Some(o) = &self.outbox {
             return Ok(o.handle.clone());
@@ -206,6 +226,10 @@ impl Connection {
     pub fn feed(&mut self, message: Message) -> Result<()> {
         if Session::wants_now(&message) {
             self.session.tick(Instant::now());
+        }
+        // What the outbox holds was sent earlier: it goes first.
+        if self.outbox.is_some() {
+            self.drain_outbox()?;
         }
         self.session.send(message)
     }
@@ -255,6 +279,11 @@ impl Connection {
             if self.session.is_done() {
                 let _ = self.flush();
                 self.drop_socket();
+                return Ok(None);
+            }
+            if self.session.reply_held() {
+                // The peer closed; what we still send goes out before our answer.
+                self.flush()?;
                 return Ok(None);
             }
             self.flush()?;
@@ -311,6 +340,8 @@ impl Connection {
     /// that arrive meanwhile are discarded.
     pub fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         self.session.tick(Instant::now());
+        // What the outbox holds was sent before the close: it goes first.
+        self.drain_outbox()?;
         self.session.start_close(code.into(), reason);
         while self.recv()?.is_some() {}
         Ok(())
@@ -319,7 +350,11 @@ impl Connection {
     /// Close normally unless already closing, then wait for the end. Used by
     /// the server after a handler returns.
     pub(crate) fn close_normally(&mut self) -> Result<()> {
-        self.close(CloseCode::Normal, "")
+        self.session.tick(Instant::now());
+        self.drain_outbox()?;
+        self.session.close_normally();
+        while self.recv()?.is_some() {}
+        Ok(())
     }
 
     fn drain_outbox(&mut self) -> Result<()> {

@@ -41,6 +41,9 @@ enum Closing {
     Open,
     /// We sent a close frame and wait for the peer's.
     Sent,
+    /// The peer's close frame is in and ours is held back (see
+    /// `hold_close_reply`): we may still send, and read nothing more.
+    Received,
     /// Both close frames are out: nothing more to read or send.
     Done,
 }
@@ -77,6 +80,9 @@ pub(crate) struct Session {
     pub(crate) control_frames: bool,
     /// A peer error's close code waits for the caller (relays).
     pub(crate) defer_error_close: bool,
+    /// The peer's close is not answered at once: the caller sends what it
+    /// still has, then closes (`Closing::Received`).
+    pub(crate) hold_close_reply: bool,
     pub(crate) deferred_close: Option<(u16, &'static str)>,
     stats: Option<Arc<ServerStats>>,
     /// The peer broke the protocol: its input is discarded from now on.
@@ -104,6 +110,7 @@ impl Session {
             peer_close: None,
             control_frames: false,
             defer_error_close: false,
+            hold_close_reply: false,
             deferred_close: None,
             stats: None,
             failed: false,
@@ -161,7 +168,30 @@ impl Session {
     }
 
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing != Closing::Open
+        matches!(self.closing, Closing::Sent | Closing::Done)
+    }
+
+    /// True while frames may still come from the peer (it has not closed).
+    fn reading(&self) -> bool {
+        matches!(self.closing, Closing::Open | Closing::Sent)
+    }
+
+    /// True once the peer closed and our answer is held back: `recv` ends,
+    /// sending goes on until the caller closes.
+    pub(crate) fn reply_held(&self) -> bool {
+        self.closing == Closing::Received
+    }
+
+    /// Closes normally, or, when the peer's close is held unanswered,
+    /// answers it with its own code and reason (RFC 6455 5.5.1).
+    pub(crate) fn close_normally(&mut self) {
+        match self.peer_close.as_deref() {
+            Some(c) if self.reply_held() => {
+                let (code, reason) = (c.code, c.reason.clone());
+                self.start_close(code, &reason);
+            }
+            _ => self.start_close(CloseCode::Normal, ""),
+        }
     }
 
     /// True once both close frames are out: the driver flushes and ends.
@@ -202,7 +232,7 @@ impl Session {
             self.read.clear();
             return Ok(None);
         }
-        while self.closing != Closing::Done {
+        while self.reading() {
             let Some(message) = self.decoder.decode(&mut self.read)? else {
                 return Ok(None);
             };
@@ -222,7 +252,7 @@ impl Session {
             self.read.clear();
             return Ok(None);
         }
-        while self.closing != Closing::Done {
+        while self.reading() {
             match self.decoder.forward(&mut self.read)? {
                 None => return Ok(None),
                 Some(Forward::Control(message)) => {
@@ -262,6 +292,11 @@ impl Session {
     }
 
     fn on_close_frame(&mut self, frame: Option<CloseFrame>) {
+        if self.closing == Closing::Open && self.hold_close_reply {
+            self.peer_close = Some(Box::new(PeerClose::from_frame(frame)));
+            self.closing = Closing::Received;
+            return;
+        }
         if self.closing == Closing::Open {
             // Answer with the same code and reason (RFC 6455 5.5.1), as
             // tungstenite does.
@@ -288,7 +323,7 @@ impl Session {
     /// Queues `message` for sending. A `Close` starts the closing
     /// handshake; after that nothing more can be sent.
     pub(crate) fn send(&mut self, message: Message) -> Result<(), Error> {
-        if self.closing != Closing::Open {
+        if self.is_closing() {
             return Err(Error::WebSocket(Box::new(WsError::Protocol(
                 ProtocolError::SendAfterClosing,
             ))));
@@ -330,7 +365,7 @@ impl Session {
     /// (relays). Once a close frame is out, only the rest of a frame
     /// already begun may follow.
     pub(crate) fn forward(&mut self, bytes: bytes::Bytes, frame_done: bool) -> Result<(), Error> {
-        if self.closing != Closing::Open && !self.out.is_mid_frame() {
+        if self.is_closing() && !self.out.is_mid_frame() {
             return Err(Error::WebSocket(Box::new(WsError::Protocol(
                 ProtocolError::SendAfterClosing,
             ))));
@@ -340,9 +375,10 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a close frame unless one is out already.
+    /// Queues a close frame unless one is out already. When the peer's
+    /// close is held unanswered, this is the answer, and the handshake is over.
     pub(crate) fn start_close(&mut self, code: CloseCode, reason: &str) {
-        if self.closing != Closing::Open {
+        if self.is_closing() {
             return;
         }
         let code = u16::from(code);
@@ -356,7 +392,11 @@ impl Session {
         }
         payload.extend_from_slice(&reason.as_bytes()[..end]);
         self.push(OpCode::Close, &payload);
-        self.closing = Closing::Sent;
+        self.closing = if self.reply_held() {
+            Closing::Done
+        } else {
+            Closing::Sent
+        };
         self.timers.closing(self.now);
     }
 
@@ -627,6 +667,44 @@ mod tests {
         );
         assert_eq!(written(&mut s), [0x88, 5, 0x0f, 0xa1, b'b', b'y', b'e']);
         assert!(s.on_eof().is_ok(), "a hang-up after the handshake is fine");
+    }
+
+    #[test]
+    fn a_held_close_reply_lets_data_out_first_and_then_answers() {
+        for answer in [Some((CloseCode::Error, "exit 3")), None] {
+            let (mut s, _) = server();
+            s.hold_close_reply = true;
+            s.read.extend_from_slice(&from_client(8, &[0x03, 0xe8]));
+            s.read
+                .extend_from_slice(&from_client(1, b"after the close"));
+            assert_eq!(s.next_message(), Ok(None));
+            assert!(s.reply_held() && !s.is_closing() && !s.is_done());
+            assert_eq!(written(&mut s), [] as [u8; 0], "no answer yet");
+            assert_eq!(
+                s.next_message(),
+                Ok(None),
+                "nothing is read after the peer's close"
+            );
+            s.send(Message::text("late answer"))
+                .expect("sending goes on");
+            match answer {
+                Some((code, reason)) => s.start_close(code, reason),
+                None => s.close_normally(),
+            }
+            assert!(s.is_done());
+            let mut expected = vec![0x81, 11];
+            expected.extend_from_slice(b"late answer");
+            match answer {
+                Some(_) => expected
+                    .extend_from_slice(&[0x88, 8, 0x03, 0xf3, b'e', b'x', b'i', b't', b' ', b'3']),
+                None => expected.extend_from_slice(&[0x88, 2, 0x03, 0xe8]),
+            }
+            assert_eq!(written(&mut s), expected);
+            assert!(
+                s.send(Message::text("x")).is_err(),
+                "nothing after our close"
+            );
+        }
     }
 
     #[test]

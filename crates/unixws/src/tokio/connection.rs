@@ -330,6 +330,23 @@ impl Connection {
         self.state().session.control_frames = on;
     }
 
+    /// Hold the answer to the peer's close until [`close`](Connection::close):
+    /// when the peer closes, [`recv`](Connection::recv) returns `Ok(None)`
+    /// as usual, but the connection stays open for sending, so that what
+    /// the peer's last messages asked for still reaches it (RFC 6455 lets
+    /// an endpoint finish sending before it answers a close; the peer
+    /// reads until it does). [`peer_close`](Connection::peer_close) has
+    /// the peer's code. `close(code, reason)` then answers with the code
+    /// of your choosing; a handler that returns without closing answers
+    /// with the peer's own code. For one-shot exchanges: a client sends a
+    /// request and closes at once, and the server answers a moment later.
+    ///
+    /// The peer waits for the answer only as long as its own close timeout
+    /// (5 s by default in unixws): answer within that.
+    pub fn hold_close_reply(&mut self, on: bool) {
+        self.state().session.hold_close_reply = on;
+    }
+
     /// What is known about the peer and the request.
     pub fn info(&self) -> &ConnectionInfo {
         match &self.core {
@@ -358,7 +375,9 @@ impl Connection {
     /// runtime, `recv` sends them). It returns a `Result` as the blocking
     /// [`Connection::outbox`](crate::Connection::outbox) does (whose
     /// wake-up pipe can fail), so that code moves between the two; here it
-    /// is always `Ok`.
+    /// is always `Ok`. Messages queued here before a direct
+    /// [`send`](Connection::send), [`feed`](Connection::feed) or
+    /// [`close`](Connection::close) go out before it.
     pub fn outbox(&mut self) -> Result<Outbox> {
         if let Some(o) = &self.state().outbox {
             return Ok(o.handle.clone());
@@ -406,7 +425,7 @@ impl Connection {
     /// # }
     /// ```
     pub async fn feed(&mut self, message: Message) -> Result<()> {
-        self.state().session.send(message)
+        self.queue(message)
     }
 
     /// Write out what [`feed`](Connection::feed) queued.
@@ -448,6 +467,7 @@ impl Connection {
         if Session::wants_now(&message) {
             s.session.tick(Instant::now());
         }
+        s.take_earlier()?;
         s.session.send(message)
     }
 
@@ -455,6 +475,7 @@ impl Connection {
     pub(crate) fn queue_close(&mut self, code: CloseCode, reason: &str) {
         let mut s = self.state();
         s.session.tick(Instant::now());
+        let _ = s.take_earlier();
         s.session.start_close(code, reason);
     }
 
@@ -721,6 +742,11 @@ impl State {
                     self.drop_socket();
                     return Poll::Ready(Ok(None));
                 }
+            } else if self.session.reply_held() {
+                // The peer closed; what we still send goes out before our answer.
+                if flushed {
+                    return Poll::Ready(Ok(None));
+                }
             } else if flushed || self.read_past_output || self.session.out.len() < OUT_HIGH_WATER {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => continue,
@@ -759,7 +785,7 @@ impl State {
     /// A write failed inside `recv`: a peer that hung up after the close
     /// handshake started is the end of it; anything else is an error.
     fn after_write_error(&mut self, e: Error) -> Result<()> {
-        if self.session.is_closing() {
+        if self.session.is_closing() || self.session.reply_held() {
             self.drop_socket();
             return Ok(());
         }
@@ -795,6 +821,19 @@ impl State {
             }
         }
         self.take_queued(Some(cx))
+    }
+
+    /// Before a message sent directly: everything the outbox holds, which
+    /// was sent earlier and goes first (all of it, past the high-water
+    /// mark: order matters more here, and the queue's bound still holds).
+    fn take_earlier(&mut self) -> Result<()> {
+        while !self.session.is_closing() {
+            let Some(Ok(message)) = self.outbox.as_mut().map(|o| o.rx.try_recv()) else {
+                return Ok(());
+            };
+            self.session.send(message)?;
+        }
+        Ok(())
     }
 
     /// Moves queued outbox messages into the session (registering `cx` to
@@ -967,7 +1006,7 @@ async fn close_abandoned(shared: Arc<Shared>) {
         if shared.failed.load(Ordering::SeqCst) {
             s.session.start_close(CloseCode::Error, HANDLER_FAILED);
         } else {
-            s.session.start_close(CloseCode::Normal, "");
+            s.session.close_normally();
         }
         s.session.limits().close_timeout
     };

@@ -11,8 +11,14 @@
 //!
 //! Endings: the process exits 0 → close 1000; exits otherwise → close 1011
 //! with the exit status as the reason. The client closes → the process gets
-//! EOF on stdin, then SIGTERM after the grace period, then SIGKILL; it is
-//! always waited for, so no zombie is left.
+//! EOF on stdin, and what it still prints is relayed until it exits (the
+//! client's close is answered after that, with the code of the exit
+//! status), within the grace period; then SIGTERM, then SIGKILL after
+//! another. That is what a one-shot pipe needs (`printf 'req\n' | unixws
+//! connect` sends its close right after the request, and hears the answer
+//! that comes a moment later). A client that hangs up without a close
+//! hears nothing more: the process gets EOF and the signals. It is always
+//! waited for, so no zombie is left.
 
 use std::future::Future;
 use std::process::{ExitStatus, Stdio};
@@ -106,6 +112,8 @@ impl Exec {
             });
         }
         let mut stdin = child.stdin.take();
+        // The client's close is answered after the process's last output.
+        conn.hold_close_reply(true);
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump_stdout(
             child,
@@ -123,10 +131,15 @@ impl Exec {
                 stdin = None;
             }
         }
-        // The client is gone: EOF on stdin, then the grace period and signals.
+        // EOF on stdin. A client that closed still hears the rest of the
+        // output; one that hung up does not.
         drop(stdin);
-        let _ = stop_tx.send(());
-        let _ = pump.await;
+        let closed = conn.peer_close().is_some();
+        let _ = stop_tx.send(if closed { Leave::Closed } else { Leave::Gone });
+        if let Ok(Some(answer)) = pump.await {
+            // The process ended after the client's close: answer it.
+            conn.close(answer.code, &answer.reason).await?;
+        }
         Ok(())
     }
 
@@ -176,15 +189,26 @@ async fn write_message(
     stdin.flush().await
 }
 
-/// Sends the process's output as messages, then its exit as the close code;
-/// when told the client left, ends the process (EOF, SIGTERM, SIGKILL).
+/// How the client left.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// With a close frame, whose answer waits for the process.
+    Closed,
+    /// Without one: nothing can reach it.
+    Gone,
+}
+
+/// Sends the process's output as messages, then its exit as the close code.
+/// When told the client closed, relays the rest of the output within the
+/// grace period and returns the close that answers the client; when told
+/// it is gone, ends the process (EOF, SIGTERM, SIGKILL).
 async fn pump_stdout(
     mut child: Child,
     outbox: Outbox,
     binary: bool,
     grace: Duration,
-    stop: oneshot::Receiver<()>,
-) {
+    stop: oneshot::Receiver<Leave>,
+) -> Option<CloseFrame> {
     let stdout = child.stdout.take();
     let forward = async {
         let Some(stdout) = stdout else { return };
@@ -210,27 +234,40 @@ async fn pump_stdout(
             }
         }
     };
-    let client_left = tokio::select! {
-        _ = forward => false,
-        _ = stop => true,
+    tokio::pin!(forward);
+    let left = tokio::select! {
+        _ = &mut forward => None,
+        left = stop => Some(left.unwrap_or(Leave::Gone)),
     };
-    let status = if client_left {
-        end_process(&mut child, grace).await
-    } else {
-        // Output ended: the process is exiting (or closed stdout on purpose).
-        tokio::select! {
-            status = child.wait() => status.ok(),
-            _ = tokio::time::sleep(grace) => end_process(&mut child, grace).await,
+    match left {
+        None => {
+            // Output ended: the process is exiting (or closed stdout on purpose).
+            let status = tokio::select! {
+                status = child.wait() => status.ok(),
+                _ = tokio::time::sleep(grace) => end_process(&mut child, grace, grace).await,
+            };
+            let _ = outbox.send(Message::Close(Some(close_for(status)))).await;
+            None
         }
-    };
-    if !client_left {
-        let _ = outbox.send(Message::Close(Some(close_for(status)))).await;
+        Some(Leave::Closed) => {
+            // Its stdin is closed: what it prints until it exits (within
+            // the grace period) still reaches the client.
+            let started = tokio::time::Instant::now();
+            let _ = tokio::time::timeout(grace, &mut forward).await;
+            let left = grace.saturating_sub(started.elapsed());
+            Some(close_for(end_process(&mut child, left, grace).await))
+        }
+        Some(Leave::Gone) => {
+            end_process(&mut child, grace, grace).await;
+            None
+        }
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace`; always reaps the process.
-async fn end_process(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+/// Waits `first` for the process to exit, then SIGTERM, then SIGKILL after
+/// `grace`; always reaps the process.
+async fn end_process(child: &mut Child, first: Duration, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Ok(status)) = tokio::time::timeout(first, child.wait()).await {
         return Some(status);
     }
     if let Some(pid) = child.id() {
