@@ -129,7 +129,7 @@ pub use client::{connect, ClientBuilder, RetryPolicy};
 pub use config::Limits;
 pub use connection::{Connection, ConnectionInfo, Outbox, OutboxError, PeerClose};
 pub use error::{BindStep, Error, Operation, Result};
-pub use listen::{BindOptions, Listener};
+pub use listen::{BindOptions, Listener, SocketFileGuard};
 pub use peer::{Peer, PeerCredentials};
 pub use policy::AccessPolicy;
 pub use server::{Server, ServerBuilder, ShutdownHandle};

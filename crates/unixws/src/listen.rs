@@ -228,11 +228,72 @@ pub(crate) enum StdListener {
     Tcp(TcpListener),
 }
 
-/// What removes the socket file when dropped (see [`Listener`]).
-#[cfg(feature = "tokio")]
+/// Removes a listener's socket file when dropped, if the path still
+/// holds that file (see [`Listener`]), after the socket itself has been
+/// taken elsewhere: [`Listener::into_unix`] and, with the `tokio` feature,
+/// [`Listener::into_tokio_unix`]. Keep it for as long as the socket serves.
 #[derive(Debug)]
-pub(crate) struct FileGuard {
+#[must_use = "dropping the guard removes the socket file at once"]
+pub struct SocketFileGuard {
     _file: Option<SocketFile>,
+}
+
+impl Listener {
+    /// The listening Unix socket as std's `UnixListener`, for servers that
+    /// take one (hyper, or a loop of your own), with the guard that removes
+    /// the socket file: the socket keeps its mode, owner and stale-file
+    /// handling from [`bind`](Listener::bind). Fails on a TCP listener.
+    ///
+    /// ```
+    /// # fn main() -> unixws::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.sock");
+    /// let addr = unixws::Address::unix(&path)?;
+    /// let listener = unixws::Listener::bind(&addr, &unixws::BindOptions::new().mode(0o600))?;
+    /// let (std_listener, guard) = listener.into_unix()?;
+    /// # drop(std_listener);
+    /// drop(guard); // the socket file goes with it
+    /// # assert!(!path.exists());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_unix(self) -> Result<(UnixListener, SocketFileGuard)> {
+        match self.kind {
+            ListenerKind::Unix(l) => Ok((l, SocketFileGuard { _file: self.file })),
+            ListenerKind::Tcp(_) => Err(Error::invalid(
+                "Listener::into_unix",
+                format!(
+                    "{} is a TCP listener; bind a Unix socket address",
+                    self.addr.endpoint_display()
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Listener {
+    /// [`into_unix`](Listener::into_unix), registered with the current tokio
+    /// runtime: for axum's `serve`, hyper-util, or `tokio::net` code. Needs
+    /// a runtime ([`Error::NoRuntime`] otherwise).
+    pub fn into_tokio_unix(self) -> Result<(tokio::net::UnixListener, SocketFileGuard)> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime {
+                call: "Listener::into_tokio_unix",
+            });
+        }
+        let addr = self.addr.endpoint_display();
+        let (listener, guard) = self.into_unix()?;
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+            .map_err(|e| Error::Bind {
+                addr,
+                step: BindStep::Listen,
+                source: e,
+            })?;
+        Ok((listener, guard))
+    }
 }
 
 #[cfg(feature = "tokio")]
@@ -240,13 +301,19 @@ impl Listener {
     /// The socket, its address, and the guard of its file: whoever holds
     /// the guard removes the file when it drops it. The socket is made
     /// non-blocking.
-    pub(crate) fn into_parts(self) -> io::Result<(StdListener, Address, FileGuard)> {
+    pub(crate) fn into_parts(self) -> io::Result<(StdListener, Address, SocketFileGuard)> {
         self.set_nonblocking(true)?;
         let socket = match self.kind {
             ListenerKind::Unix(l) => StdListener::Unix(l),
             ListenerKind::Tcp(l) => StdListener::Tcp(l),
         };
-        Ok((socket, self.addr, FileGuard { _file: self.file }))
+        Ok((socket, self.addr, SocketFileGuard { _file: self.file }))
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_fd().as_raw_fd()
     }
 }
 

@@ -468,3 +468,39 @@ async fn the_close_timeout_counts_from_the_close() {
         peer.join().unwrap();
     }
 }
+
+/// `Listener::into_tokio_unix`: a safely bound socket served by code of
+/// one's own on tokio (here `Connection::accept`, as hyper or axum would
+/// take it); outside a runtime it is a clear error, not a panic.
+#[test]
+fn into_tokio_unix_serves_and_needs_a_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokio.sock");
+    let bind = || {
+        let addr = unixws::Address::unix(&path).unwrap();
+        unixws::Listener::bind(&addr, &unixws::BindOptions::new()).unwrap()
+    };
+    let err = bind().into_tokio_unix().unwrap_err();
+    assert!(matches!(err, unixws::Error::NoRuntime { .. }), "{err:?}");
+    assert!(
+        !path.exists(),
+        "the refused listener's file is gone with it"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (listener, guard) = bind().into_tokio_unix().unwrap();
+        tokio::spawn(own_echo_server(listener));
+        let client_path = path.clone();
+        let echoed = tokio::task::spawn_blocking(move || {
+            let mut conn = unixws::connect(&client_path).unwrap();
+            conn.send(Message::text("through tokio")).unwrap();
+            conn.recv().unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(echoed, Some(Message::text("through tokio")));
+        drop(guard);
+        assert!(!path.exists());
+    });
+}

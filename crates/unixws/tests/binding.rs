@@ -303,3 +303,34 @@ fn a_bind_lock_held_forever_is_an_error_after_ten_seconds() {
         "only the holder's lock file remains"
     );
 }
+
+/// `into_unix` hands the socket over with the guard of its file: the mode
+/// from binding stays, the socket serves, the file goes with the guard;
+/// a TCP listener is refused with the reason.
+#[test]
+fn into_unix_keeps_the_mode_and_the_guard_removes_the_file() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("handed.sock");
+    let listener = Listener::bind(&addr(&path), &BindOptions::new().mode(0o600)).unwrap();
+    let raw = listener.as_raw_fd();
+    let (std_listener, guard) = listener.into_unix().unwrap();
+    assert_eq!(std_listener.as_raw_fd(), raw, "the same socket");
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let _client = UnixStream::connect(&path).unwrap();
+    assert!(std_listener.accept().is_ok());
+    drop(std_listener);
+    assert!(path.exists(), "the file stays while the guard lives");
+    drop(guard);
+    assert!(!path.exists(), "the guard removes the file");
+
+    let tcp = Listener::bind(&"127.0.0.1:0".parse().unwrap(), &BindOptions::new()).unwrap();
+    let err = tcp.into_unix().unwrap_err().to_string();
+    assert!(
+        err.contains("is a TCP listener; bind a Unix socket address"),
+        "{err}"
+    );
+}

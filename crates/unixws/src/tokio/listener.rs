@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsFd;
 
 use crate::addr::Address;
-use crate::listen::{FileGuard, Listener, StdListener};
+use crate::listen::{Listener, SocketFileGuard, StdListener};
 use crate::peer::{Peer, PeerCredentials};
 use crate::tokio::io::AsyncSocket;
 
@@ -15,7 +15,7 @@ pub(crate) struct AsyncListener {
     // Declared before the guard: the socket closes before its file goes.
     kind: Kind,
     addr: Address,
-    _file: FileGuard,
+    _file: SocketFileGuard,
 }
 
 #[derive(Debug)]
