@@ -23,13 +23,14 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// API names the library prints, and the flags that set them. Longer names
 /// come first, so that a name is never replaced inside a longer one.
-pub const FLAGS: [(&str, &str); 15] = [
+pub const FLAGS: [(&str, &str); 16] = [
     ("BindOptions::mode/owner/group", "--mode/--owner/--group"),
     ("BindOptions::mode", "--mode"),
     ("BindOptions::owner", "--owner"),
     ("BindOptions::group", "--group"),
     ("an AccessPolicy", "--allow-uid/--allow-gid"),
     ("ServerBuilder::policy", "--allow-uid/--allow-gid"),
+    ("ServerBuilder::trust_proxy_uid", "--trust-proxy-uid"),
     ("a RetryPolicy", "--retry N"),
     ("Limits::max_message_size", "--max-message"),
     ("Limits::connect_timeout", "--timeout"),

@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
 
+    /// Believe the client identity forwarded by a proxy running as this uid
+    /// (name or number; `unixws proxy` sends it). From other peers those
+    /// headers are dropped.
+    #[arg(long = "trust-proxy-uid", value_name = "UID")]
+    trust_proxy_uid: Option<String>,
+
     /// Most open connections; the next one gets HTTP 503.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -159,6 +165,12 @@ impl Args {
                 "--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID unset or not for this process); start unixws from a .socket unit or give an ADDR"
                     .to_string(),
             ))?),
+        };
+        let builder = match &self.trust_proxy_uid {
+            Some(user) => {
+                builder.trust_proxy_uid(runtime::resolve_user(user, "--trust-proxy-uid")?)
+            }
+            None => builder,
         };
         Ok(builder.policy(self.policy()?).limits(self.limits()))
     }

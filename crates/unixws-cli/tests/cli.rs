@@ -966,3 +966,72 @@ fn after_the_clients_close_the_exit_status_is_the_close_code_and_grace_bounds_it
         "the server closed the connection with code 1011: process killed by signal 15",
     );
 }
+
+/// Needs root: the proxy runs as uid 65534, the trusted uid, so that the
+/// test (root) can be a direct client that is not trusted. A direct client
+/// that forges `X-Unixws-Peer-Uid` is not believed (its own uid counts, and
+/// the program never sees the header); the same client through the proxy
+/// is (the proxy's word replaces the proxy's own uid).
+#[test]
+fn forwarded_identity_is_believed_only_from_the_trusted_proxy_uid() {
+    require_root("the trusted proxy runs as uid 65534, apart from the test's root client");
+    let dir = shared_tempdir();
+    let backend = dir.path().join("backend.sock");
+    let mut cmd = unixws();
+    cmd.arg("serve").arg(&backend).args([
+        "--mode",
+        "666",
+        "--trust-proxy-uid",
+        "65534",
+        "--allow-uid",
+        "0",
+        "--exec",
+        "sh",
+        "-c",
+        "echo uid=$UNIXWS_PEER_UID forged=$HTTP_X_UNIXWS_PEER_UID",
+    ]);
+    let _backend = Process::spawn(&mut cmd);
+    assert!(wait_until(T, || backend.exists()));
+    let forged = [
+        "-H",
+        "X-Unixws-Peer-Uid: 4242",
+        "-H",
+        "X-Unixws-Peer-Gid: 4242",
+    ];
+
+    let mut args = forged.to_vec();
+    let url = ws_unix(&backend);
+    args.push(&url);
+    let direct = connect(&args, "", None);
+    assert_eq!(
+        stdout(&direct),
+        "uid=0 forged=\n",
+        "stderr: {}",
+        stderr(&direct)
+    );
+
+    // The proxy, as uid 65534, listens in a directory of its own.
+    let own = dir.path().join("proxy");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(NOBODY), Some(NOBODY)).unwrap();
+    let front = own.join("front.sock");
+    let mut proxy = unixws_as_nobody(dir.path());
+    proxy
+        .arg("proxy")
+        .arg("--listen")
+        .arg(&front)
+        .arg("--to")
+        .arg(&url);
+    let _proxy = Process::spawn(&mut proxy);
+    assert!(wait_until(T, || front.exists()), "the proxy did not start");
+    let mut args = forged.to_vec();
+    let front_url = ws_unix(&front);
+    args.push(&front_url);
+    let proxied = connect(&args, "", None);
+    assert_eq!(
+        stdout(&proxied),
+        "uid=0 forged=0\n",
+        "the proxy's word (root's real uid) replaces both the forgery and its own uid; stderr: {}",
+        stderr(&proxied)
+    );
+}

@@ -44,14 +44,22 @@ fn proxy(listen: &str, to: &str, args: &[&str]) -> Process {
 
 type Seen = Arc<Mutex<Vec<(ConnectionInfo, Option<unixws::PeerClose>)>>>;
 
+/// This process's uid: the proxy's, which the recording backend trusts.
+fn my_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
 /// A backend that records what it saw and follows the peers' protocol:
-/// echo, and `close:CODE:REASON` closes with that code and reason.
+/// echo, and `close:CODE:REASON` closes with that code and reason. It
+/// trusts the identity the proxy (running as this test's uid) forwards.
 fn recording_backend(sock: &Path) -> (RunningServer, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
     let builder = Server::builder(sock)
         .unwrap()
-        .subprotocols(["chat.v2", "chat.v1"]);
+        .subprotocols(["chat.v2", "chat.v1"])
+        .trust_proxy_uid(my_uid());
     let server = RunningServer::start(builder, move |conn| {
         let result = (|| {
             while let Some(message) = conn.recv()? {
@@ -133,6 +141,11 @@ fn path_query_subprotocol_and_authorization_reach_the_backend() {
     assert_eq!(info.subprotocol.as_deref(), Some("chat.v1"));
     assert_eq!(info.headers["authorization"], "Bearer s3cret");
     assert_eq!(info.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        info.peer,
+        unixws::Peer::Tcp("127.0.0.1:0".parse().unwrap()),
+        "the TCP client the trusted proxy forwarded"
+    );
     assert!(
         info.headers.get("x-unixws-peer-uid").is_none(),
         "a TCP client cannot claim a uid"
@@ -156,12 +169,19 @@ fn unix_listener_passes_the_peer_uid_and_pid() {
     drop(backend);
     let seen = seen.lock().unwrap();
     let headers = &seen[0].0.headers;
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = my_uid();
     assert_eq!(headers["x-unixws-peer-uid"], uid.to_string().as_str());
     assert_eq!(
         headers["x-unixws-peer-pid"],
         std::process::id().to_string().as_str()
+    );
+    // The trusted proxy's word makes this test process the peer.
+    let me = seen[0].0.peer.credentials().expect("a Unix-socket client");
+    assert_eq!(
+        (me.uid, me.pid),
+        (uid, std::process::id() as i32),
+        "the forwarded client, not the proxy ({})",
+        _proxy.id()
     );
 }
 

@@ -15,6 +15,7 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use crate::addr::Address;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
+use crate::forwarded;
 use crate::peer::Peer;
 use crate::policy::AccessPolicy;
 use crate::stats::{Counter, ServerStats};
@@ -27,6 +28,8 @@ pub(crate) struct HandshakeRules {
     pub(crate) max_connections: usize,
     pub(crate) policy: AccessPolicy,
     pub(crate) subprotocols: Vec<String>,
+    /// The uid whose forwarded client identity is believed (see `forwarded`).
+    pub(crate) trusted_proxy: Option<u32>,
     /// The server's address, for the connections' messages (`None` where
     /// there is no listener: the fuzzing entry point).
     pub(crate) address: Option<Arc<Address>>,
@@ -74,6 +77,7 @@ impl HandshakeRules {
             max_connections: limits.max_connections,
             policy,
             subprotocols,
+            trusted_proxy: None,
             address: None,
             stats: Arc::default(),
             policy_log: LogGate::default(),
@@ -101,6 +105,8 @@ pub(crate) struct Accepted {
     query: Option<String>,
     headers: tungstenite::http::HeaderMap,
     pub(crate) subprotocol: Option<String>,
+    /// The client a trusted proxy forwarded, who stands for the socket's peer.
+    forwarded: Option<Peer>,
 }
 
 impl Accepted {
@@ -112,7 +118,7 @@ impl Accepted {
     ) -> (ConnectionInfo, ActiveSlot) {
         let info = ConnectionInfo {
             address,
-            peer,
+            peer: self.forwarded.unwrap_or(peer),
             path: self.path,
             query: self.query,
             headers: self.headers,
@@ -133,6 +139,8 @@ pub(crate) fn check_request(
     if request.headers().len() > rules.max_headers {
         return Err(error_response(431, "too many header lines"));
     }
+    let forwarded = forwarded::forwarded_peer(rules.trusted_proxy, peer, request.headers());
+    let peer = forwarded.as_ref().unwrap_or(peer);
     if !rules.policy.allows_peer(peer) {
         if let Some(suppressed) = rules.policy_log.allow() {
             tracing::warn!(%peer, suppressed, "peer rejected by the access policy (403)");
@@ -172,14 +180,19 @@ pub(crate) fn check_request(
     }
     let uri = request.uri();
     tracing::debug!(%peer, path = %uri.path(), "handshake accepted");
+    let mut headers = application_headers(request.headers());
+    if forwarded.is_none() {
+        forwarded::strip(&mut headers);
+    }
     Ok((
         response,
         Accepted {
             slot,
             path: uri.path().to_string(),
             query: uri.query().map(str::to_string),
-            headers: application_headers(request.headers()),
+            headers,
             subprotocol,
+            forwarded,
         },
     ))
 }

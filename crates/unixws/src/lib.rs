@@ -104,6 +104,7 @@ pub mod config;
 pub mod connection;
 mod drain;
 pub mod error;
+mod forwarded;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

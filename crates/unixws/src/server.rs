@@ -48,6 +48,7 @@ pub struct ServerBuilder {
     limits: Limits,
     policy: AccessPolicy,
     subprotocols: Vec<String>,
+    trusted_proxy: Option<u32>,
 }
 
 impl ServerBuilder {
@@ -60,6 +61,7 @@ impl ServerBuilder {
             limits: Limits::default(),
             policy: AccessPolicy::default(),
             subprotocols: Vec::new(),
+            trusted_proxy: None,
         })
     }
 
@@ -73,6 +75,7 @@ impl ServerBuilder {
             limits: Limits::default(),
             policy: AccessPolicy::default(),
             subprotocols: Vec::new(),
+            trusted_proxy: None,
         }
     }
 
@@ -91,6 +94,30 @@ impl ServerBuilder {
     /// Who may connect (checked before the upgrade; others get 403).
     pub fn policy(mut self, policy: AccessPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Believe the client identity that a proxy running as `uid` forwards
+    /// (`unixws proxy` sends `X-Unixws-Peer-Uid`, `-Gid`, `-Pid`,
+    /// `-Groups` for a Unix-socket client, `X-Forwarded-For` for a TCP
+    /// one). From a peer with that uid, the forwarded client stands for
+    /// the peer: the access policy judges it, and
+    /// [`ConnectionInfo::peer`](crate::ConnectionInfo::peer) is it. From
+    /// any other peer those headers are dropped, so a local process that
+    /// forges them fools nobody. Unix sockets only.
+    ///
+    /// ```no_run
+    /// # fn main() -> unixws::Result<()> {
+    /// let proxy_uid = 990; // the user `unixws proxy` runs as
+    /// let server = unixws::Server::builder("/run/app/backend.sock")?
+    ///     .trust_proxy_uid(proxy_uid)
+    ///     .policy(unixws::AccessPolicy::new().allow_uid(1000))
+    ///     .bind()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trust_proxy_uid(mut self, uid: u32) -> Self {
+        self.trusted_proxy = Some(uid);
         self
     }
 
@@ -125,6 +152,15 @@ impl ServerBuilder {
                 ),
             ));
         }
+        if !self.addr.is_unix() && self.trusted_proxy.is_some() {
+            return Err(Error::invalid(
+                "ServerBuilder::trust_proxy_uid",
+                format!(
+                    "a trusted proxy is known by its uid, which only a Unix socket tells: {} is TCP",
+                    self.addr.endpoint_display()
+                ),
+            ));
+        }
         let listener = match self.listener {
             Some(listener) => listener,
             None => Listener::bind(&self.addr, &self.bind)?,
@@ -134,6 +170,7 @@ impl ServerBuilder {
         }
         let mut rules = HandshakeRules::new(&self.limits, self.policy, self.subprotocols);
         rules.address = Some(Arc::new(listener.local_addr().clone()));
+        rules.trusted_proxy = self.trusted_proxy;
         Ok((listener, rules, self.limits))
     }
 }

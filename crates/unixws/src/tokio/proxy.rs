@@ -8,11 +8,14 @@
 //!   (its prefix); `Sec-WebSocket-Protocol`, `Authorization`, `Cookie` and
 //!   `Origin` are forwarded, and the backend's subprotocol is answered.
 //! - `X-Forwarded-For` carries a TCP client's address; for a Unix-socket
-//!   client, `X-Unixws-Peer-Uid` and `X-Unixws-Peer-Pid` carry its
-//!   kernel-verified uid and pid (any such headers sent by the client are
-//!   replaced, never passed on).
+//!   client, `X-Unixws-Peer-Uid`, `-Gid`, `-Pid` and `-Groups` carry its
+//!   kernel-verified credentials (any such headers sent by the client are
+//!   replaced, never passed on). A backend believes them only from the
+//!   proxy's uid (`ServerBuilder::trust_proxy_uid`).
 //! - Text, binary, ping and pong messages are relayed both ways in order; a
-//!   close code and reason from either side reach the other. Each hop
+//!   close code and reason from either side reach the other, and what the
+//!   other side still sends before it answers (a one-shot pipe's answer)
+//!   is delivered before that answer. Each hop
 //!   answers pings itself, so the pong that answers a relayed ping is
 //!   dropped rather than sent a second time; each side keeps its own
 //!   keepalive.
@@ -155,9 +158,12 @@ impl Proxy {
         }
         match &peer {
             Peer::Unix(c) => {
+                let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
                 backend = backend
                     .header("X-Unixws-Peer-Uid", c.uid.to_string())
-                    .header("X-Unixws-Peer-Pid", c.pid.to_string());
+                    .header("X-Unixws-Peer-Gid", c.gid.to_string())
+                    .header("X-Unixws-Peer-Pid", c.pid.to_string())
+                    .header("X-Unixws-Peer-Groups", groups.join(","));
             }
             Peer::Tcp(addr) => {
                 let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -261,6 +267,9 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
         side.receive_control_frames(true);
         side.defer_error_close();
         side.read_past_output();
+        // A side's close is answered with the other side's, after what
+        // the other side still sends (a one-shot pipe's answer).
+        side.hold_close_reply(true);
     }
     // The pings relayed from each side.
     let (mut from_client, mut from_backend) = (PingLedger::default(), PingLedger::default());
@@ -372,22 +381,40 @@ impl PingLedger {
     }
 }
 
-/// Closes `to` the way `from` was closed. Codes that must not appear in a
-/// close frame (1005 none given, 1006 dropped, 1015 TLS) become 1000 or
-/// 1011. What `to` still sends is read (through the forwarding path, which
-/// may be inside a frame) and dropped, until its close.
-async fn pass_close(from: &Connection, to: &mut Connection) -> Result<()> {
-    let (code, reason) = match from.peer_close() {
+/// Closes `to` the way `from` was closed; what `to` still sends until its
+/// close answers is relayed to `from` (RFC 6455 lets it send until then:
+/// the answer to a request sent just before a close), and its close code
+/// then answers `from`'s close. Data is forwarded as it comes (possibly
+/// inside a frame); pings and pongs are no longer relayed.
+async fn pass_close(from: &mut Connection, to: &mut Connection) -> Result<()> {
+    let (code, reason) = close_to_pass(from.peer_close());
+    to.queue_close(code, &reason);
+    // `from` may be gone already (it hung up): then what `to` sends is dropped.
+    let mut listening = true;
+    while let Some(relayed) = to.recv_forward().await? {
+        if let (true, Forward::Data { bytes, frame_done }) = (listening, relayed) {
+            listening = from.forward(bytes, frame_done).is_ok() && from.flush().await.is_ok();
+        }
+    }
+    if listening {
+        let (code, reason) = close_to_pass(to.peer_close());
+        let _ = from.close(code, &reason).await;
+    }
+    Ok(())
+}
+
+/// The close to pass on for the one a side sent. Codes that must not
+/// appear in a close frame (1005 none given, 1006 dropped, 1015 TLS)
+/// become 1000 or 1011.
+fn close_to_pass(close: Option<&crate::PeerClose>) -> (CloseCode, String) {
+    match close {
         Some(c) if c.code == CloseCode::Status => (CloseCode::Normal, String::new()),
         Some(c) if matches!(c.code, CloseCode::Abnormal | CloseCode::Tls) => {
             (CloseCode::Error, "the other side went away".to_string())
         }
         Some(c) => (c.code, c.reason.clone()),
         None => (CloseCode::Error, "the other side went away".to_string()),
-    };
-    to.queue_close(code, &reason);
-    while to.recv_forward().await?.is_some() {}
-    Ok(())
+    }
 }
 
 #[cfg(test)]

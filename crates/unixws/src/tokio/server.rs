@@ -374,7 +374,14 @@ async fn ask_gate<T>(
         return Ok(None);
     };
     let busy = core.rules.stats.open.load(Ordering::SeqCst) >= core.rules.max_connections;
-    if busy || !core.rules.policy.allows_peer(peer) {
+    let forwarded =
+        crate::forwarded::forwarded_peer(core.rules.trusted_proxy, peer, request.headers());
+    if busy
+        || !core
+            .rules
+            .policy
+            .allows_peer(forwarded.as_ref().unwrap_or(peer))
+    {
         return Ok(None);
     }
     gate(request, peer.clone()).await.map(Some)
