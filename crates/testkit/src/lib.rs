@@ -128,6 +128,23 @@ pub fn as_nobody(cmd: &mut Command) -> &mut Command {
     cmd.uid(NOBODY).gid(NOBODY)
 }
 
+/// `cmd.spawn()`, retried while the kernel says "text file busy": a
+/// binary a test just copied (to run it as another uid) is still open for
+/// writing in any child that another test thread forked meanwhile, until
+/// that child execs; the window is microseconds.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A running child whose stdout lines are collected as they come.
 pub struct Process {
     child: Child,
@@ -140,12 +157,10 @@ impl Process {
     /// in a process group of its own: dropping it kills the whole group,
     /// so a server's workers (nginx's) never outlive the test.
     pub fn spawn(cmd: &mut Command) -> Process {
-        let mut child = cmd
-            .stdout(Stdio::piped())
+        cmd.stdout(Stdio::piped())
             .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+            .process_group(0);
+        let mut child = spawn(cmd).unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

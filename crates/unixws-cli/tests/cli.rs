@@ -87,7 +87,7 @@ fn connect(args: &[&str], input: &str, nobody: Option<&Path>) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start unixws connect");
+    let mut child = unixws_testkit::spawn(&mut cmd).expect("start unixws connect");
     let written = child.stdin.take().unwrap().write_all(input.as_bytes());
     // A client refused at once (a 0600 socket) may exit before it reads its
     // input; its output and status say why, and the callers check them.
@@ -149,7 +149,7 @@ fn a_stdin_line_that_is_not_utf8_is_an_error_in_text_mode() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = unixws_testkit::spawn(&mut cmd).unwrap();
     child
         .stdin
         .take()
@@ -333,7 +333,7 @@ fn connection_info_reports_the_real_uid_gid_pid_of_the_child() {
         .arg(ws_unix(&sock))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = unixws_testkit::spawn(&mut cmd).unwrap();
     let pid = child.id() as i32;
     child
         .stdin
@@ -369,7 +369,7 @@ fn allow_gid_admits_a_peer_by_its_supplementary_group() {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start setpriv");
+        let mut child = unixws_testkit::spawn(&mut cmd).expect("start setpriv");
         let _ = child.stdin.take().unwrap().write_all(b"member\n");
         child.wait_with_output().unwrap()
     };
@@ -732,7 +732,7 @@ fn exec_sees_the_clients_real_uid_and_groups() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = client.spawn().unwrap();
+    let mut child = unixws_testkit::spawn(&mut client).unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
