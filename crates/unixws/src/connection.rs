@@ -228,9 +228,7 @@ impl Connection {
             self.session.tick(Instant::now());
         }
         // What the outbox holds was sent earlier: it goes first.
-        if self.outbox.is_some() {
-            self.drain_outbox()?;
-        }
+        self.drain_outbox()?;
         self.session.send(message)
     }
 
@@ -339,20 +337,22 @@ impl Connection {
     /// most [`Limits::close_timeout`](crate::Limits::close_timeout)) for the peer's answer. Data messages
     /// that arrive meanwhile are discarded.
     pub fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
-        self.session.tick(Instant::now());
-        // What the outbox holds was sent before the close: it goes first.
-        self.drain_outbox()?;
-        self.session.start_close(code.into(), reason);
-        while self.recv()?.is_some() {}
-        Ok(())
+        let code = code.into();
+        self.finish(|session| session.start_close(code, reason))
     }
 
     /// Close normally unless already closing, then wait for the end. Used by
     /// the server after a handler returns.
     pub(crate) fn close_normally(&mut self) -> Result<()> {
+        self.finish(Session::close_normally)
+    }
+
+    /// Queues what the outbox holds (sent before the close, so it goes
+    /// first), starts the close with `start`, and waits for the end.
+    fn finish(&mut self, start: impl FnOnce(&mut Session)) -> Result<()> {
         self.session.tick(Instant::now());
         self.drain_outbox()?;
-        self.session.close_normally();
+        start(&mut self.session);
         while self.recv()?.is_some() {}
         Ok(())
     }

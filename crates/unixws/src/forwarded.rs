@@ -29,7 +29,7 @@ pub(crate) const FORWARDED_FOR: &str = "x-forwarded-for";
 const ALL: [&str; 5] = [PEER_UID, PEER_GID, PEER_PID, PEER_GROUPS, FORWARDED_FOR];
 
 /// Is `peer` the trusted proxy?
-pub(crate) fn is_trusted(trusted: Option<u32>, peer: &Peer) -> bool {
+fn is_trusted(trusted: Option<u32>, peer: &Peer) -> bool {
     matches!((trusted, peer.credentials()), (Some(uid), Some(c)) if c.uid == uid)
 }
 

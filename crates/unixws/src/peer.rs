@@ -54,6 +54,13 @@ impl PeerCredentials {
         self
     }
 
+    /// The supplementary groups as text, `sep` between them (log lines,
+    /// forwarded headers, `--exec`'s environment).
+    pub(crate) fn groups_joined(&self, sep: &str) -> String {
+        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+        groups.join(sep)
+    }
+
     /// Is the peer a member of `gid`, as its primary group or a
     /// supplementary one?
     pub fn in_group(&self, gid: u32) -> bool {
@@ -65,8 +72,7 @@ impl fmt::Display for PeerCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "uid={} gid={} pid={}", self.uid, self.gid, self.pid)?;
         if !self.groups.is_empty() {
-            let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
-            write!(f, " groups={}", groups.join(","))?;
+            write!(f, " groups={}", self.groups_joined(","))?;
         }
         Ok(())
     }

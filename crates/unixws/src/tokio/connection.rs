@@ -467,7 +467,7 @@ impl Connection {
         if Session::wants_now(&message) {
             s.session.tick(Instant::now());
         }
-        s.take_earlier()?;
+        s.take_queued(None)?;
         s.session.send(message)
     }
 
@@ -475,7 +475,7 @@ impl Connection {
     pub(crate) fn queue_close(&mut self, code: CloseCode, reason: &str) {
         let mut s = self.state();
         s.session.tick(Instant::now());
-        let _ = s.take_earlier();
+        let _ = s.take_queued(None);
         s.session.start_close(code, reason);
     }
 
@@ -823,25 +823,19 @@ impl State {
         self.take_queued(Some(cx))
     }
 
-    /// Before a message sent directly: everything the outbox holds, which
-    /// was sent earlier and goes first (all of it, past the high-water
-    /// mark: order matters more here, and the queue's bound still holds).
-    fn take_earlier(&mut self) -> Result<()> {
-        while !self.session.is_closing() {
-            let Some(Ok(message)) = self.outbox.as_mut().map(|o| o.rx.try_recv()) else {
-                return Ok(());
-            };
-            self.session.send(message)?;
-        }
-        Ok(())
-    }
-
-    /// Moves queued outbox messages into the session (registering `cx` to
-    /// hear of more).
+    /// Moves queued outbox messages into the session.
+    ///
+    /// With `cx` (the running connection), only while the output is under
+    /// the high-water mark, registering `cx` to hear of more: output the
+    /// peer has not taken yet holds the queue back, so that a slow reader
+    /// fills its bounded queue, not our memory. Without (before a message
+    /// sent directly, a close or the shutdown's close), all of them: they
+    /// were sent earlier and go first, and the queue's own bound still
+    /// holds.
     fn take_queued(&mut self, mut cx: Option<&mut Context<'_>>) -> Result<()> {
-        // Output the peer has not taken yet holds the queue back, so that
-        // a slow reader fills its bounded queue, not our memory.
-        while !self.session.is_closing() && self.session.out.len() < OUT_HIGH_WATER {
+        while !self.session.is_closing()
+            && (cx.is_none() || self.session.out.len() < OUT_HIGH_WATER)
+        {
             let Some(outbox) = &mut self.outbox else {
                 return Ok(());
             };

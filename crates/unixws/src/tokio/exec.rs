@@ -157,7 +157,7 @@ impl Exec {
             cmd.env("UNIXWS_PEER_UID", c.uid.to_string())
                 .env("UNIXWS_PEER_GID", c.gid.to_string())
                 .env("UNIXWS_PEER_PID", c.pid.to_string())
-                .env("UNIXWS_PEER_GROUPS", peer_groups_env(&c.groups));
+                .env("UNIXWS_PEER_GROUPS", c.groups_joined(" "));
         }
         for (name, value) in &info.headers {
             if let Ok(value) = value.to_str() {
@@ -304,11 +304,4 @@ fn close_for(status: Option<ExitStatus>) -> CloseFrame {
         code,
         reason: reason.into(),
     }
-}
-
-/// `UNIXWS_PEER_GROUPS`: the groups as `id -G` prints them, so that
-/// `for g in $UNIXWS_PEER_GROUPS` works in a shell.
-fn peer_groups_env(groups: &[u32]) -> String {
-    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-    groups.join(" ")
 }

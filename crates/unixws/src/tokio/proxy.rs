@@ -158,12 +158,11 @@ impl Proxy {
         }
         match &peer {
             Peer::Unix(c) => {
-                let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
                 backend = backend
                     .header("X-Unixws-Peer-Uid", c.uid.to_string())
                     .header("X-Unixws-Peer-Gid", c.gid.to_string())
                     .header("X-Unixws-Peer-Pid", c.pid.to_string())
-                    .header("X-Unixws-Peer-Groups", groups.join(","));
+                    .header("X-Unixws-Peer-Groups", c.groups_joined(","));
             }
             Peer::Tcp(addr) => {
                 let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -330,13 +329,7 @@ async fn fail(
     if other.output_mid_frame() {
         other.drop_socket();
     } else if other.begin_close(code, reason).await.is_ok() {
-        while let Ok(Some(relayed)) = other.recv_forward().await {
-            if let Forward::Data { bytes, frame_done } = relayed {
-                if broken.forward(bytes, frame_done).is_ok() {
-                    let _ = broken.flush().await;
-                }
-            }
-        }
+        let _ = deliver_rest(&mut other, &mut broken).await;
     }
     if broken.output_mid_frame() {
         broken.drop_socket();
@@ -390,17 +383,24 @@ async fn pass_close(from: &mut Connection, to: &mut Connection) -> Result<()> {
     let (code, reason) = close_to_pass(from.peer_close());
     to.queue_close(code, &reason);
     // `from` may be gone already (it hung up): then what `to` sends is dropped.
-    let mut listening = true;
-    while let Some(relayed) = to.recv_forward().await? {
-        if let (true, Forward::Data { bytes, frame_done }) = (listening, relayed) {
-            listening = from.forward(bytes, frame_done).is_ok() && from.flush().await.is_ok();
-        }
-    }
-    if listening {
+    if deliver_rest(to, from).await? {
         let (code, reason) = close_to_pass(to.peer_close());
         let _ = from.close(code, &reason).await;
     }
     Ok(())
+}
+
+/// Reads `source` until its close (which it was sent), passing the data it
+/// still sends to `dest` for as long as `dest` takes it; returns whether
+/// `dest` took it all. Pings and pongs are no longer relayed.
+async fn deliver_rest(source: &mut Connection, dest: &mut Connection) -> Result<bool> {
+    let mut taking = true;
+    while let Some(relayed) = source.recv_forward().await? {
+        if let (true, Forward::Data { bytes, frame_done }) = (taking, relayed) {
+            taking = dest.forward(bytes, frame_done).is_ok() && dest.flush().await.is_ok();
+        }
+    }
+    Ok(taking)
 }
 
 /// The close to pass on for the one a side sent. Codes that must not
