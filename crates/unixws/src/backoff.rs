@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Backs off on accept errors such as EMFILE so the loop never spins, and
 /// logs at most once a second.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct AcceptBackoff {
     pause: Option<Duration>,
     last_log: Option<Instant>,

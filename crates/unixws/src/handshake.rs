@@ -91,6 +91,16 @@ impl HandshakeRules {
 #[derive(Debug)]
 pub(crate) struct ActiveSlot(Arc<ServerStats>);
 
+impl ActiveSlot {
+    /// Counts one more open connection (and one more for the drain), and
+    /// says how many were open before it.
+    pub(crate) fn enter(stats: Arc<ServerStats>) -> (Self, usize) {
+        stats.drain.enter();
+        let before = stats.open.fetch_add(1, Ordering::SeqCst);
+        (Self(stats), before)
+    }
+}
+
 impl Drop for ActiveSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
@@ -145,23 +155,15 @@ pub(crate) fn check_request(
         if let Some(suppressed) = rules.policy_log.allow() {
             tracing::warn!(%peer, suppressed, "peer rejected by the access policy (403)");
         }
-        let body = match peer.credentials() {
-            Some(c) => format!(
-                "uid {} is not allowed by this server's access policy",
-                c.uid
-            ),
-            None => "this peer is not allowed by this server's access policy".to_string(),
-        };
         rules.stats.count(Counter::RejectedByPolicy);
-        let mut refusal = error_response(403, &body);
+        let mut refusal = error_response(403, &policy_refusal(peer));
         refusal
             .headers_mut()
             .insert(REFUSED_BY, HeaderValue::from_static(ACCESS_POLICY));
         return Err(refusal);
     }
-    rules.stats.drain.enter();
-    let slot = ActiveSlot(rules.stats.clone());
-    if rules.stats.open.fetch_add(1, Ordering::SeqCst) >= rules.max_connections {
+    let (slot, open_before) = ActiveSlot::enter(rules.stats.clone());
+    if open_before >= rules.max_connections {
         drop(slot);
         if let Some(suppressed) = rules.busy_log.allow() {
             tracing::warn!(%peer, max = rules.max_connections, suppressed, "max connections reached (503)");
@@ -195,6 +197,17 @@ pub(crate) fn check_request(
             forwarded,
         },
     ))
+}
+
+/// Why the access policy refused `peer`, in one line for the 403's body.
+pub(crate) fn policy_refusal(peer: &Peer) -> String {
+    match peer.credentials() {
+        Some(c) => format!(
+            "uid {} is not allowed by this server's access policy",
+            c.uid
+        ),
+        None => "this peer is not allowed by this server's access policy".to_string(),
+    }
 }
 
 fn choose_subprotocol(ours: &[String], request: &Request) -> Option<String> {

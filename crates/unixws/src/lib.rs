@@ -72,6 +72,12 @@
 //! [`Proxy`](crate::tokio::Proxy), [`Exec`](crate::tokio::Exec) and
 //! [`AsyncSocket`](crate::tokio::AsyncSocket).
 //!
+//! axum, [`axum`] (feature `axum`): a [`Listener`](crate::axum::Listener)
+//! for `axum::serve` whose peers are [`Peer`]s (`ConnectInfo<Peer>`), the
+//! access policy as a tower layer, an upgrade extractor that gives a tokio
+//! [`Connection`](crate::tokio::Connection), and the [`Shutdown`](crate::axum::Shutdown)
+//! that closes open WebSockets with 1001.
+//!
 //! What both drivers share:
 //!
 //! - [`addr`]: [`Address`], [`Endpoint`] and [`ToAddress`], the one parser
@@ -97,6 +103,8 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod backoff;
 pub mod client;
 mod codec;
@@ -141,9 +149,9 @@ pub use stream::{Socket, Stream};
 pub use tungstenite;
 
 /// The README's examples, compiled as doctests so that they stay true (it
-/// has an async example, hence the feature).
+/// has async and axum examples, hence the feature).
 #[doc = include_str!("../../../README.md")]
-#[cfg(all(doctest, feature = "tokio"))]
+#[cfg(all(doctest, feature = "axum"))]
 pub struct ReadmeDoctests;
 /// Close codes with their names (`CloseCode::Normal` is 1000,
 /// `CloseCode::Away` 1001, ...), re-exported from tungstenite; any `u16`

@@ -38,7 +38,7 @@ mod memory;
 pub mod proxy;
 mod server;
 mod split;
-mod verdict;
+pub(crate) mod verdict;
 mod wrap;
 
 /// The async API in one import: `use unixws::tokio::prelude::*;` brings
