@@ -1,5 +1,5 @@
-//! What the long-running subcommands (`serve`, `proxy`) share: a tokio
-//! runtime, graceful shutdown on SIGINT/SIGTERM, and the peer allow lists.
+//! What the subcommands share: a tokio runtime, graceful shutdown on
+//! SIGINT/SIGTERM, the peer allow lists, and messages printed as lines.
 
 use std::future::Future;
 
@@ -31,6 +31,20 @@ pub fn stop_on_signals(shutdown: ShutdownHandle) -> CliResult {
         shutdown.shutdown();
     });
     Ok(())
+}
+
+/// Writes a text or binary message to stdout as one line, at once (pings
+/// and pongs print nothing).
+pub fn print_message(message: &unixws::Message) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match message {
+        unixws::Message::Text(text) => out.write_all(text.as_bytes())?,
+        unixws::Message::Binary(bytes) => out.write_all(bytes)?,
+        _ => return Ok(()),
+    }
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 /// The policy of `--allow-uid` and `--allow-gid` (names or numbers).

@@ -1,4 +1,4 @@
-//! `unixws serve`: an echo or broadcast server on a Unix socket (or TCP),
+//! `unixws serve`: an echo, broadcast or print server on a Unix socket (or TCP),
 //! on the tokio server, with file permissions, a peer-credential allow
 //! list, limits and systemd socket activation. SIGINT/SIGTERM close every
 //! connection with 1001 and remove the socket file.
@@ -24,13 +24,14 @@ Examples:
   unixws serve --echo /run/app.sock --mode 660 --group app --allow-gid app
   unixws serve --broadcast @chat --allow-uid 1000
   unixws serve --echo 127.0.0.1:9001
+  unixws serve --print ./log.sock > received.txt
   unixws serve --echo --systemd        # the socket comes from a .socket unit
   unixws serve ./date.sock --exec sh -c 'while read l; do date; done'";
 
 /// Flags of `unixws serve`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
-#[command(group = clap::ArgGroup::new("behaviour").required(true).args(["echo", "broadcast", "exec"]))]
+#[command(group = clap::ArgGroup::new("behaviour").required(true).args(["echo", "broadcast", "print", "exec"]))]
 pub struct Args {
     /// Where to listen: a socket path, @abstract, or host:port.
     #[arg(value_name = "ADDR", required_unless_present = "systemd")]
@@ -48,6 +49,12 @@ pub struct Args {
     /// Relay every message to all other connected clients.
     #[arg(long)]
     broadcast: bool,
+
+    /// Print every message received to stdout, one line each (a log sink).
+    /// A line is out before the ping after its message is answered, so a
+    /// client that waits for pongs (`connect --reconnect`) knows it arrived.
+    #[arg(long)]
+    print: bool,
 
     /// Run CMD for each connection (like websocketd): messages become stdin
     /// lines, stdout lines become messages; exit 0 closes with 1000, any
@@ -187,6 +194,8 @@ async fn serve(args: Args) -> CliResult {
 
     let mode = if args.broadcast {
         "broadcast".to_string()
+    } else if args.print {
+        "print".to_string()
     } else if let Some(program) = args.exec.first() {
         format!("exec {program}")
     } else {
@@ -213,6 +222,8 @@ async fn serve(args: Args) -> CliResult {
                 async move { hub.serve(conn).await }
             })
             .await
+    } else if args.print {
+        server.serve(print).await
     } else {
         server.serve(echo).await
     };
@@ -232,6 +243,16 @@ async fn echo(mut conn: Connection) -> HandlerResult {
         // Fed, not sent: a burst of messages is echoed in a few writes.
         conn.feed(message).await?;
     }
+}
+
+/// Prints each message as a line (stdout is locked per line, so lines of
+/// several clients never mix; a stdout that does not drain holds the
+/// server back).
+async fn print(mut conn: Connection) -> HandlerResult {
+    while let Some(message) = conn.recv().await? {
+        runtime::print_message(&message)?;
+    }
+    Ok(())
 }
 
 /// Every connection's outbox, to relay each message to all the others.

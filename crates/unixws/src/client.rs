@@ -27,6 +27,7 @@ use crate::handshake::{handshake_config, is_header_too_large, HeadBuffer, HeadRe
 use crate::session::Session;
 use crate::stream::{Socket, Stream};
 use tungstenite::protocol::Role;
+use tungstenite::Message;
 
 /// Connect to `addr` with default settings.
 ///
@@ -72,6 +73,13 @@ impl RetryPolicy {
         }
     }
 
+    /// Retry for as long as it takes, with the default delays (100 ms
+    /// doubling to 5 s): for [`ClientBuilder::reconnect`], a client that
+    /// waits out any restart of its server.
+    pub fn forever() -> Self {
+        Self::attempts(u32::MAX)
+    }
+
     /// Retry up to `attempts` times with the default delays.
     pub fn attempts(attempts: u32) -> Self {
         Self {
@@ -103,6 +111,20 @@ pub struct ClientBuilder {
     subprotocols: Vec<String>,
     host: Option<String>,
     pub(crate) retry: RetryPolicy,
+    pub(crate) reconnect: RetryPolicy,
+    on_connect: Option<OnConnect>,
+}
+
+/// What [`ClientBuilder::on_connect`] runs.
+type OnConnectFn = dyn Fn(&ConnectionInfo) -> Vec<Message> + Send + Sync;
+
+#[derive(Clone)]
+struct OnConnect(Arc<OnConnectFn>);
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnConnect(..)")
+    }
 }
 
 impl ClientBuilder {
@@ -117,6 +139,8 @@ impl ClientBuilder {
             subprotocols: Vec::new(),
             host: None,
             retry: RetryPolicy::default(),
+            reconnect: RetryPolicy::forever(),
+            on_connect: None,
         })
     }
 
@@ -182,12 +206,57 @@ impl ClientBuilder {
         self
     }
 
+    /// How a reconnecting client
+    /// ([`connect_reconnecting`](ClientBuilder::connect_reconnecting), feature
+    /// `tokio`) retries after its connection dropped (default:
+    /// [`RetryPolicy::forever`]). The first connect follows
+    /// [`retry`](ClientBuilder::retry).
+    pub fn reconnect(mut self, policy: RetryPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Messages to send first on every connection, made by `hook` from
+    /// what the handshake said: authentication, subscriptions. A
+    /// reconnecting client runs it again after each reconnect, so the
+    /// server sees them again before anything else. (Credentials that go
+    /// in the request itself belong in [`header`](ClientBuilder::header).)
+    ///
+    /// ```no_run
+    /// use unixws::{ClientBuilder, Message};
+    /// let mut conn = ClientBuilder::new("ws+unix:///run/feed.sock")?
+    ///     .on_connect(|_info| vec![Message::text("subscribe prices")])
+    ///     .connect()?;
+    /// # Ok::<(), unixws::Error>(())
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ConnectionInfo) -> Vec<Message> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(OnConnect(Arc::new(hook)));
+        self
+    }
+
+    /// What [`on_connect`](ClientBuilder::on_connect) says to send first
+    /// on a connection with `info`.
+    pub(crate) fn greeting(&self, info: &ConnectionInfo) -> Vec<Message> {
+        self.on_connect
+            .as_ref()
+            .map_or_else(Vec::new, |h| (h.0)(info))
+    }
+
     /// Connect and complete the handshake, retrying as configured.
     pub fn connect(&self) -> Result<Connection> {
         let mut retry = 0;
         loop {
             match self.connect_once() {
-                Ok(conn) => return Ok(conn),
+                Ok(mut conn) => {
+                    for message in self.greeting(conn.info()) {
+                        conn.feed(message)?;
+                    }
+                    conn.flush()?;
+                    return Ok(conn);
+                }
                 Err(e) => thread::sleep(self.retry_after(e, &mut retry)?),
             }
         }
@@ -197,13 +266,10 @@ impl ClientBuilder {
     /// socket, refused, busy), wait the policy's next delay while attempts
     /// remain; any other error, or the last attempt's, is the answer.
     pub(crate) fn retry_after(&self, e: Error, retry: &mut u32) -> Result<Duration> {
-        if !e.is_transient() || *retry >= self.retry.attempts {
+        if !e.is_transient() {
             return Err(e);
         }
-        let delay = self.retry.delay(*retry);
-        *retry += 1;
-        tracing::info!(error = %e, retry = *retry, of = self.retry.attempts, ?delay, "connect failed; retrying");
-        Ok(delay)
+        next_delay(&self.retry, e, retry)
     }
 
     /// The client's session after a handshake whose head ended where
@@ -379,6 +445,17 @@ impl ClientBuilder {
             },
         }
     }
+}
+
+/// The policy's next delay after `e`, or `e` once its attempts are spent.
+pub(crate) fn next_delay(policy: &RetryPolicy, e: Error, retry: &mut u32) -> Result<Duration> {
+    if *retry >= policy.attempts {
+        return Err(e);
+    }
+    let delay = policy.delay(*retry);
+    *retry += 1;
+    tracing::info!(error = %e, retry = *retry, of = policy.attempts, ?delay, "connect failed; retrying");
+    Ok(delay)
 }
 
 /// The timeouts a [`ClientBuilder`] was given one by one.

@@ -204,6 +204,16 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A reconnecting client's connection ended before the server
+    /// confirmed a message (see
+    /// [`Reconnecting::send`](crate::tokio::Reconnecting::send)). It may or
+    /// may not have arrived; the next call connects again.
+    #[error("the server did not confirm the message before the connection ended ({reason}); it may not have arrived: send it again if it must arrive")]
+    NotConfirmed {
+        /// How the connection ended.
+        reason: String,
+    },
+
     /// The socket handed over by the service manager cannot be used.
     #[error("socket activation: {problem}")]
     Activation {

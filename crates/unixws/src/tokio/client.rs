@@ -30,7 +30,13 @@ impl ClientBuilder {
         let mut retry = 0;
         loop {
             match self.connect_once_async().await {
-                Ok(conn) => return Ok(conn),
+                Ok(mut conn) => {
+                    for message in self.greeting(conn.info()) {
+                        conn.feed(message).await?;
+                    }
+                    conn.flush().await?;
+                    return Ok(conn);
+                }
                 Err(e) => tokio::time::sleep(self.retry_after(e, &mut retry)?).await,
             }
         }
