@@ -245,7 +245,7 @@ impl Connection {
                         std::io::ErrorKind::WriteZero.into(),
                     ))
                 }
-                Ok(written) => self.session.out.advance(written),
+                Ok(written) => self.session.wrote(written),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.session.abandon();

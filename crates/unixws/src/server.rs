@@ -318,6 +318,7 @@ pub(crate) fn serve_connection<H>(core: &ServerCore, socket: Socket, peer: Peer,
 where
     H: Fn(&mut Connection) -> HandlerResult,
 {
+    let started = Instant::now();
     let limits = &*core.limits;
     // Without it (descriptors exhausted) a refused request is only dropped.
     let raw = socket.try_clone().ok();
@@ -359,7 +360,7 @@ where
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
         .with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer, core.rules.address.clone());
-    core.upgraded();
+    core.upgraded(started);
     let mut conn = Connection::new(stream, session, info).serving(core.rules.stats.clone());
     let result = handler(&mut conn);
     let closed = if handler_failed(Some(&conn.info().peer), &result) {

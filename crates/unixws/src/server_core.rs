@@ -158,12 +158,14 @@ impl ServerCore {
         match outcome {
             Outcome::TimedOut => {
                 self.rules.stats.count(Counter::BadHandshake);
+                self.rules.stats.count(Counter::HandshakeTimeout);
                 tracing::info!(%peer, timeout = ?self.limits.handshake_timeout, "handshake timeout; dropping the connection");
             }
             Outcome::ShutDown => tracing::debug!(%peer, "shutdown during the handshake"),
             Outcome::Refused(status) => tracing::debug!(%peer, status, "handshake refused"),
             Outcome::TooLarge => {
                 self.rules.stats.count(Counter::BadHandshake);
+                self.rules.stats.count(Counter::HeaderTooLarge);
                 tracing::info!(%peer, limit = self.limits.max_header_bytes, "handshake request too large; answering 431");
                 if let Some(raw) = raw {
                     write_plain_response(raw, 431, "request header too large", &[]);
@@ -186,9 +188,10 @@ impl ServerCore {
         crate::server::ShutdownHandle::new(self.shutdown.clone())
     }
 
-    /// The handshake upgraded.
-    pub(crate) fn upgraded(&self) {
+    /// The handshake of a connection accepted at `started` upgraded.
+    pub(crate) fn upgraded(&self, started: Instant) {
         self.rules.stats.count(Counter::Upgraded);
+        self.rules.stats.handshake_took(started.elapsed());
     }
 
     /// Connections still running: threads or tasks, and open connections.

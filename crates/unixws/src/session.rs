@@ -25,7 +25,7 @@ use crate::connection::{ConnectionInfo, PeerClose};
 use crate::error::Error;
 use crate::keepalive::{Expiry, Timers};
 use crate::peer::Peer;
-use crate::stats::{Counter, ServerStats};
+use crate::stats::{Counter, ServerStats, Tally};
 
 /// Reads ask for at least this much room: small enough for an idle
 /// connection's peak, large enough that a burst of small messages is one
@@ -84,7 +84,8 @@ pub(crate) struct Session {
     /// still has, then closes (`Closing::Received`).
     pub(crate) hold_close_reply: bool,
     pub(crate) deferred_close: Option<(u16, &'static str)>,
-    stats: Option<Arc<ServerStats>>,
+    /// A server connection's counts (boxed: clients have none).
+    tally: Option<Box<Tally>>,
     /// The peer broke the protocol: its input is discarded from now on.
     failed: bool,
     /// Our write side was shut down after the close frame of a failure.
@@ -112,7 +113,7 @@ impl Session {
             defer_error_close: false,
             hold_close_reply: false,
             deferred_close: None,
-            stats: None,
+            tally: None,
             failed: false,
             write_shut: false,
         }
@@ -141,12 +142,28 @@ impl Session {
     }
 
     pub(crate) fn count_into(&mut self, stats: Arc<ServerStats>) {
-        self.stats = Some(stats);
+        self.tally = Some(Box::new(Tally::new(stats)));
     }
 
     fn count(&self, counter: Counter) {
-        if let Some(stats) = &self.stats {
-            stats.count(counter);
+        if let Some(tally) = &self.tally {
+            tally.stats().count(counter);
+        }
+    }
+
+    /// The first close frame either way: its code is how the connection
+    /// ended, for the server's counts.
+    fn note_close(&mut self, code: u16) {
+        if let Some(tally) = &mut self.tally {
+            tally.close.get_or_insert(code);
+        }
+    }
+
+    /// `n` bytes of the output were written.
+    pub(crate) fn wrote(&mut self, n: usize) {
+        self.out.advance(n);
+        if let Some(tally) = &mut self.tally {
+            tally.moved(Counter::BytesOut, n);
         }
     }
 
@@ -216,6 +233,9 @@ impl Session {
     /// large messages moves to few large reads that take several frames
     /// at once. A read that used little of its room halves it again.
     pub(crate) fn note_read(&mut self, got: usize, room: usize) {
+        if let Some(tally) = &mut self.tally {
+            tally.moved(Counter::BytesIn, got);
+        }
         if got == room {
             self.read_hint = (self.read_hint * 2).min(MAX_READ_HINT);
         } else if got < room / 4 {
@@ -262,6 +282,10 @@ impl Session {
                 }
                 Some(data) => {
                     self.timers.heard(true, self.now);
+                    if let (Some(tally), Forward::Data { messages, .. }) = (&mut self.tally, &data)
+                    {
+                        tally.messages_in(*messages);
+                    }
                     return Ok(Some(data));
                 }
             }
@@ -273,6 +297,11 @@ impl Session {
     /// caller should see.
     fn take(&mut self, message: Message) -> Option<Message> {
         let data = message.is_text() || message.is_binary();
+        if data {
+            if let Some(tally) = &mut self.tally {
+                tally.message_in();
+            }
+        }
         self.timers.heard(data, self.now);
         match message {
             Message::Ping(ref payload) => {
@@ -293,11 +322,13 @@ impl Session {
 
     fn on_close_frame(&mut self, frame: Option<CloseFrame>) {
         if self.closing == Closing::Open && self.hold_close_reply {
+            self.note_close(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
             self.peer_close = Some(Box::new(PeerClose::from_frame(frame)));
             self.closing = Closing::Received;
             return;
         }
         if self.closing == Closing::Open {
+            self.note_close(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
             // Answer with the same code and reason (RFC 6455 5.5.1), as
             // tungstenite does.
             let mut payload = Vec::new();
@@ -330,11 +361,11 @@ impl Session {
         }
         match message {
             Message::Text(text) => {
-                self.timers.sent_data(self.now);
+                self.sent_message();
                 self.push_shared(OpCode::Text, &text.into());
             }
             Message::Binary(data) => {
-                self.timers.sent_data(self.now);
+                self.sent_message();
                 self.push_shared(OpCode::Binary, &data);
             }
             Message::Ping(data) => self.push(OpCode::Ping, &data),
@@ -364,15 +395,30 @@ impl Session {
     /// Queues bytes of frames another connection's `next_forward` checked
     /// (relays). Once a close frame is out, only the rest of a frame
     /// already begun may follow.
-    pub(crate) fn forward(&mut self, bytes: bytes::Bytes, frame_done: bool) -> Result<(), Error> {
+    pub(crate) fn forward(
+        &mut self,
+        bytes: bytes::Bytes,
+        frame_done: bool,
+        messages: u32,
+    ) -> Result<(), Error> {
         if self.is_closing() && !self.out.is_mid_frame() {
             return Err(Error::WebSocket(Box::new(WsError::Protocol(
                 ProtocolError::SendAfterClosing,
             ))));
         }
         self.timers.sent_data(self.now);
+        if let Some(tally) = &mut self.tally {
+            tally.messages_out(messages);
+        }
         self.out.push_forwarded(bytes, frame_done);
         Ok(())
+    }
+
+    fn sent_message(&mut self) {
+        self.timers.sent_data(self.now);
+        if let Some(tally) = &mut self.tally {
+            tally.message_out();
+        }
     }
 
     /// Queues a close frame unless one is out already. When the peer's
@@ -382,6 +428,7 @@ impl Session {
             return;
         }
         let code = u16::from(code);
+        self.note_close(code);
         let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
         // A control frame carries at most 125 bytes: cut the reason at a
@@ -414,10 +461,12 @@ impl Session {
         started: std::time::Instant,
         info: &ConnectionInfo,
     ) -> AfterDeadline {
-        match self
-            .timers
-            .on_expiry(started, self.now, info, self.stats.as_deref())
-        {
+        match self.timers.on_expiry(
+            started,
+            self.now,
+            info,
+            self.tally.as_deref().map(Tally::stats),
+        ) {
             Expiry::Nothing => AfterDeadline::Go,
             Expiry::Drop => {
                 self.abandon();
@@ -585,6 +634,58 @@ mod tests {
             written(&mut s),
             [&[0x8a, 13][..], b"are you there"].concat()
         );
+    }
+
+    #[test]
+    fn a_server_session_counts_messages_bytes_and_its_close_code_into_the_stats() {
+        let stats = Arc::new(ServerStats::default());
+        let (mut s, _) = server();
+        s.count_into(stats.clone());
+        let input = [
+            from_client(1, b"one"),
+            from_client(2, b"two"),
+            from_client(9, b""),
+        ]
+        .concat();
+        s.read.extend_from_slice(&input);
+        s.note_read(input.len(), 4096);
+        assert_eq!(s.next_message(), Ok(Some(Message::text("one"))));
+        assert_eq!(s.next_message(), Ok(Some(Message::binary(&b"two"[..]))));
+        assert_eq!(
+            s.next_message(),
+            Ok(None),
+            "the ping is answered, not counted"
+        );
+        s.send(Message::text("back")).expect("send");
+        // As a driver does: write what the slices hold, then say so.
+        let mut slices = [std::io::IoSlice::new(&[]); crate::codec::encode::MAX_SLICES];
+        let n = s.out.slices(&mut slices);
+        let out: usize = slices[..n].iter().map(|x| x.len()).sum();
+        s.wrote(out);
+        assert!(s.out.is_empty());
+        s.start_close(CloseCode::Again, "later");
+        drop(s);
+        let snap = stats.snapshot();
+        assert_eq!((snap.messages_in, snap.messages_out), (2, 1));
+        assert_eq!(snap.bytes_in, input.len() as u64);
+        assert_eq!(snap.bytes_out, out as u64);
+        assert_eq!(stats.closes_by_code(), [(1013, 1)]);
+    }
+
+    #[test]
+    fn a_connection_that_ends_without_a_close_frame_counts_as_1006_and_the_peers_code_wins() {
+        let stats = Arc::new(ServerStats::default());
+        let (mut a, _) = server();
+        a.count_into(stats.clone());
+        drop(a);
+        let (mut b, _) = server();
+        b.count_into(stats.clone());
+        b.read
+            .extend_from_slice(&from_client(8, &4001u16.to_be_bytes()));
+        assert_eq!(b.next_message(), Ok(None));
+        b.start_close(CloseCode::Normal, "");
+        drop(b);
+        assert_eq!(stats.closes_by_code(), [(1006, 1), (4001, 1)]);
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! Counters of what a server did: connections accepted and upgraded, peers
-//! refused (403, 503, bad or slow handshakes), and connections closed for
-//! cause (keepalive, slow consumer, protocol error). Shared by the blocking
-//! and the tokio servers; cheap enough to update on every connection.
+//! refused (403, 503, bad or slow handshakes), messages and bytes each way,
+//! connections closed by code and for cause (keepalive, slow consumer,
+//! protocol error), and how long handshakes took. Shared by the blocking
+//! and the tokio servers, and what `unixws serve --metrics` exports.
+//!
+//! Cheap enough for every message: a connection tallies its messages and
+//! bytes in plain integers and adds them to these shared counters once
+//! per read or write call on its socket (which costs a system call
+//! anyway), not once per message; a close and a handshake are counted once
+//! per connection.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Live counters of one server (see [`Server::stats`](crate::Server::stats)).
 #[derive(Debug, Default)]
@@ -14,6 +24,31 @@ pub struct ServerStats {
     pub(crate) open: AtomicUsize,
     /// What the server still runs; a shutting-down server waits on it.
     pub(crate) drain: crate::drain::Drain,
+    /// Connections closed, by the code of the first close frame either
+    /// side sent (1006 when none was).
+    closes: Mutex<BTreeMap<u16, u64>>,
+    /// Handshake durations, from accept to the upgrade.
+    handshakes: [AtomicU64; HANDSHAKE_BUCKETS.len() + 1],
+    handshake_nanos: AtomicU64,
+}
+
+/// The upper bounds of the handshake-latency buckets, in seconds.
+pub const HANDSHAKE_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How long handshakes took (see [`ServerStats::handshake_latency`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HandshakeLatency {
+    /// For each bound of [`HANDSHAKE_BUCKETS`], how many took at most that
+    /// long (cumulative, as Prometheus histograms count).
+    pub buckets: Vec<(f64, u64)>,
+    /// How many there were.
+    pub count: u64,
+    /// Their total duration.
+    pub sum: Duration,
 }
 
 /// One thing a server counts.
@@ -27,10 +62,18 @@ pub(crate) enum Counter {
     KeepaliveTimeout,
     SlowConsumer,
     ProtocolError,
+    /// Also counted as `BadHandshake`.
+    HandshakeTimeout,
+    /// Also counted as `BadHandshake`.
+    HeaderTooLarge,
+    MessagesIn,
+    MessagesOut,
+    BytesIn,
+    BytesOut,
 }
 
 impl Counter {
-    const COUNT: usize = 8;
+    const COUNT: usize = 14;
 }
 
 /// The counters at one moment.
@@ -56,11 +99,79 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     /// Connections closed with 1002, 1007 or 1009 because of what the peer sent.
     pub protocol_errors: u64,
+    /// Of `bad_handshakes`: peers that did not finish in the handshake timeout.
+    pub handshake_timeouts: u64,
+    /// Of `bad_handshakes`: requests larger than `max_header_bytes` (431).
+    pub headers_too_large: u64,
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages sent.
+    pub messages_out: u64,
+    /// Bytes read from sockets after the handshake (frames, headers and all).
+    pub bytes_in: u64,
+    /// Bytes written to sockets after the handshake.
+    pub bytes_out: u64,
 }
 
 impl ServerStats {
     pub(crate) fn count(&self, counter: Counter) {
-        self.counts[counter as usize].fetch_add(1, Ordering::Relaxed);
+        self.add(counter, 1);
+    }
+
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        if n > 0 {
+            self.counts[counter as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection ended with `code` (see [`closes_by_code`](Self::closes_by_code)).
+    pub(crate) fn closed(&self, code: u16) {
+        *self
+            .closes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A handshake took `took`.
+    pub(crate) fn handshake_took(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = HANDSHAKE_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(HANDSHAKE_BUCKETS.len());
+        self.handshakes[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.handshake_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Connections closed so far, by close code: the code of the first
+    /// close frame either side sent, 1005 for a close frame without a
+    /// code, 1006 when the connection ended without any.
+    pub fn closes_by_code(&self) -> Vec<(u16, u64)> {
+        let closes = self.closes.lock().unwrap_or_else(PoisonError::into_inner);
+        closes.iter().map(|(code, n)| (*code, *n)).collect()
+    }
+
+    /// How long upgrades took, from accept to the 101, in
+    /// [`HANDSHAKE_BUCKETS`].
+    pub fn handshake_latency(&self) -> HandshakeLatency {
+        let mut total = 0;
+        let buckets = HANDSHAKE_BUCKETS
+            .iter()
+            .zip(&self.handshakes)
+            .map(|(bound, n)| {
+                total += n.load(Ordering::Relaxed);
+                (*bound, total)
+            })
+            .collect();
+        let over = self.handshakes[HANDSHAKE_BUCKETS.len()].load(Ordering::Relaxed);
+        HandshakeLatency {
+            buckets,
+            count: total + over,
+            sum: Duration::from_nanos(self.handshake_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// The counters now.
@@ -76,6 +187,97 @@ impl ServerStats {
             keepalive_timeouts: get(Counter::KeepaliveTimeout),
             slow_consumers: get(Counter::SlowConsumer),
             protocol_errors: get(Counter::ProtocolError),
+            handshake_timeouts: get(Counter::HandshakeTimeout),
+            headers_too_large: get(Counter::HeaderTooLarge),
+            messages_in: get(Counter::MessagesIn),
+            messages_out: get(Counter::MessagesOut),
+            bytes_in: get(Counter::BytesIn),
+            bytes_out: get(Counter::BytesOut),
         }
+    }
+}
+
+/// What one connection counts before it adds it to its server's
+/// [`ServerStats`] (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Tally {
+    stats: Arc<ServerStats>,
+    messages_in: u64,
+    messages_out: u64,
+    /// The first close frame's code, either way.
+    pub(crate) close: Option<u16>,
+}
+
+impl Tally {
+    pub(crate) fn new(stats: Arc<ServerStats>) -> Self {
+        Self {
+            stats,
+            messages_in: 0,
+            messages_out: 0,
+            close: None,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    pub(crate) fn message_in(&mut self) {
+        self.messages_in += 1;
+    }
+
+    pub(crate) fn message_out(&mut self) {
+        self.messages_out += 1;
+    }
+
+    /// A relay passed on `n` messages whole (see `Forward::Data`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn messages_in(&mut self, n: u32) {
+        self.messages_in += u64::from(n);
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn messages_out(&mut self, n: u32) {
+        self.messages_out += u64::from(n);
+    }
+
+    /// A read or write call moved `bytes`: the tally goes to the server.
+    pub(crate) fn moved(&mut self, bytes: Counter, n: usize) {
+        self.stats.add(bytes, n as u64);
+        self.stats
+            .add(Counter::MessagesIn, std::mem::take(&mut self.messages_in));
+        self.stats
+            .add(Counter::MessagesOut, std::mem::take(&mut self.messages_out));
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.moved(Counter::BytesIn, 0);
+        self.stats.closed(self.close.unwrap_or(1006));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_latency_buckets_are_cumulative_with_the_slow_ones_only_in_the_count() {
+        let stats = ServerStats::default();
+        for micros in [50, 80, 700, 3_000, 20_000_000] {
+            stats.handshake_took(Duration::from_micros(micros));
+        }
+        let h = stats.handshake_latency();
+        let at = |bound: f64| h.buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!(at(0.0001), Some(2));
+        assert_eq!(at(0.001), Some(3));
+        assert_eq!(at(0.005), Some(4));
+        assert_eq!(at(10.0), Some(4), "20 s is beyond the last bound");
+        assert_eq!(h.count, 5);
+        assert_eq!(
+            h.sum,
+            Duration::from_micros(50 + 80 + 700 + 3_000 + 20_000_000)
+        );
     }
 }

@@ -66,8 +66,13 @@ pub(crate) const CUT_THROUGH_FROM: usize = 16 << 10;
 pub(crate) enum Forward {
     /// Data frames as they arrived (headers, masking and all), checked:
     /// to pass on verbatim. `frame_done` is false when the bytes end in
-    /// the middle of a frame (cut-through).
-    Data { bytes: Bytes, frame_done: bool },
+    /// the middle of a frame (cut-through); `messages` counts the messages
+    /// whose last frame ends in them (for the server's counts).
+    Data {
+        bytes: Bytes,
+        frame_done: bool,
+        messages: u32,
+    },
     /// A control frame, decoded.
     Control(Message),
 }
@@ -82,6 +87,8 @@ pub(crate) struct Decoder {
     head: Option<Head>,
     /// The data frame at the front of the buffer, when forwarding.
     forwarding: Option<Forwarding>,
+    /// Messages whose last frame was checked since the last piece went out.
+    forwarded_messages: u32,
     /// An error found after whole frames that were handed out first.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pending_error: Option<CodecError>,
@@ -100,6 +107,7 @@ impl Decoder {
             max_message,
             head: None,
             forwarding: None,
+            forwarded_messages: 0,
             pending_error: None,
             fragments: None,
             utf8: Utf8Check::default(),
@@ -196,6 +204,7 @@ impl Decoder {
         Ok(Some(Forward::Data {
             bytes,
             frame_done: true,
+            messages: std::mem::take(&mut self.forwarded_messages),
         }))
     }
 
@@ -253,6 +262,7 @@ impl Decoder {
                 return Ok(Some(Forward::Data {
                     bytes,
                     frame_done: false,
+                    messages: 0,
                 }));
             }
             return Ok(None);
@@ -283,6 +293,7 @@ impl Decoder {
         if head.fin && text {
             self.utf8.finish().map_err(|_| CodecError::InvalidUtf8)?;
         }
+        self.forwarded_messages += u32::from(head.fin);
         Ok(())
     }
 

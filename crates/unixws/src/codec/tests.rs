@@ -282,7 +282,9 @@ fn forward_all(
         buf.extend_from_slice(piece);
         while let Some(got) = decoder.forward(&mut buf)? {
             match got {
-                Forward::Data { bytes, frame_done } => {
+                Forward::Data {
+                    bytes, frame_done, ..
+                } => {
                     data.extend_from_slice(&bytes);
                     partial += usize::from(!frame_done);
                 }

@@ -544,10 +544,15 @@ impl Connection {
 
     /// For relays: queues frames another connection's
     /// [`poll_next_forward`](Connection::poll_next_forward) produced.
-    pub(crate) fn forward(&mut self, bytes: bytes::Bytes, frame_done: bool) -> Result<()> {
+    pub(crate) fn forward(
+        &mut self,
+        bytes: bytes::Bytes,
+        frame_done: bool,
+        messages: u32,
+    ) -> Result<()> {
         let mut s = self.state();
         s.session.tick(Instant::now());
-        s.session.forward(bytes, frame_done)
+        s.session.forward(bytes, frame_done, messages)
     }
 
     /// For relays: a forwarded frame is not whole yet on this connection,
@@ -626,7 +631,7 @@ impl State {
                     )
                 }
                 Ok(written) => {
-                    self.session.out.advance(written);
+                    self.session.wrote(written);
                     self.write_stalled = None;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,

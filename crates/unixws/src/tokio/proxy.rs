@@ -293,7 +293,11 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
         };
         let (from, to) = by_side(side, &mut client, &mut backend);
         match relayed {
-            Some(Forward::Data { bytes, frame_done }) => to.forward(bytes, frame_done)?,
+            Some(Forward::Data {
+                bytes,
+                frame_done,
+                messages,
+            }) => to.forward(bytes, frame_done, messages)?,
             Some(Forward::Control(message)) => {
                 let (ours, theirs) = by_side(side, &mut from_client, &mut from_backend);
                 if let Some(message) = ours.pass(message, theirs) {
@@ -396,8 +400,17 @@ async fn pass_close(from: &mut Connection, to: &mut Connection) -> Result<()> {
 async fn deliver_rest(source: &mut Connection, dest: &mut Connection) -> Result<bool> {
     let mut taking = true;
     while let Some(relayed) = source.recv_forward().await? {
-        if let (true, Forward::Data { bytes, frame_done }) = (taking, relayed) {
-            taking = dest.forward(bytes, frame_done).is_ok() && dest.flush().await.is_ok();
+        if let (
+            true,
+            Forward::Data {
+                bytes,
+                frame_done,
+                messages,
+            },
+        ) = (taking, relayed)
+        {
+            taking =
+                dest.forward(bytes, frame_done, messages).is_ok() && dest.flush().await.is_ok();
         }
     }
     Ok(taking)

@@ -330,7 +330,7 @@ async fn upgrade<T: Send + 'static>(
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
         .with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer, core.rules.address.clone());
-    core.upgraded();
+    core.upgraded(started.into_std());
     let conn =
         Connection::new(socket, session, info).serving(shutdown, slot, core.rules.stats.clone());
     Some((conn, admitted.map(|a| a.value)))
