@@ -4,6 +4,7 @@
 
 mod connect;
 mod error;
+mod observe;
 mod proxy;
 mod runtime;
 mod serve;

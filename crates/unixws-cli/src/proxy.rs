@@ -8,7 +8,7 @@ use unixws::tokio::Proxy;
 use unixws::{BindOptions, Limits, Server};
 
 use crate::error::CliResult;
-use crate::runtime;
+use crate::{observe, runtime};
 use unixws_bench::units::{parse_duration, parse_mode};
 
 const EXAMPLES: &str = "\
@@ -52,6 +52,9 @@ pub struct Args {
     /// Admit Unix-socket clients in this group, primary or supplementary (repeatable).
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
+
+    #[command(flatten)]
+    observe: observe::Observe,
 }
 
 /// Runs the proxy until SIGINT/SIGTERM.
@@ -74,12 +77,13 @@ async fn proxy(args: Args) -> CliResult {
     for origin in &args.allow_origin {
         proxy = proxy.allow_origin(origin);
     }
-    let server = Server::builder(args.listen.as_str())?
+    let builder = Server::builder(args.listen.as_str())?
         .bind_options(bind)
         .policy(policy)
-        .limits(listen_limits)
-        .bind_async()?;
+        .limits(listen_limits);
+    let server = args.observe.apply(builder).bind_async()?;
     runtime::stop_on_signals(server.shutdown_handle())?;
+    let _metrics = args.observe.start(server.stats())?;
     eprintln!(
         "unixws: proxying {} -> {}; Ctrl-C to stop",
         server.local_addr(),

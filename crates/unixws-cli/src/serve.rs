@@ -15,6 +15,7 @@ use unixws::{
 };
 
 use crate::error::{CliError, CliResult};
+use crate::observe;
 use crate::runtime::{self, resolve_group, resolve_user};
 use unixws_bench::units::{parse_duration, parse_mode, parse_size};
 
@@ -25,6 +26,7 @@ Examples:
   unixws serve --broadcast @chat --allow-uid 1000
   unixws serve --echo 127.0.0.1:9001
   unixws serve --print ./log.sock > received.txt
+  unixws serve --echo /run/app.sock --metrics 127.0.0.1:9100 --health-path /healthz
   unixws serve --echo --systemd        # the socket comes from a .socket unit
   unixws serve ./date.sock --exec sh -c 'while read l; do date; done'";
 
@@ -120,6 +122,9 @@ pub struct Args {
     /// On shutdown, how long connections may take to close (default: 10s).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     drain_timeout: Option<Duration>,
+
+    #[command(flatten)]
+    observe: observe::Observe,
 }
 
 impl Args {
@@ -179,6 +184,7 @@ impl Args {
             }
             None => builder,
         };
+        let builder = self.observe.apply(builder);
         Ok(builder.policy(self.policy()?).limits(self.limits()))
     }
 }
@@ -191,6 +197,7 @@ pub fn run(args: Args) -> CliResult {
 async fn serve(args: Args) -> CliResult {
     let server = args.builder()?.bind_async()?;
     runtime::stop_on_signals(server.shutdown_handle())?;
+    let _metrics = args.observe.start(server.stats())?;
 
     let mode = if args.broadcast {
         "broadcast".to_string()

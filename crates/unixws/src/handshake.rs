@@ -30,6 +30,8 @@ pub(crate) struct HandshakeRules {
     pub(crate) subprotocols: Vec<String>,
     /// The uid whose forwarded client identity is believed (see `forwarded`).
     pub(crate) trusted_proxy: Option<u32>,
+    /// The path of plain `GET` health checks (see `ServerBuilder::health_path`).
+    pub(crate) health_path: Option<String>,
     /// The server's address, for the connections' messages (`None` where
     /// there is no listener: the fuzzing entry point).
     pub(crate) address: Option<Arc<Address>>,
@@ -78,6 +80,7 @@ impl HandshakeRules {
             policy,
             subprotocols,
             trusted_proxy: None,
+            health_path: None,
             address: None,
             stats: Arc::default(),
             policy_log: LogGate::default(),
@@ -268,9 +271,16 @@ pub(crate) fn refuse_bad_request(raw: Option<Socket>, peer: &Peer, e: &WsError) 
     }
 }
 
-pub(crate) fn write_plain_response(
+pub(crate) fn write_plain_response(raw: Socket, status: u16, body: &str, extra: &[(&str, &str)]) {
+    write_response(raw, status, "text/plain; charset=utf-8", body, extra);
+}
+
+/// Answers a request that is not upgraded with `body` and a newline, and
+/// closes (the write side: the peer reads it all).
+pub(crate) fn write_response(
     mut raw: Socket,
     status: u16,
+    content_type: &str,
     body: &str,
     extra: &[(&str, &str)],
 ) {
@@ -279,7 +289,7 @@ pub(crate) fn write_plain_response(
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len() + 1
     );
     for (k, v) in extra {
@@ -450,14 +460,13 @@ impl HeadBuffer {
         n
     }
 
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     /// The whole head, once it has arrived.
     pub(crate) fn head(&self) -> Option<&[u8]> {
         self.end.map(|end| &self.bytes[..end])
     }
 
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// Serve the head again from its start (after a gate looked at it).
+    /// Serve the head again from its start (after a gate or the health
+    /// check looked at it).
     pub(crate) fn rewind(&mut self) {
         self.served = 0;
     }
@@ -485,16 +494,33 @@ impl<S> HeadReader<S> {
     }
 }
 
+impl<S: std::io::Read> HeadReader<S> {
+    /// Reads once from the stream into the head buffer; 0 at its end.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; HEAD_CHUNK];
+        let room = self.head.room()?;
+        let n = self.inner.read(&mut chunk[..room])?;
+        self.head.push(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads until the whole request head is here (true), or the peer
+    /// ended, failed or outgrew the budget first (false: the handshake
+    /// that follows meets the same end and answers it).
+    pub(crate) fn read_head(&mut self) -> bool {
+        while self.head.head().is_none() {
+            if !matches!(self.fill(), Ok(n) if n > 0) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 impl<S: std::io::Read> std::io::Read for HeadReader<S> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.head.needs_input() {
-            let mut chunk = [0u8; HEAD_CHUNK];
-            let room = self.head.room()?;
-            let n = self.inner.read(&mut chunk[..room])?;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.head.push(&chunk[..n]);
+        if self.head.needs_input() && self.fill()? == 0 {
+            return Ok(0);
         }
         Ok(self.head.serve(out))
     }

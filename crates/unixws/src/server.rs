@@ -26,7 +26,8 @@ use crate::config::Limits;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::handshake::{
-    check_request, handshake_config, Accepted, HandshakeRules, HeadBuffer, HeadReader,
+    check_request, handshake_config, write_response, Accepted, HandshakeRules, HeadBuffer,
+    HeadReader,
 };
 use crate::listen::{BindOptions, Listener};
 use crate::peer::Peer;
@@ -49,6 +50,7 @@ pub struct ServerBuilder {
     policy: AccessPolicy,
     subprotocols: Vec<String>,
     trusted_proxy: Option<u32>,
+    health_path: Option<String>,
 }
 
 impl ServerBuilder {
@@ -62,6 +64,7 @@ impl ServerBuilder {
             policy: AccessPolicy::default(),
             subprotocols: Vec::new(),
             trusted_proxy: None,
+            health_path: None,
         })
     }
 
@@ -76,6 +79,7 @@ impl ServerBuilder {
             policy: AccessPolicy::default(),
             subprotocols: Vec::new(),
             trusted_proxy: None,
+            health_path: None,
         }
     }
 
@@ -121,6 +125,25 @@ impl ServerBuilder {
         self
     }
 
+    /// Answer a plain (non-upgrade) `GET` of `path` with 200 and a small
+    /// JSON body, for load balancers and Kubernetes probes:
+    /// `{"status":"ok","open":2,"accepted":7,"upgraded":5}`. The access
+    /// policy applies (403 otherwise). Without it, such a request gets 426
+    /// as any non-upgrade request does; an upgrade to `path` is a WebSocket
+    /// as usual.
+    ///
+    /// ```no_run
+    /// let server = unixws::Server::builder("/run/app.sock")?
+    ///     .health_path("/healthz")
+    ///     .bind()?;
+    /// // curl --unix-socket /run/app.sock http://localhost/healthz
+    /// # Ok::<(), unixws::Error>(())
+    /// ```
+    pub fn health_path(mut self, path: impl Into<String>) -> Self {
+        self.health_path = Some(path.into());
+        self
+    }
+
     /// Subprotocols this server speaks, in order of preference.
     pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
     where
@@ -161,6 +184,16 @@ impl ServerBuilder {
                 ),
             ));
         }
+        if let Some(path) = &self.health_path {
+            if !path.starts_with('/') {
+                return Err(Error::invalid(
+                    "ServerBuilder::health_path",
+                    format!(
+                        "`{path}` is not a path: write it with its leading slash, e.g. /healthz"
+                    ),
+                ));
+            }
+        }
         let listener = match self.listener {
             Some(listener) => listener,
             None => Listener::bind(&self.addr, &self.bind)?,
@@ -171,6 +204,7 @@ impl ServerBuilder {
         let mut rules = HandshakeRules::new(&self.limits, self.policy, self.subprotocols);
         rules.address = Some(Arc::new(listener.local_addr().clone()));
         rules.trusted_proxy = self.trusted_proxy;
+        rules.health_path = self.health_path;
         Ok((listener, rules, self.limits))
     }
 }
@@ -326,7 +360,16 @@ where
     let mut stream = Stream::new(socket);
     stream.set_deadline(Some(Instant::now() + limits.handshake_timeout));
     stream.set_shutdown(Some(core.shutdown.clone()));
-    let reader = HeadReader::new(stream, HeadBuffer::new(limits.max_header_bytes));
+    let mut reader = HeadReader::new(stream, HeadBuffer::new(limits.max_header_bytes));
+    if core.rules.health_path.is_some() && reader.read_head() {
+        if let Some((status, body)) = reader.head.head().and_then(|h| core.health(h, &peer)) {
+            if let Some(raw) = raw {
+                write_response(raw, status, "application/json", &body, &[]);
+            }
+            return;
+        }
+        reader.head.rewind();
+    }
 
     let accepted: RefCell<Option<Accepted>> = RefCell::new(None);
     #[allow(clippy::result_large_err)]

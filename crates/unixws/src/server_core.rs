@@ -178,6 +178,37 @@ impl ServerCore {
         }
     }
 
+    /// The answer to a health check (`ServerBuilder::health_path`): `head`
+    /// is a plain `GET` of the health path, with no `Upgrade`.
+    pub(crate) fn health(&self, head: &[u8], peer: &Peer) -> Option<(u16, String)> {
+        use tungstenite::handshake::machine::TryParse;
+        let path = self.rules.health_path.as_deref()?;
+        let (_, request) = tungstenite::handshake::server::Request::try_parse(head).ok()??;
+        if request.method() != tungstenite::http::Method::GET
+            || request.uri().path() != path
+            || request.headers().contains_key("upgrade")
+        {
+            return None;
+        }
+        if !self.rules.policy.allows_peer(peer) {
+            self.rules.stats.count(Counter::RejectedByPolicy);
+            let reason = crate::handshake::policy_refusal(peer).replace('"', "'");
+            return Some((
+                403,
+                format!(r#"{{"status":"forbidden","reason":"{reason}"}}"#),
+            ));
+        }
+        let s = self.rules.stats.snapshot();
+        tracing::debug!(%peer, "health check");
+        Some((
+            200,
+            format!(
+                r#"{{"status":"ok","open":{},"accepted":{},"upgraded":{}}}"#,
+                s.open, s.accepted, s.upgraded
+            ),
+        ))
+    }
+
     /// The counters both servers hand out (`Server::stats`).
     pub(crate) fn stats(&self) -> Arc<crate::stats::ServerStats> {
         self.rules.stats.clone()

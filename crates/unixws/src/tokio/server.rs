@@ -17,7 +17,7 @@ use crate::addr::{Address, ToAddress};
 use crate::backoff::AcceptBackoff;
 use crate::error::{Error, Result};
 use crate::handshake::{
-    check_request, handshake_config, write_plain_response, Accepted, HeadBuffer,
+    check_request, handshake_config, write_plain_response, write_response, Accepted, HeadBuffer,
 };
 use crate::peer::Peer;
 use crate::server::{ServerBuilder, ShutdownHandle};
@@ -251,6 +251,18 @@ async fn upgrade<T: Send + 'static>(
     // Without it (descriptors exhausted) a refused request is only dropped.
     let raw = socket.try_dup().ok();
     let mut reader = AsyncHeadReader::new(socket, HeadBuffer::new(limits.max_header_bytes));
+    if core.rules.health_path.is_some() {
+        let deadline = started + limits.handshake_timeout;
+        if let Ok(true) = tokio::time::timeout_at(deadline, reader.read_head()).await {
+            if let Some((status, body)) = reader.head.head().and_then(|h| core.health(h, &peer)) {
+                if let Some(raw) = raw {
+                    write_response(raw, status, "application/json", &body, &[]);
+                }
+                return None;
+            }
+        }
+        reader.head.rewind();
+    }
     let mut admitted = None;
     if let Some(gate) = gate {
         let run_gate = ask_gate(core, &mut reader, &peer, &*gate);
