@@ -48,9 +48,18 @@ pub struct Args {
     #[arg(long)]
     echo: bool,
 
-    /// Relay every message to all other connected clients.
+    /// Relay every message to all other connected clients. A reader whose
+    /// queue is full holds the sender back (its next message is not read)
+    /// until it takes one; see --slow-consumer-timeout.
     #[arg(long)]
     broadcast: bool,
+
+    /// With --broadcast: a reader that takes nothing from its full queue
+    /// for this long is closed with 1013 and the room moves on (default:
+    /// 5s, long enough for a pause of a busy or garbage-collecting client,
+    /// short enough that one stalled reader holds the room back briefly).
+    #[arg(long, requires = "broadcast", value_parser = parse_duration, value_name = "DUR")]
+    slow_consumer_timeout: Option<Duration>,
 
     /// Print every message received to stdout, one line each (a log sink).
     /// A line is out before the ping after its message is answered, so a
@@ -222,7 +231,9 @@ async fn serve(args: Args) -> CliResult {
         }
         server.serve(move |conn| exec.clone().serve(conn)).await
     } else if args.broadcast {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(
+            args.slow_consumer_timeout.unwrap_or(SLOW_CONSUMER_TIMEOUT),
+        ));
         server
             .serve(move |conn| {
                 let hub = hub.clone();
@@ -262,14 +273,35 @@ async fn print(mut conn: Connection) -> HandlerResult {
     Ok(())
 }
 
+/// How long a broadcast reader may take nothing from its full queue
+/// before it is closed with 1013 (see `--slow-consumer-timeout`).
+const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Every connection's outbox, to relay each message to all the others.
-#[derive(Default)]
+///
+/// Fair to uneven readers: a message goes to every reader's queue before
+/// the sender's next one is read, waiting for the readers whose queue is
+/// full (all at once). So a burst is paced to the slowest reader that is
+/// still reading (backpressure on the sender, whose messages wait in its
+/// socket), every live reader gets every message in order, and memory is
+/// bounded by the queues (`Limits::send_queue` messages each, the payload
+/// shared among them). A reader that takes nothing for the slow-consumer
+/// timeout is closed with 1013, and the room moves on.
 struct Hub {
     next_id: AtomicU64,
     members: Mutex<HashMap<u64, Outbox>>,
+    slow_consumer_timeout: Duration,
 }
 
 impl Hub {
+    fn new(slow_consumer_timeout: Duration) -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            members: Mutex::default(),
+            slow_consumer_timeout,
+        }
+    }
+
     async fn serve(&self, mut conn: Connection) -> HandlerResult {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.members().insert(id, conn.outbox()?);
@@ -280,16 +312,32 @@ impl Hub {
 
     async fn relay(&self, id: u64, conn: &mut Connection) -> unixws::Result<()> {
         while let Some(message) = conn.recv().await? {
-            for (other, outbox) in self.members().iter() {
-                if *other != id {
-                    // A full queue closes that slow reader with 1013; the
-                    // others must not wait for it.
-                    if let Err(OutboxError::Full) = outbox.try_send(message.clone()) {
-                        tracing::warn!(
-                            connection = other,
-                            "broadcast queue full; closing that reader"
-                        );
-                    }
+            let readers: Vec<(u64, Outbox)> = self
+                .members()
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(other, outbox)| (*other, outbox.clone()))
+                .collect();
+            let message = &message;
+            let deliveries = readers.iter().map(|(other, outbox)| async move {
+                match outbox
+                    .send_timeout(message.clone(), self.slow_consumer_timeout)
+                    .await
+                {
+                    Err(OutboxError::Full) => Some(*other),
+                    _ => None,
+                }
+            });
+            // The room moves on without the readers found too slow: they
+            // are closing, and nobody waits for them again.
+            let slow = futures_util::future::join_all(deliveries).await;
+            for slow in slow.into_iter().flatten() {
+                if self.members().remove(&slow).is_some() {
+                    tracing::warn!(
+                        connection = slow,
+                        timeout = ?self.slow_consumer_timeout,
+                        "broadcast reader took nothing for the slow-consumer timeout; closing it with 1013"
+                    );
                 }
             }
         }

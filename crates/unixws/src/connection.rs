@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::http::HeaderMap;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -76,7 +76,10 @@ pub struct PeerClose {
 pub struct Outbox {
     tx: SyncSender<Message>,
     waker: WakePipe,
+    /// Raised for the connection to close (it lowers it when it does).
     overflowed: Arc<AtomicBool>,
+    /// Stays raised: the connection was found too slow, and is closing.
+    found_slow: Arc<AtomicBool>,
 }
 
 /// Why a message could not be queued.
@@ -107,13 +110,49 @@ impl Outbox {
                 self.waker.wake();
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::SeqCst);
-                self.waker.wake();
-                Err(OutboxError::Full)
-            }
+            Err(TrySendError::Full(_)) => Err(self.overflowed()),
             Err(TrySendError::Disconnected(_)) => Err(OutboxError::Closed),
         }
+    }
+
+    /// Queue `message`, waiting while the queue is full, but no longer than
+    /// `timeout` for room; a reader that took nothing for that long is a
+    /// slow consumer, closed with 1013 ([`OutboxError::Full`]). See the
+    /// tokio [`Outbox::send_timeout`](crate::tokio::Outbox::send_timeout)
+    /// for why a broadcaster wants this. (std's bounded channel cannot wait
+    /// with a timeout: this one looks again after pauses of 50 µs doubling
+    /// to 5 ms.)
+    pub fn send_timeout(&self, mut message: Message, timeout: Duration) -> Result<(), OutboxError> {
+        if self.found_slow.load(Ordering::SeqCst) {
+            // Already found too slow: closing, no more waiting for it.
+            return Err(OutboxError::Full);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => {
+                    self.waker.wake();
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(OutboxError::Closed),
+                Err(TrySendError::Full(m)) => message = m,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.overflowed());
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Marks the connection as a slow consumer, to be closed with 1013.
+    fn overflowed(&self) -> OutboxError {
+        self.found_slow.store(true, Ordering::SeqCst);
+        self.overflowed.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        OutboxError::Full
     }
 }
 
@@ -204,6 +243,7 @@ impl Connection {
             tx,
             waker,
             overflowed: overflowed.clone(),
+            found_slow: Arc::default(),
         };
         self.outbox = Some(OutboxReceiver {
             rx,

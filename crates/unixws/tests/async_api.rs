@@ -504,3 +504,44 @@ fn into_tokio_unix_serves_and_needs_a_runtime() {
         assert!(!path.exists());
     });
 }
+
+/// More than the output's high-water mark (1 MiB) queued in an outbox,
+/// read by a peer that keeps reading: the queue drains steadily. (It used
+/// to stop once the output drained below the mark, until some unrelated
+/// wake-up, such as the 30 s keepalive: a broadcast reader that was only
+/// behind was then closed as a slow consumer.)
+#[test]
+fn an_outbox_queue_beyond_the_high_water_mark_keeps_draining() {
+    const MESSAGES: usize = 100;
+    const SIZE: usize = 64 << 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q.sock");
+    let builder = unixws::Server::builder(path.as_path())
+        .expect("address")
+        .limits(Limits::default().send_queue(MESSAGES));
+    let _server = unixws_testkit::RunningServer::start_async(builder, |mut conn| async move {
+        let outbox = conn.outbox()?;
+        tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let mut payload = vec![0u8; SIZE];
+                payload[0] = i as u8;
+                if outbox.send(Message::binary(payload)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        while conn.recv().await?.is_some() {}
+        Ok(())
+    });
+    let mut client = unixws::ClientBuilder::new(path.as_path())
+        .expect("address")
+        .read_timeout(Duration::from_secs(5))
+        .connect()
+        .expect("connect");
+    for i in 0..MESSAGES {
+        match client.recv().expect("the queue keeps draining") {
+            Some(Message::Binary(b)) => assert_eq!((b.len(), b[0]), (SIZE, i as u8)),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+}

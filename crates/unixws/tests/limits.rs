@@ -1,5 +1,6 @@
 //! Server limits, each crossed over a real socket: message size (1009),
-//! connection count (503), handshake timeout, header bytes (431).
+//! connection count (503), handshake timeout, header bytes (431), and the
+//! blocking outbox's send queue under `send_timeout` (1013).
 
 // The helpers unwrap as the tests do: a failure there is the test's failure.
 #![allow(clippy::unwrap_used)]
@@ -204,4 +205,82 @@ fn too_many_header_lines_get_431() {
         let response = raw_exchange(&server, &upgrade_request(13, &many));
         assert!(response.starts_with("HTTP/1.1 431"), "{response:?}");
     }
+}
+
+#[test]
+fn blocking_send_timeout_waits_for_a_reader_and_closes_one_that_stalls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.sock");
+    let outboxes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = outboxes.clone();
+    // A thread blocked writing to a stalled peer notices nothing else:
+    // the write timeout ends that connection.
+    let limits = Limits::default()
+        .send_queue(4)
+        .close_timeout(Duration::from_millis(300))
+        .write_timeout(Some(Duration::from_millis(500)));
+    let builder = unixws::Server::builder(path.as_path())
+        .expect("address")
+        .limits(limits.clone());
+    let server = RunningServer::start(builder, move |conn| {
+        record.lock().expect("lock").push(conn.outbox()?);
+        while conn.recv()?.is_some() {}
+        Ok(())
+    });
+    let connect = || {
+        unixws::ClientBuilder::new(path.as_path())
+            .expect("address")
+            .limits(limits.clone())
+            .connect()
+            .expect("connect")
+    };
+    let mut reader = connect();
+    let _stalled = connect();
+    assert!(unixws_testkit::wait_until(Duration::from_secs(10), || {
+        outboxes.lock().expect("lock").len() == 2
+    }));
+    let (reading, stalled) = {
+        let o = outboxes.lock().expect("lock");
+        (o[0].clone(), o[1].clone())
+    };
+    let chunk = Message::binary(vec![2u8; 64 << 10]);
+    let sender = std::thread::spawn({
+        let chunk = chunk.clone();
+        move || {
+            for i in 0..200 {
+                reading
+                    .send_timeout(chunk.clone(), Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("message {i}: {e}"));
+            }
+        }
+    });
+    for _ in 0..200 {
+        assert_eq!(reader.recv().expect("recv"), Some(chunk.clone()));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sender
+        .join()
+        .expect("every message went to the reader that reads");
+    let mut result = Ok(());
+    for _ in 0..1000 {
+        result = stalled.send_timeout(chunk.clone(), Duration::from_millis(200));
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(unixws::OutboxError::Full));
+    let again = Instant::now();
+    assert_eq!(
+        stalled.send_timeout(chunk, Duration::from_secs(10)),
+        Err(unixws::OutboxError::Full)
+    );
+    assert!(
+        again.elapsed() < Duration::from_secs(1),
+        "not waited for again"
+    );
+    // The stalled connection is over (closed as a slow consumer, or by the
+    // write timeout while its thread was blocked writing to it).
+    assert!(unixws_testkit::wait_until(Duration::from_secs(10), || {
+        server.stats().open == 1
+    }));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use unixws::tokio::{Connection, Outbox};
 use unixws::CloseCode;
 use unixws::{Error, Limits, Message, OutboxError, Server};
-use unixws_testkit::{assert_echo_async, RunningServer};
+use unixws_testkit::{assert_echo_async, wait_until, RunningServer};
 
 /// A server whose handlers hand their outbox to the test and then just read.
 fn start_outbox_server(path: &Path, limits: Limits) -> (RunningServer, Arc<Mutex<Vec<Outbox>>>) {
@@ -529,4 +529,79 @@ fn bind_async_outside_a_runtime_is_an_error() {
     assert!(matches!(err, Error::NoRuntime { .. }), "{err:?}");
     assert!(err.to_string().contains("tokio runtime"), "{err}");
     assert!(!path.exists(), "nothing was bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_waits_for_a_reader_that_reads_and_closes_one_that_stalls() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let bounded = limits(|l| {
+        l.send_queue = 4;
+        l.close_timeout = Duration::from_millis(300);
+    });
+    let (server, outboxes) = start_outbox_server(&sock, bounded.clone());
+    let connect = || {
+        unixws::ClientBuilder::new(&sock)
+            .unwrap()
+            .limits(bounded.clone())
+            .connect()
+    };
+    // A blocking client that reads slowly, on a thread of its own.
+    let slow_reader = std::thread::spawn({
+        let mut conn = connect().unwrap();
+        move || {
+            for i in 0..300 {
+                let m = conn.recv().unwrap().unwrap();
+                assert_eq!(m.len(), 64 << 10, "message {i}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            conn
+        }
+    });
+    let _stalled = connect().unwrap();
+    while outboxes.lock().unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (reading, stalled) = {
+        let o = outboxes.lock().unwrap();
+        (o[0].clone(), o[1].clone())
+    };
+    let chunk = Message::binary(vec![1u8; 64 << 10]);
+    // 300 × 64 KiB through a queue of 4: it waits, and never gives up on
+    // a reader that takes one every millisecond or so.
+    for i in 0..300 {
+        reading
+            .send_timeout(chunk.clone(), Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+    }
+    slow_reader.join().expect("the slow reader got all 300");
+    // The stalled one fills its socket, its output and its queue, then
+    // makes no room for 200 ms: 1013, and no more waiting for it.
+    let started = Instant::now();
+    let mut result = Ok(());
+    for _ in 0..1000 {
+        result = stalled
+            .send_timeout(chunk.clone(), Duration::from_millis(200))
+            .await;
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(OutboxError::Full));
+    let again = Instant::now();
+    assert_eq!(
+        stalled
+            .send_timeout(chunk.clone(), Duration::from_secs(10))
+            .await,
+        Err(OutboxError::Full),
+        "a reader found too slow is not waited for again"
+    );
+    assert!(again.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || server
+        .stats()
+        .slow_consumers
+        == 1));
+    server.stop_async().await;
 }

@@ -68,7 +68,8 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 /// The queue is bounded ([`Limits::send_queue`](crate::Limits::send_queue)). [`Outbox::send`] waits for
 /// room; [`Outbox::try_send`] never waits and, when the queue is full, has
 /// the connection closed with 1013 so that a slow reader cannot make anyone
-/// else wait or grow memory.
+/// else wait or grow memory; [`Outbox::send_timeout`] waits for room, but
+/// closes a reader that made none for that long.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Message>,
@@ -77,7 +78,10 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct Overflow {
+    /// Raised for the connection to close (it lowers it when it does).
     flag: AtomicBool,
+    /// Stays raised: the connection was found too slow, and is closing.
+    found_slow: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -93,13 +97,44 @@ impl Outbox {
     pub fn try_send(&self, message: Message) -> Result<(), OutboxError> {
         match self.tx.try_send(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.flag.store(true, Ordering::SeqCst);
-                self.overflow.waker.wake();
-                Err(OutboxError::Full)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.overflowed()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(OutboxError::Closed),
         }
+    }
+
+    /// Queue `message`, waiting while the queue is full, but no longer
+    /// than `timeout` for room: a reader that is behind but reading makes
+    /// room within it; one that took nothing for that long is a slow
+    /// consumer, closed with 1013 ([`OutboxError::Full`]). A broadcaster
+    /// that awaits this before it reads its next message slows its sender
+    /// to the pace of the slowest reader that still reads (backpressure),
+    /// instead of dropping readers that are only momentarily behind.
+    pub async fn send_timeout(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<(), OutboxError> {
+        if self.overflow.found_slow.load(Ordering::SeqCst) {
+            // Already found too slow: closing, no more waiting for it.
+            return Err(OutboxError::Full);
+        }
+        let message = match self.tx.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(OutboxError::Closed),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
+        match tokio::time::timeout(timeout, self.tx.send(message)).await {
+            Ok(sent) => sent.map_err(|_| OutboxError::Closed),
+            Err(_) => Err(self.overflowed()),
+        }
+    }
+
+    /// Marks the connection as a slow consumer, to be closed with 1013.
+    fn overflowed(&self) -> OutboxError {
+        self.overflow.found_slow.store(true, Ordering::SeqCst);
+        self.overflow.flag.store(true, Ordering::SeqCst);
+        self.overflow.waker.wake();
+        OutboxError::Full
     }
 }
 
@@ -721,7 +756,7 @@ impl State {
             if self.socket.is_none() {
                 return Poll::Ready(Ok(None));
             }
-            self.poll_signals(cx)?;
+            let held_back = self.poll_signals(cx)?;
             match next(&mut self.session) {
                 Ok(Some(message)) => return Poll::Ready(Ok(Some(message))),
                 Ok(None) => {}
@@ -742,6 +777,10 @@ impl State {
                     false
                 }
             };
+            if flushed && held_back && !self.session.is_closing() {
+                // The output drained: take what the high-water mark held back.
+                continue;
+            }
             if self.session.is_done() {
                 if flushed {
                     self.drop_socket();
@@ -798,8 +837,9 @@ impl State {
     }
 
     /// Server shutdown; the outbox's overflow and queued messages, unless
-    /// a writer task takes them.
-    fn poll_signals(&mut self, cx: &mut Context<'_>) -> Result<()> {
+    /// a writer task takes them. True when output at the high-water mark
+    /// held queued messages back (see `take_queued`).
+    fn poll_signals(&mut self, cx: &mut Context<'_>) -> Result<bool> {
         if let Some(shutdown) = &mut self.shutdown {
             if Pin::new(shutdown).poll(cx).is_ready() {
                 self.shutdown = None;
@@ -810,14 +850,15 @@ impl State {
             }
         }
         if self.pumped {
-            return Ok(());
+            return Ok(false);
         }
         self.poll_outbox(cx)
     }
 
     /// The outbox: its overflow (the slow-consumer close) and its queued
-    /// messages, registering `cx` to hear of more.
-    fn poll_outbox(&mut self, cx: &mut Context<'_>) -> Result<()> {
+    /// messages, registering `cx` to hear of more (true: held back by the
+    /// output's high-water mark, without registering).
+    fn poll_outbox(&mut self, cx: &mut Context<'_>) -> Result<bool> {
         if let Some(outbox) = &self.outbox {
             outbox.overflow.waker.register(cx.waker());
             if outbox.overflow.flag.swap(false, Ordering::SeqCst) {
@@ -837,27 +878,33 @@ impl State {
     /// sent directly, a close or the shutdown's close), all of them: they
     /// were sent earlier and go first, and the queue's own bound still
     /// holds.
-    fn take_queued(&mut self, mut cx: Option<&mut Context<'_>>) -> Result<()> {
-        while !self.session.is_closing()
-            && (cx.is_none() || self.session.out.len() < OUT_HIGH_WATER)
-        {
+    ///
+    /// True when the high-water mark stopped it: nothing is registered to
+    /// hear of the queue then, so the caller must take again once its
+    /// output drained (or the connection would wait for an unrelated
+    /// wake-up with messages queued).
+    fn take_queued(&mut self, mut cx: Option<&mut Context<'_>>) -> Result<bool> {
+        while !self.session.is_closing() {
+            if cx.is_some() && self.session.out.len() >= OUT_HIGH_WATER {
+                return Ok(true);
+            }
             let Some(outbox) = &mut self.outbox else {
-                return Ok(());
+                return Ok(false);
             };
             let next = match cx.as_deref_mut() {
                 Some(cx) => match outbox.rx.poll_recv(cx) {
                     Poll::Ready(m) => m,
-                    Poll::Pending => return Ok(()),
+                    Poll::Pending => return Ok(false),
                 },
                 None => outbox.rx.try_recv().ok(),
             };
             // The receiver also holds a sender, so `None` only means empty.
             let Some(message) = next else {
-                return Ok(());
+                return Ok(false);
             };
             self.session.send(message)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The outbox writer task's step: queued messages to the socket.
@@ -874,18 +921,22 @@ impl State {
         self.session.tick(Instant::now());
         // Nothing but `SendAfterClosing` can fail here, and taking stops
         // once the close is queued.
-        let was_closing = self.session.is_closing();
-        let _ = self.poll_outbox(cx);
-        if !was_closing && self.session.is_closing() {
-            // The slow-consumer close has a deadline (the close timeout):
-            // a reader waiting in `recv` arms its timer for it.
-            if let Some(wakers) = &self.wakers {
-                wakers.parties[Party::Reader as usize].wake();
+        loop {
+            let was_closing = self.session.is_closing();
+            let held_back = self.poll_outbox(cx).unwrap_or(false);
+            if !was_closing && self.session.is_closing() {
+                // The slow-consumer close has a deadline (the close timeout):
+                // a reader waiting in `recv` arms its timer for it.
+                if let Some(wakers) = &self.wakers {
+                    wakers.parties[Party::Reader as usize].wake();
+                }
             }
-        }
-        match self.poll_flush(cx, Party::Pump) {
-            Poll::Ready(Err(_)) => Poll::Ready(()),
-            Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+            match self.poll_flush(cx, Party::Pump) {
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                // The output drained: take what the high-water mark held back.
+                Poll::Ready(Ok(())) if held_back => {}
+                Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
+            }
         }
     }
 
