@@ -70,38 +70,54 @@ impl Observe {
             .to_address()
             .map_err(|e| format!("--metrics: {e}"))?;
         let registry = Arc::new(registry(stats));
-        if let Endpoint::Tcp { host, port } = address.endpoint() {
+        let (listener, file) = if let Endpoint::Tcp { host, port } = address.endpoint() {
             let std = std::net::TcpListener::bind((host.as_str(), *port))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
                 .map_err(|e| format!("--metrics: cannot listen on {host}:{port}: {e}"))?;
-            let listener = tokio::net::TcpListener::from_std(std)
-                .map_err(|e| format!("--metrics: cannot listen on {host}:{port}: {e}"))?;
-            tokio::spawn(async move {
-                loop {
-                    if let Ok((socket, _)) = listener.accept().await {
-                        tokio::spawn(answer(socket, registry.clone()));
-                    }
-                }
-            });
             eprintln!("unixws: metrics at http://{host}:{port}/metrics");
-            return Ok(Some(MetricsEndpoint { _file: None }));
-        }
-        let options = BindOptions::new().mode(self.metrics_mode.unwrap_or(0o600));
-        let (listener, file) = unixws::Listener::bind(&address, &options)
-            .and_then(unixws::Listener::into_tokio_unix)
-            .map_err(|e| format!("--metrics: {e}"))?;
-        tokio::spawn(async move {
-            loop {
-                if let Ok((socket, _)) = listener.accept().await {
-                    tokio::spawn(answer(socket, registry.clone()));
-                }
+            (Listener::Tcp(std), None)
+        } else {
+            let options = BindOptions::new().mode(self.metrics_mode.unwrap_or(0o600));
+            let (listener, file) = unixws::Listener::bind(&address, &options)
+                .and_then(unixws::Listener::into_tokio_unix)
+                .map_err(|e| format!("--metrics: {e}"))?;
+            eprintln!(
+                "unixws: metrics at {} (GET /metrics)",
+                address.endpoint_display()
+            );
+            (Listener::Unix(listener), Some(file))
+        };
+        tokio::spawn(listener.serve(registry));
+        Ok(Some(MetricsEndpoint { _file: file }))
+    }
+}
+
+/// Where the metrics are served.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Answers each connection in a task of its own; an accept error (no
+    /// descriptors left) pauses the loop instead of spinning it.
+    async fn serve(self, registry: Arc<Registry>) {
+        loop {
+            let accepted = match &self {
+                Listener::Tcp(l) => l
+                    .accept()
+                    .await
+                    .map(|(s, _)| drop(tokio::spawn(answer(s, registry.clone())))),
+                Listener::Unix(l) => l
+                    .accept()
+                    .await
+                    .map(|(s, _)| drop(tokio::spawn(answer(s, registry.clone())))),
+            };
+            if accepted.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        });
-        eprintln!(
-            "unixws: metrics at {} (GET /metrics)",
-            address.endpoint_display()
-        );
-        Ok(Some(MetricsEndpoint { _file: Some(file) }))
+        }
     }
 }
 
