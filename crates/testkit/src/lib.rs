@@ -507,12 +507,18 @@ pub fn try_free_port() -> std::io::Result<u16> {
 /// A raw Unix-socket connection that completed the WebSocket upgrade (and
 /// read nothing past the 101 response): for tests that write frames by hand.
 pub fn raw_upgraded(path: &Path) -> std::os::unix::net::UnixStream {
+    raw_upgraded_with(path, "")
+}
+
+/// [`raw_upgraded`] with `extra` request header lines (each ending in
+/// `\r\n`), such as an extension offer.
+pub fn raw_upgraded_with(path: &Path, extra: &str) -> std::os::unix::net::UnixStream {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(path)
         .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
-    s.write_all(upgrade_request("/", "").as_bytes())
+    s.write_all(upgrade_request("/", extra).as_bytes())
         .expect("write the upgrade request");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -647,4 +653,72 @@ http {{
         .arg("-e")
         .arg(dir.join("nginx-error.log"));
     Ok(c)
+}
+
+/// A byte relay between one client and a Unix-socket server that keeps
+/// what passed each way, to check frames on the wire (RSV1 of
+/// permessage-deflate, say).
+pub struct Tap {
+    /// What the client sent, handshake included.
+    pub upstream: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// What the server sent, handshake included.
+    pub downstream: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    /// Listens on `listen` for one connection and relays it to `backend`.
+    pub fn start(listen: &Path, backend: &Path) -> Tap {
+        use std::sync::{Arc, Mutex};
+        let listener = std::os::unix::net::UnixListener::bind(listen)
+            .unwrap_or_else(|e| panic!("tap on {}: {e}", listen.display()));
+        let backend = backend.to_path_buf();
+        let upstream: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let downstream: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let (up, down) = (upstream.clone(), downstream.clone());
+        std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let server =
+                std::os::unix::net::UnixStream::connect(&backend).expect("the tap's backend");
+            let pipe = |mut from: std::os::unix::net::UnixStream,
+                        mut to: std::os::unix::net::UnixStream,
+                        log: Arc<Mutex<Vec<u8>>>| {
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 64 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        log.lock().expect("tap log").extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            let a = pipe(
+                client.try_clone().expect("dup"),
+                server.try_clone().expect("dup"),
+                up,
+            );
+            let b = pipe(server, client, down);
+            let _ = (a.join(), b.join());
+        });
+        Tap {
+            upstream,
+            downstream,
+        }
+    }
+
+    /// The first bytes of each whole frame one way, after the handshake.
+    pub fn frames(log: &std::sync::Mutex<Vec<u8>>) -> Vec<u8> {
+        let bytes = log.lock().expect("tap log").clone();
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Vec::new();
+        };
+        split_frames(&bytes[end + 4..])
+            .into_iter()
+            .map(|(first, _)| first)
+            .collect()
+    }
 }

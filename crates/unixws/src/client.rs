@@ -273,15 +273,27 @@ impl ClientBuilder {
     }
 
     /// The client's session after a handshake whose head ended where
-    /// `head` says: frames that came with the response are its first input.
-    pub(crate) fn session_after(&self, head: HeadBuffer) -> Session {
-        Session::new(
+    /// `head` says (frames that came with the response are its first
+    /// input), with the compression the response agreed to.
+    pub(crate) fn session_after(
+        &self,
+        head: HeadBuffer,
+        response: &tungstenite::handshake::client::Response,
+    ) -> Result<Session> {
+        let agreed = client_compression(self.limits.compression, response).map_err(|detail| {
+            Error::BadExtension {
+                addr: self.addr.endpoint_display(),
+                detail,
+            }
+        })?;
+        Ok(Session::new(
             Role::Client,
             Arc::new(self.limits.clone()),
             self.read_timeout,
             Instant::now(),
         )
-        .with_initial(&head.into_tail())
+        .with_compression(agreed)
+        .with_initial(&head.into_tail()))
     }
 
     fn connect_once(&self) -> Result<Connection> {
@@ -313,7 +325,7 @@ impl ClientBuilder {
             head,
         } = ws.into_inner();
         stream.set_deadline(None);
-        let session = self.session_after(head);
+        let session = self.session_after(head, &response)?;
         let info = self.response_info(peer, &response);
         Ok(Connection::new(stream, session, info))
     }
@@ -386,6 +398,12 @@ impl ClientBuilder {
             })?;
             headers.append(name, value);
         }
+        if self.limits.compression {
+            headers.insert(
+                "Sec-WebSocket-Extensions",
+                HeaderValue::from_static(crate::codec::deflate::NAME),
+            );
+        }
         if !self.subprotocols.is_empty() {
             let joined = self.subprotocols.join(", ");
             let value = HeaderValue::from_str(&joined).map_err(|_| {
@@ -445,6 +463,20 @@ impl ClientBuilder {
             },
         }
     }
+}
+
+/// What a handshake response agreed to about permessage-deflate (the
+/// client offered it if `offered`); a wrong answer, in words.
+pub(crate) fn client_compression(
+    offered: bool,
+    response: &tungstenite::handshake::client::Response,
+) -> std::result::Result<Option<crate::codec::deflate::Agreed>, String> {
+    let answers = response
+        .headers()
+        .get_all("Sec-WebSocket-Extensions")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    crate::codec::deflate::client_agreed(offered, answers)
 }
 
 /// The policy's next delay after `e`, or `e` once its attempts are spent.

@@ -68,6 +68,17 @@ pub struct Limits {
     /// (default: 256 messages). A broadcast to a full queue closes that
     /// slow consumer with 1013 instead of growing without bound.
     pub send_queue: usize,
+    /// Both: negotiate permessage-deflate (RFC 7692) (default: off). Over
+    /// a Unix socket a copy is cheaper than deflate, so it rarely pays
+    /// there; it does where a network is in the way (`unixws proxy` in
+    /// front of browsers). A client offers it; a server accepts an offer.
+    /// Each compressing connection holds up to about 300 KiB of zlib state
+    /// (see BENCHMARKS.md); `max_message_size` counts inflated bytes.
+    pub compression: bool,
+    /// Both: with compression, messages smaller than this go out
+    /// uncompressed (default: 1 KiB; smaller ones rarely shrink enough to
+    /// pay for the work).
+    pub compression_threshold: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +98,8 @@ impl Default for Limits {
             write_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(5),
             send_queue: 256,
+            compression: false,
+            compression_threshold: 1024,
         }
     }
 }
@@ -120,6 +133,8 @@ impl Limits {
         write_timeout: Option<Duration>,
         connect_timeout: Duration,
         send_queue: usize,
+        compression: bool,
+        compression_threshold: usize,
     }
 
     /// tungstenite's configuration for these limits.

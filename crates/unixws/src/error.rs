@@ -165,6 +165,16 @@ pub enum Error {
         max: usize,
     },
 
+    /// The server's answer about an extension (permessage-deflate) was
+    /// not one the client offered or can use.
+    #[error("the server at {addr} answered the extension offer wrongly: {detail}; turn Limits::compression off to connect without it")]
+    BadExtension {
+        /// The address as displayed.
+        addr: String,
+        /// What was wrong.
+        detail: String,
+    },
+
     /// The handshake failed for a protocol reason.
     #[error("WebSocket handshake with {addr} failed: {source}")]
     Handshake {

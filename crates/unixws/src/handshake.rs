@@ -13,6 +13,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::addr::Address;
+use crate::codec::deflate::Agreed;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::forwarded;
@@ -32,6 +33,8 @@ pub(crate) struct HandshakeRules {
     pub(crate) trusted_proxy: Option<u32>,
     /// The path of plain `GET` health checks (see `ServerBuilder::health_path`).
     pub(crate) health_path: Option<String>,
+    /// Accept permessage-deflate offers (`Limits::compression`).
+    pub(crate) compression: bool,
     /// The server's address, for the connections' messages (`None` where
     /// there is no listener: the fuzzing entry point).
     pub(crate) address: Option<Arc<Address>>,
@@ -81,6 +84,7 @@ impl HandshakeRules {
             subprotocols,
             trusted_proxy: None,
             health_path: None,
+            compression: limits.compression,
             address: None,
             stats: Arc::default(),
             policy_log: LogGate::default(),
@@ -120,6 +124,8 @@ pub(crate) struct Accepted {
     pub(crate) subprotocol: Option<String>,
     /// The client a trusted proxy forwarded, who stands for the socket's peer.
     forwarded: Option<Peer>,
+    /// permessage-deflate, if an offer was accepted.
+    pub(crate) compression: Option<Agreed>,
 }
 
 impl Accepted {
@@ -183,6 +189,11 @@ pub(crate) fn check_request(
             response.headers_mut().insert("Sec-WebSocket-Protocol", v);
         }
     }
+    let compression = if rules.compression {
+        accept_compression(request, &mut response)
+    } else {
+        None
+    };
     let uri = request.uri();
     tracing::debug!(%peer, path = %uri.path(), "handshake accepted");
     let mut headers = application_headers(request.headers());
@@ -198,8 +209,26 @@ pub(crate) fn check_request(
             headers,
             subprotocol,
             forwarded,
+            compression,
         },
     ))
+}
+
+/// Accepts the request's first acceptable permessage-deflate offer, if
+/// any, answering it in `response` (RFC 7692: offers that cannot be taken
+/// are declined, and the connection goes on uncompressed).
+pub(crate) fn accept_compression(request: &Request, response: &mut Response) -> Option<Agreed> {
+    let offers = request
+        .headers()
+        .get_all("Sec-WebSocket-Extensions")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (agreed, answer) = crate::codec::deflate::server_accept(offers)?;
+    let value = HeaderValue::from_str(&answer).ok()?;
+    response
+        .headers_mut()
+        .insert("Sec-WebSocket-Extensions", value);
+    Some(agreed)
 }
 
 /// Why the access policy refused `peer`, in one line for the 403's body.

@@ -401,6 +401,7 @@ where
     } = ws.into_inner();
     stream.set_deadline(None);
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
+        .with_compression(accepted.compression)
         .with_initial(&head.into_tail());
     let (info, _slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded(started);

@@ -19,6 +19,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::Message;
 
 use crate::codec::decode::Forward;
+use crate::codec::deflate::{Agreed, Deflate};
 use crate::codec::{CodecError, Decoder, OpCode, Outgoing};
 use crate::config::Limits;
 use crate::connection::{ConnectionInfo, PeerClose};
@@ -133,6 +134,15 @@ impl Session {
         } else {
             self.now
         }
+    }
+
+    /// permessage-deflate, as the handshake agreed (`None`: not used).
+    pub(crate) fn with_compression(mut self, agreed: Option<Agreed>) -> Self {
+        if let Some(agreed) = agreed {
+            let threshold = self.limits().compression_threshold;
+            self.decoder.deflate = Some(Box::new(Deflate::new(agreed, threshold)));
+        }
+        self
     }
 
     /// Bytes that came with the handshake, after its head: the first frames.
@@ -362,11 +372,11 @@ impl Session {
         match message {
             Message::Text(text) => {
                 self.sent_message();
-                self.push_shared(OpCode::Text, &text.into());
+                self.push_data(OpCode::Text, &text.into());
             }
             Message::Binary(data) => {
                 self.sent_message();
-                self.push_shared(OpCode::Binary, &data);
+                self.push_data(OpCode::Binary, &data);
             }
             Message::Ping(data) => self.push(OpCode::Ping, &data),
             Message::Pong(data) => self.push(OpCode::Pong, &data),
@@ -568,6 +578,22 @@ impl Session {
     fn push(&mut self, opcode: OpCode, payload: &[u8]) {
         let key = self.key();
         self.out.push_frame(true, opcode, payload, key);
+    }
+
+    /// A data message, compressed when permessage-deflate was agreed and
+    /// it is large enough to gain.
+    fn push_data(&mut self, opcode: OpCode, payload: &bytes::Bytes) {
+        if let Some(deflate) = self
+            .decoder
+            .deflate
+            .as_mut()
+            .filter(|d| d.wants(payload.len()))
+        {
+            let compressed = deflate.compress(payload);
+            let key = self.key();
+            return self.out.push_compressed(opcode, compressed, key);
+        }
+        self.push_shared(opcode, payload);
     }
 
     fn push_shared(&mut self, opcode: OpCode, payload: &bytes::Bytes) {

@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::Message;
 
+use super::deflate::Deflate;
 use super::utf8::Utf8Check;
 use super::{mask, CodecError, OpCode};
 
@@ -29,6 +30,8 @@ use super::{mask, CodecError, OpCode};
 #[derive(Debug, Clone, Copy)]
 struct Head {
     fin: bool,
+    /// RSV1 on the first frame of a message: permessage-deflate.
+    compressed: bool,
     opcode: OpCode,
     key: Option<[u8; 4]>,
     header_len: usize,
@@ -50,6 +53,8 @@ struct Forwarding {
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// Its first frame had RSV1: the whole message is compressed.
+    compressed: bool,
     /// The payload so far (empty when forwarding: nothing is kept).
     data: BytesMut,
     /// Payload bytes so far.
@@ -95,6 +100,9 @@ pub(crate) struct Decoder {
     fragments: Option<Box<Fragments>>,
     /// The text message in progress (single frame or fragmented).
     utf8: Utf8Check,
+    /// permessage-deflate, when negotiated: RSV1 marks compressed
+    /// messages, inflated here; the session compresses with it too.
+    pub(crate) deflate: Option<Box<Deflate>>,
 }
 
 impl Decoder {
@@ -111,6 +119,7 @@ impl Decoder {
             pending_error: None,
             fragments: None,
             utf8: Utf8Check::default(),
+            deflate: None,
         }
     }
 
@@ -278,6 +287,8 @@ impl Decoder {
             OpCode::Text | OpCode::Binary if !head.fin => {
                 self.fragments = Some(Box::new(Fragments {
                     text,
+                    // A relay has no deflate: RSV1 never passes its checks.
+                    compressed: false,
                     data: BytesMut::new(),
                     len: head.payload_len,
                 }));
@@ -310,12 +321,21 @@ impl Decoder {
         if let Some(key) = head.key {
             mask::apply(piece, key, head.seen);
         }
-        if self.is_text(head.opcode) {
+        // Compressed text is checked once inflated.
+        if self.is_text(head.opcode) && !self.is_compressed(&head) {
             self.utf8.feed(piece).map_err(|_| CodecError::InvalidUtf8)?;
         }
         head.seen = available;
         self.head = Some(head);
         Ok(())
+    }
+
+    /// Whether the message `head` belongs to is compressed.
+    fn is_compressed(&self, head: &Head) -> bool {
+        match head.opcode {
+            OpCode::Continue => self.fragments.as_ref().is_some_and(|f| f.compressed),
+            _ => head.compressed,
+        }
     }
 
     fn is_text(&self, opcode: OpCode) -> bool {
@@ -366,10 +386,18 @@ impl Decoder {
                 max: self.max_frame,
             });
         }
-        if first & 0x70 != 0 {
+        let compressed = first & 0x40 != 0;
+        if first & 0x30 != 0 || (compressed && self.deflate.is_none()) {
             return Err(CodecError::Protocol(
                 "reserved bits set without an extension",
             ));
+        }
+        if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(CodecError::Protocol(if opcode.is_control() {
+                "RSV1 on a control frame"
+            } else {
+                "RSV1 on a continuation frame"
+            }));
         }
         if masked != self.expect_masked {
             return Err(CodecError::Protocol(if masked {
@@ -420,6 +448,7 @@ impl Decoder {
         });
         let head = Head {
             fin,
+            compressed,
             opcode,
             key,
             header_len,
@@ -436,14 +465,23 @@ impl Decoder {
             OpCode::Pong => Ok(Some(Message::Pong(payload))),
             OpCode::Close => close_message(payload).map(Some),
             OpCode::Text | OpCode::Binary if head.fin => {
-                self.finish(head.opcode == OpCode::Text, payload).map(Some)
+                let text = head.opcode == OpCode::Text;
+                if head.compressed {
+                    return self.finish_compressed(text, &payload).map(Some);
+                }
+                self.finish(text, payload).map(Some)
             }
             OpCode::Text | OpCode::Binary => {
                 let mut data = BytesMut::with_capacity(payload.len().max(64));
                 data.extend_from_slice(&payload);
                 let text = head.opcode == OpCode::Text;
                 let len = data.len();
-                self.fragments = Some(Box::new(Fragments { text, data, len }));
+                self.fragments = Some(Box::new(Fragments {
+                    text,
+                    compressed: head.compressed,
+                    data,
+                    len,
+                }));
                 Ok(None)
             }
             OpCode::Continue => {
@@ -460,10 +498,33 @@ impl Decoder {
                 let Some(done) = self.fragments.take() else {
                     return Ok(None);
                 };
-                let Fragments { text, data, .. } = *done;
+                let Fragments {
+                    text,
+                    compressed,
+                    data,
+                    ..
+                } = *done;
+                if compressed {
+                    return self.finish_compressed(text, &data).map(Some);
+                }
                 self.finish(text, data.freeze()).map(Some)
             }
         }
+    }
+
+    /// A compressed message's payload, inflated within `max_message` and,
+    /// for text, checked.
+    fn finish_compressed(&mut self, text: bool, payload: &[u8]) -> Result<Message, CodecError> {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(CodecError::Protocol(
+                "reserved bits set without an extension",
+            ));
+        };
+        let data = deflate.decompress(payload, self.max_message)?;
+        if text {
+            self.utf8.feed(&data).map_err(|_| CodecError::InvalidUtf8)?;
+        }
+        self.finish(text, data.freeze())
     }
 
     fn finish(&mut self, text: bool, data: Bytes) -> Result<Message, CodecError> {

@@ -113,6 +113,24 @@ impl Outgoing {
         self.queue.push_back(payload.clone());
     }
 
+    /// Appends one whole message compressed by permessage-deflate: RSV1
+    /// set, the payload queued without a copy when large and unmasked.
+    pub(crate) fn push_compressed(&mut self, opcode: OpCode, payload: Bytes, key: Option<[u8; 4]>) {
+        let first = 0x80 | 0x40 | opcode as u8;
+        if self.mid_frame {
+            return self.held().push_raw_frame(first, &payload, key);
+        }
+        if key.is_some() || payload.len() < ZERO_COPY_FROM {
+            return self.push_raw_frame(first, &payload, key);
+        }
+        let mut head = [0u8; 14];
+        let n = encode_head(&mut head, true, opcode as u8, payload.len(), None);
+        head[0] = first;
+        self.tail().extend_from_slice(&head[..n]);
+        self.seal_tail();
+        self.queue.push_back(payload);
+    }
+
     /// Appends a frame whose first byte (FIN, RSV bits, opcode) is given
     /// as is, reserved bits and opcodes included: for tests and tools that
     /// craft frames.

@@ -20,6 +20,7 @@
 //! code moves between the two unchanged.
 
 pub(crate) mod decode;
+pub(crate) mod deflate;
 pub(crate) mod encode;
 pub(crate) mod mask;
 pub(crate) mod utf8;

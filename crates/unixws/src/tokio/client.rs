@@ -74,7 +74,7 @@ impl ClientBuilder {
             Ok(Ok(pair)) => pair,
         };
         let AsyncHeadReader { socket, head } = ws.into_inner();
-        let session = self.session_after(head);
+        let session = self.session_after(head, &response)?;
         let info = self.response_info(peer, &response);
         Ok(Connection::new(socket, session, info))
     }

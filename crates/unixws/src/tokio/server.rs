@@ -340,6 +340,7 @@ async fn upgrade<T: Send + 'static>(
     };
     let AsyncHeadReader { socket, head } = ws.into_inner();
     let session = Session::new(Role::Server, core.limits.clone(), None, Instant::now())
+        .with_compression(accepted.compression)
         .with_initial(&head.into_tail());
     let (info, slot) = accepted.into_info(peer, core.rules.address.clone());
     core.upgraded(started.into_std());

@@ -12,10 +12,11 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::Role;
 
+use crate::codec::deflate::Agreed;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
-use crate::handshake::{application_headers, handshake_config, HeadBuffer};
+use crate::handshake::{accept_compression, application_headers, handshake_config, HeadBuffer};
 use crate::peer::Peer;
 use crate::session::Session;
 use crate::tokio::io::{AsyncHeadReader, AsyncSocket};
@@ -41,14 +42,20 @@ impl Connection {
         let peer = peer_of(&socket)?;
         let reader = AsyncHeadReader::new(socket, HeadBuffer::new(limits.max_header_bytes));
         let seen: Mutex<Option<ConnectionInfo>> = Mutex::new(None);
+        let agreed: Mutex<Option<Agreed>> = Mutex::new(None);
+        let compression = limits.compression;
         let max_headers = limits.max_headers;
         #[allow(clippy::result_large_err)]
-        let callback = |request: &Request, response: Response| {
+        let callback = |request: &Request, mut response: Response| {
             if request.headers().len() > max_headers {
                 let mut refusal = ErrorResponse::new(Some("too many header lines\n".into()));
                 *refusal.status_mut() =
                     tungstenite::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                 return Err(refusal);
+            }
+            if compression {
+                *agreed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    accept_compression(request, &mut response);
             }
             *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(ConnectionInfo {
                 address: None,
@@ -84,7 +91,9 @@ impl Connection {
                 )
             })?;
         let AsyncHeadReader { socket, head } = ws.into_inner();
+        let agreed = agreed.into_inner().unwrap_or_else(PoisonError::into_inner);
         let session = Session::new(Role::Server, Arc::new(limits), None, Instant::now())
+            .with_compression(agreed)
             .with_initial(&head.into_tail());
         Ok(Connection::new(socket, session, info))
     }
@@ -107,9 +116,15 @@ impl Connection {
     ) -> Result<Connection> {
         let socket = socket.into();
         let peer = peer_of(&socket)?;
-        let request = request
+        let mut request = request
             .into_client_request()
             .map_err(|e| failed(&peer, e))?;
+        if limits.compression {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                tungstenite::http::HeaderValue::from_static(crate::codec::deflate::NAME),
+            );
+        }
         let (path, query) = (
             request.uri().path().to_string(),
             request.uri().query().map(str::to_string),
@@ -136,7 +151,15 @@ impl Connection {
             subprotocol,
         };
         let AsyncHeadReader { socket, head } = ws.into_inner();
+        let agreed =
+            crate::client::client_compression(limits.compression, &response).map_err(|detail| {
+                Error::BadExtension {
+                    addr: info.peer.to_string(),
+                    detail,
+                }
+            })?;
         let session = Session::new(Role::Client, Arc::new(limits), None, Instant::now())
+            .with_compression(agreed)
             .with_initial(&head.into_tail());
         Ok(Connection::new(socket, session, info))
     }
