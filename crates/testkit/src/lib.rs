@@ -668,24 +668,54 @@ pub struct Tap {
 impl Tap {
     /// Listens on `listen` for one connection and relays it to `backend`.
     pub fn start(listen: &Path, backend: &Path) -> Tap {
-        use std::sync::{Arc, Mutex};
         let listener = std::os::unix::net::UnixListener::bind(listen)
             .unwrap_or_else(|e| panic!("tap on {}: {e}", listen.display()));
         let backend = backend.to_path_buf();
+        Tap::run(
+            |s: &std::os::unix::net::UnixStream| s.shutdown(std::net::Shutdown::Write),
+            move || {
+                let (client, _) = listener.accept().ok()?;
+                let server = std::os::unix::net::UnixStream::connect(&backend).ok()?;
+                let halves = (client.try_clone().ok()?, server.try_clone().ok()?);
+                Some(((client, halves.1), (server, halves.0)))
+            },
+        )
+    }
+
+    /// [`start`](Tap::start) on TCP: listens on a free loopback port (the
+    /// one returned) and relays one connection to `backend`.
+    pub fn start_tcp(backend: std::net::SocketAddr) -> (Tap, u16) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a tap port");
+        let port = listener.local_addr().expect("the tap's port").port();
+        let tap = Tap::run(
+            |s: &std::net::TcpStream| s.shutdown(std::net::Shutdown::Write),
+            move || {
+                let (client, _) = listener.accept().ok()?;
+                let server = std::net::TcpStream::connect(backend).ok()?;
+                let halves = (client.try_clone().ok()?, server.try_clone().ok()?);
+                Some(((client, halves.1), (server, halves.0)))
+            },
+        );
+        (tap, port)
+    }
+
+    /// Accepts with `accept` (the client's and the server's sockets, each
+    /// paired with the one its bytes go to) and copies both ways.
+    fn run<S, F>(shutdown: fn(&S) -> std::io::Result<()>, accept: F) -> Tap
+    where
+        S: std::io::Read + std::io::Write + Send + 'static,
+        F: FnOnce() -> Option<((S, S), (S, S))> + Send + 'static,
+    {
+        use std::sync::{Arc, Mutex};
         let upstream: Arc<Mutex<Vec<u8>>> = Arc::default();
         let downstream: Arc<Mutex<Vec<u8>>> = Arc::default();
         let (up, down) = (upstream.clone(), downstream.clone());
         std::thread::spawn(move || {
-            let Ok((client, _)) = listener.accept() else {
+            let Some((client_to_server, server_to_client)) = accept() else {
                 return;
             };
-            let server =
-                std::os::unix::net::UnixStream::connect(&backend).expect("the tap's backend");
-            let pipe = |mut from: std::os::unix::net::UnixStream,
-                        mut to: std::os::unix::net::UnixStream,
-                        log: Arc<Mutex<Vec<u8>>>| {
+            let pipe = |(mut from, mut to): (S, S), log: Arc<Mutex<Vec<u8>>>| {
                 std::thread::spawn(move || {
-                    use std::io::{Read, Write};
                     let mut buf = [0u8; 64 << 10];
                     while let Ok(n) = from.read(&mut buf) {
                         if n == 0 || to.write_all(&buf[..n]).is_err() {
@@ -693,15 +723,11 @@ impl Tap {
                         }
                         log.lock().expect("tap log").extend_from_slice(&buf[..n]);
                     }
-                    let _ = to.shutdown(std::net::Shutdown::Write);
+                    let _ = shutdown(&to);
                 })
             };
-            let a = pipe(
-                client.try_clone().expect("dup"),
-                server.try_clone().expect("dup"),
-                up,
-            );
-            let b = pipe(server, client, down);
+            let a = pipe(client_to_server, up);
+            let b = pipe(server_to_client, down);
             let _ = (a.join(), b.join());
         });
         Tap {

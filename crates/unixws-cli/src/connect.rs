@@ -67,6 +67,11 @@ pub struct Args {
     #[arg(long)]
     reconnect: bool,
 
+    /// Offer permessage-deflate; if the server accepts, messages of 1 KiB
+    /// or more go out compressed.
+    #[arg(long)]
+    compress: bool,
+
     /// Send LINE first on every connection, before stdin (repeatable):
     /// authentication, subscriptions.
     #[arg(long = "init", value_name = "LINE")]
@@ -78,6 +83,9 @@ pub fn run(args: Args) -> CliResult {
     let mut builder = ClientBuilder::new(args.url.as_str())
         .map_err(|e| e.to_string())?
         .retry(RetryPolicy::attempts(args.retry));
+    if args.compress {
+        builder = builder.limits(unixws::Limits::default().compression(true));
+    }
     if let Some(t) = args.timeout {
         builder = builder.connect_timeout(t).handshake_timeout(t);
     }

@@ -53,6 +53,11 @@ pub struct Args {
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
 
+    /// Accept permessage-deflate offers from clients (browsers) on the
+    /// listening side; the backend hop stays uncompressed.
+    #[arg(long)]
+    compress: bool,
+
     #[command(flatten)]
     observe: observe::Observe,
 }
@@ -65,6 +70,7 @@ pub fn run(args: Args) -> CliResult {
 async fn proxy(args: Args) -> CliResult {
     let mut listen_limits = Limits::default();
     listen_limits.max_connections = args.max_connections;
+    listen_limits.compression = args.compress;
     let mut backend_limits = Limits::default();
     if let Some(t) = args.timeout {
         backend_limits.connect_timeout = t;

@@ -132,6 +132,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     drain_timeout: Option<Duration>,
 
+    /// Accept permessage-deflate offers: messages of 1 KiB or more go out
+    /// compressed. Rarely pays over a Unix socket; see BENCHMARKS.md.
+    #[arg(long)]
+    compress: bool,
+
     #[command(flatten)]
     observe: observe::Observe,
 }
@@ -154,6 +159,7 @@ impl Args {
         if let Some(t) = self.drain_timeout {
             limits.drain_timeout = t;
         }
+        limits.compression = self.compress;
         limits
     }
 

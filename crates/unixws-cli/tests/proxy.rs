@@ -378,7 +378,11 @@ fn nginx_in_front_of_unixws_serve_round_trips_messages() {
 }
 
 /// Serves the browser test's page, and takes the page's report.
-fn page_server(ws_url: String, messages: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
+fn page_server(
+    ws_url: String,
+    messages: usize,
+    prefix: &str,
+) -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -387,7 +391,7 @@ fn page_server(ws_url: String, messages: usize) -> (u16, std::sync::mpsc::Receiv
         r#"<!doctype html><html><body><pre id="out"></pre><script>
 const got = [];
 const ws = new WebSocket("{ws_url}");
-ws.onopen = () => {{ for (let i = 0; i < {messages}; i++) ws.send("browser message " + i); }};
+ws.onopen = () => {{ for (let i = 0; i < {messages}; i++) ws.send("{prefix}" + i); }};
 ws.onmessage = (e) => {{
   got.push(e.data);
   document.getElementById("out").textContent = got.join("\n");
@@ -449,17 +453,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[test]
-fn headless_chromium_talks_to_a_unix_socket_backend_through_the_proxy() {
-    const MESSAGES: usize = 50;
+/// Headless Chromium on the page of `page_port`, until the page reports.
+fn run_browser(
+    dir: &Path,
+    page_port: u16,
+    reports: &std::sync::mpsc::Receiver<String>,
+) -> Vec<String> {
     let chromium = tool("chromium");
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("app.sock");
-    let _backend = echo_backend(&sock);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _proxy = proxy(&listen, &format!("ws+unix://{}", sock.display()), &[]);
-    let (page_port, reports) = page_server(format!("ws://{listen}/browser"), MESSAGES);
-    let profile = dir.path().join("profile");
+    let profile = dir.join("profile");
     let mut cmd = Command::new(chromium);
     cmd.args([
         "--headless",
@@ -477,11 +478,116 @@ fn headless_chromium_talks_to_a_unix_socket_backend_through_the_proxy() {
     let report = reports
         .recv_timeout(Duration::from_secs(60))
         .expect("the page reported back within 60 s");
-    let got: Vec<String> = serde_like_parse(&percent_decode(&report));
+    serde_like_parse(&percent_decode(&report))
+}
+
+#[test]
+fn headless_chromium_talks_to_a_unix_socket_backend_through_the_proxy() {
+    const MESSAGES: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _backend = echo_backend(&sock);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _proxy = proxy(&listen, &format!("ws+unix://{}", sock.display()), &[]);
+    let (page_port, reports) = page_server(
+        format!("ws://{listen}/browser"),
+        MESSAGES,
+        "browser message ",
+    );
+    let got = run_browser(dir.path(), page_port, &reports);
     let want: Vec<String> = (0..MESSAGES)
         .map(|i| format!("browser message {i}"))
         .collect();
     assert_eq!(got, want, "every message came back, in order");
+}
+
+/// Data frames among the first bytes `firsts`, and how many have RSV1.
+fn rsv1_count(firsts: &[u8]) -> (usize, usize) {
+    let data: Vec<u8> = firsts.iter().copied().filter(|f| f & 0x0f <= 2).collect();
+    let compressed = data.iter().filter(|f| *f & 0x40 != 0).count();
+    (data.len(), compressed)
+}
+
+/// `proxy --compress` in front of an uncompressed backend, with a byte tap
+/// on each hop: (TCP tap's port, TCP tap, Unix tap), and the processes.
+fn compressing_proxy(dir: &Path) -> (u16, unixws_testkit::Tap, unixws_testkit::Tap, Vec<Process>) {
+    use unixws_testkit::Tap;
+    let sock = dir.join("app.sock");
+    let backend = echo_backend(&sock);
+    let hop = dir.join("hop.sock");
+    let unix_tap = Tap::start(&hop, &sock);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proxy = proxy(
+        &listen,
+        &format!("ws+unix://{}", hop.display()),
+        &["--compress"],
+    );
+    let (tcp_tap, tap_port) = Tap::start_tcp(([127, 0, 0, 1], port).into());
+    (tap_port, tcp_tap, unix_tap, vec![backend, proxy])
+}
+
+#[test]
+fn the_proxy_compresses_on_its_tcp_side_only() {
+    use unixws_testkit::Tap;
+    let dir = unixws_testkit::shared_tempdir();
+    let (port, tcp, unix, _processes) = compressing_proxy(dir.path());
+    let out = unixws_testkit::python("py_compress_client.py")
+        .arg(format!("ws://127.0.0.1:{port}/compressed"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("extensions ['permessage-deflate']"),
+        "{stdout}"
+    );
+    let (tcp_up, tcp_up_rsv1) = rsv1_count(&Tap::frames(&tcp.upstream));
+    let (tcp_down, tcp_down_rsv1) = rsv1_count(&Tap::frames(&tcp.downstream));
+    let (unix_up, unix_up_rsv1) = rsv1_count(&Tap::frames(&unix.upstream));
+    let (unix_down, unix_down_rsv1) = rsv1_count(&Tap::frames(&unix.downstream));
+    assert_eq!((tcp_up, tcp_down, unix_up, unix_down), (4, 4, 4, 4));
+    assert!(
+        tcp_up_rsv1 >= 3,
+        "Python compressed {tcp_up_rsv1} of 4 to the proxy"
+    );
+    assert_eq!(
+        tcp_down_rsv1, 3,
+        "the proxy compressed all but the short one"
+    );
+    assert_eq!(
+        (unix_up_rsv1, unix_down_rsv1),
+        (0, 0),
+        "the backend hop is uncompressed"
+    );
+}
+
+#[test]
+fn headless_chromium_gets_compressed_frames_through_the_proxy() {
+    use unixws_testkit::Tap;
+    const MESSAGES: usize = 20;
+    let dir = unixws_testkit::shared_tempdir();
+    let (port, tcp, unix, _processes) = compressing_proxy(dir.path());
+    let prefix = format!("compressible {} ", "abcdefgh".repeat(200));
+    let (page_port, reports) =
+        page_server(format!("ws://127.0.0.1:{port}/browser"), MESSAGES, &prefix);
+    let got = run_browser(dir.path(), page_port, &reports);
+    let want: Vec<String> = (0..MESSAGES).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(got, want, "every message came back, in order");
+    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tcp.upstream));
+    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tcp.downstream));
+    assert_eq!((up, down), (MESSAGES, MESSAGES));
+    assert_eq!(
+        (up_rsv1, down_rsv1),
+        (MESSAGES, MESSAGES),
+        "compressed both ways on TCP"
+    );
+    let (_, unix_rsv1) = rsv1_count(&Tap::frames(&unix.upstream));
+    assert_eq!(unix_rsv1, 0, "the backend hop is uncompressed");
 }
 
 /// Parses the page's JSON array of plain strings (no escapes in them).

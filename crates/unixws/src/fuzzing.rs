@@ -260,6 +260,8 @@ fn forward_agrees(
     in_pieces(stream, cuts, |buf| loop {
         match decoder.forward(buf) {
             Ok(Some(Forward::Data { bytes, .. })) => passed.extend_from_slice(&bytes),
+            // Only a relay that re-frames hands out messages; this one does not.
+            Ok(Some(Forward::Message(_))) => unreachable!("the decoder forwards frames"),
             Ok(Some(Forward::Control(message))) => {
                 let close = matches!(message, Message::Close(_));
                 controls.push(message);

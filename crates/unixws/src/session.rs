@@ -87,6 +87,9 @@ pub(crate) struct Session {
     pub(crate) deferred_close: Option<(u16, &'static str)>,
     /// A server connection's counts (boxed: clients have none).
     tally: Option<Box<Tally>>,
+    /// `next_forward` hands out whole messages: a relay whose sides do not
+    /// both speak the same framing (one compresses) re-frames them.
+    pub(crate) relay_messages: bool,
     /// The peer broke the protocol: its input is discarded from now on.
     failed: bool,
     /// Our write side was shut down after the close frame of a failure.
@@ -115,6 +118,7 @@ impl Session {
             hold_close_reply: false,
             deferred_close: None,
             tally: None,
+            relay_messages: false,
             failed: false,
             write_shut: false,
         }
@@ -134,6 +138,11 @@ impl Session {
         } else {
             self.now
         }
+    }
+
+    /// True when permessage-deflate was agreed.
+    pub(crate) fn is_compressed(&self) -> bool {
+        self.decoder.deflate.is_some()
     }
 
     /// permessage-deflate, as the handshake agreed (`None`: not used).
@@ -278,6 +287,12 @@ impl Session {
     /// checked bytes of its frames, to pass on as they are (see
     /// `Decoder::forward`), a large frame in pieces as it arrives.
     pub(crate) fn next_forward(&mut self) -> Result<Option<Forward>, CodecError> {
+        if self.relay_messages {
+            return Ok(self.next_message()?.map(|m| match m {
+                Message::Text(_) | Message::Binary(_) => Forward::Message(m),
+                control => Forward::Control(control),
+            }));
+        }
         if self.failed {
             self.read.clear();
             return Ok(None);

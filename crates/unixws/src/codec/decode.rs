@@ -80,6 +80,10 @@ pub(crate) enum Forward {
     },
     /// A control frame, decoded.
     Control(Message),
+    /// A whole data message, decoded (and inflated): a relay that
+    /// compresses on one side re-frames its messages
+    /// (`Session::relay_messages`).
+    Message(Message),
 }
 
 /// Decodes the frames of one direction of one connection.

@@ -592,6 +592,18 @@ impl Connection {
 
     /// For relays: a forwarded frame is not whole yet on this connection,
     /// so no close frame can be sent until it is.
+    pub(crate) fn is_compressed(&mut self) -> bool {
+        self.state().session.is_compressed()
+    }
+
+    /// For relays: hand out whole messages instead of frames as they came
+    /// (see `Session::relay_messages`).
+    pub(crate) fn relay_messages(&mut self) {
+        self.state().session.relay_messages = true;
+    }
+
+    /// For relays: a forwarded frame is not whole yet on this connection,
+    /// so no close frame can be sent until it is.
     pub(crate) fn output_mid_frame(&mut self) -> bool {
         self.state().session.out.is_mid_frame()
     }

@@ -262,7 +262,13 @@ fn poll_step(
 /// as it streams in); pings and pongs are relayed as messages, so that
 /// each hop answers its own.
 async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
+    // A side that compresses cannot take the other's frames as they came:
+    // both then relay whole messages, each framed (and compressed) anew.
+    let reframe = client.is_compressed() || backend.is_compressed();
     for side in [&mut client, &mut backend] {
+        if reframe {
+            side.relay_messages();
+        }
         side.receive_control_frames(true);
         side.defer_error_close();
         side.read_past_output();
@@ -298,6 +304,7 @@ async fn relay(mut client: Connection, mut backend: Connection) -> Result<()> {
                 frame_done,
                 messages,
             }) => to.forward(bytes, frame_done, messages)?,
+            Some(Forward::Message(message)) => to.queue(message)?,
             Some(Forward::Control(message)) => {
                 let (ours, theirs) = by_side(side, &mut from_client, &mut from_backend);
                 if let Some(message) = ours.pass(message, theirs) {
@@ -400,18 +407,18 @@ async fn pass_close(from: &mut Connection, to: &mut Connection) -> Result<()> {
 async fn deliver_rest(source: &mut Connection, dest: &mut Connection) -> Result<bool> {
     let mut taking = true;
     while let Some(relayed) = source.recv_forward().await? {
-        if let (
-            true,
+        if !taking {
+            continue;
+        }
+        taking = match relayed {
             Forward::Data {
                 bytes,
                 frame_done,
                 messages,
-            },
-        ) = (taking, relayed)
-        {
-            taking =
-                dest.forward(bytes, frame_done, messages).is_ok() && dest.flush().await.is_ok();
-        }
+            } => dest.forward(bytes, frame_done, messages).is_ok(),
+            Forward::Message(message) => dest.queue(message).is_ok(),
+            Forward::Control(_) => continue,
+        } && dest.flush().await.is_ok();
     }
     Ok(taking)
 }
