@@ -8,7 +8,12 @@
 //! ./target/release/examples/idle_memory                 # unixws serve --echo, 10,000 connections
 //! ./target/release/examples/idle_memory --server node   # Node `ws` (installed by scripts/test)
 //! ./target/release/examples/idle_memory --server python --connections 5000
+//! ./target/release/examples/idle_memory --compress      # permessage-deflate, contexts kept
 //! ```
+//!
+//! With `--compress`, every connection negotiates permessage-deflate with
+//! context takeover and its message goes compressed both ways, so the
+//! server holds a compressor and a decompressor per connection.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,15 +27,21 @@ const BURST: usize = 50;
 struct Options {
     server: String,
     connections: usize,
+    compress: bool,
 }
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
         server: "unixws".into(),
         connections: 10_000,
+        compress: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--compress" {
+            o.compress = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--server" => o.server = value,
@@ -41,7 +52,7 @@ fn options() -> Result<Options, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --server unixws|node|python and --connections N"
+                    "unknown flag {flag}; use --server unixws|node|python, --connections N and --compress"
                 ))
             }
         }
@@ -53,7 +64,12 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn start_server(kind: &str, sock: &Path, connections: usize) -> Result<Child, String> {
+fn start_server(
+    kind: &str,
+    sock: &Path,
+    connections: usize,
+    compress: bool,
+) -> Result<Child, String> {
     let interop = repo_root().join(".interop");
     let mut cmd = match kind {
         "unixws" => {
@@ -77,6 +93,9 @@ fn start_server(kind: &str, sock: &Path, connections: usize) -> Result<Child, St
                 "0",
             ])
             .arg(sock);
+            if compress {
+                c.arg("--compress");
+            }
             c
         }
         "node" => {
@@ -129,7 +148,7 @@ async fn main() -> Result<(), String> {
     raise_nofile(o.connections as u64 * 2 + 1024);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let sock = dir.path().join("idle.sock");
-    let mut server = start_server(&o.server, &sock, o.connections)?;
+    let mut server = start_server(&o.server, &sock, o.connections, o.compress)?;
     let started = Instant::now();
     while !sock.exists() {
         if started.elapsed() > Duration::from_secs(30) {
@@ -141,6 +160,8 @@ async fn main() -> Result<(), String> {
     // One connection first, so that lazily created state is in the baseline.
     let mut limits = Limits::default();
     limits.ping_interval = None;
+    limits.compression = o.compress;
+    limits.compression_threshold = 0;
     let builder = ClientBuilder::new(&sock)
         .map_err(|e| e.to_string())?
         .limits(limits)
@@ -177,8 +198,8 @@ async fn main() -> Result<(), String> {
     let after = rss_kib(server.id())?;
     let per = (after.saturating_sub(before)) as f64 / o.connections as f64;
     println!(
-        "server={} connections={} rss_before={}KiB rss_after={}KiB per_connection={:.2}KiB",
-        o.server, o.connections, before, after, per
+        "server={} compress={} connections={} rss_before={}KiB rss_after={}KiB per_connection={:.2}KiB",
+        o.server, o.compress, o.connections, before, after, per
     );
     drop(conns);
     drop(warm);

@@ -16,6 +16,7 @@
 //! [`units`] parses sizes and durations for these flags and the CLI's.
 
 mod clients;
+mod compress;
 mod load;
 mod raw_echo;
 mod report;
@@ -91,6 +92,10 @@ pub struct Args {
     /// Leave out the rows of the unixws blocking and tokio clients
     #[arg(long)]
     no_clients: bool,
+    /// Also measure permessage-deflate: messages/s and bytes on the wire
+    /// for JSON-like text and random bytes, with and without compression
+    #[arg(long)]
+    compress: bool,
     /// Run everything N times, servers interleaved, and report the median
     #[arg(long, default_value_t = 1, value_name = "N")]
     repeat: usize,
@@ -366,6 +371,15 @@ pub fn run(args: Args) -> Result<(), String> {
     progress.finish_and_clear();
     let report = report::Report::new(&results, &servers, &transports, duration, args.repeat);
     print!("{}", report.table());
+    if args.compress {
+        match compress::run(&transports, duration, dir.path()) {
+            Ok(table) => print!("{table}"),
+            Err(e) => {
+                eprintln!("unixws bench: compression: {e}");
+                failures.push(format!("compression: {e}"));
+            }
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, report.json(args.peers, &locations).to_string())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -53,8 +53,9 @@ pub struct Args {
     #[arg(long = "allow-gid", value_name = "GID")]
     allow_gid: Vec<String>,
 
-    /// Accept permessage-deflate offers from clients (browsers) on the
-    /// listening side; the backend hop stays uncompressed.
+    /// Negotiate permessage-deflate on the proxy's TCP sides (clients of a
+    /// TCP listener such as browsers, a ws:// backend); Unix-socket hops
+    /// stay uncompressed, where a copy is cheaper than deflate.
     #[arg(long)]
     compress: bool,
 
@@ -70,12 +71,17 @@ pub fn run(args: Args) -> CliResult {
 async fn proxy(args: Args) -> CliResult {
     let mut listen_limits = Limits::default();
     listen_limits.max_connections = args.max_connections;
-    listen_limits.compression = args.compress;
+    let tcp = |addr: &str| {
+        unixws::ToAddress::to_address(addr)
+            .is_ok_and(|a| matches!(a.endpoint(), unixws::Endpoint::Tcp { .. }))
+    };
+    listen_limits.compression = args.compress && tcp(&args.listen);
     let mut backend_limits = Limits::default();
     if let Some(t) = args.timeout {
         backend_limits.connect_timeout = t;
         backend_limits.handshake_timeout = t;
     }
+    backend_limits.compression = args.compress && tcp(&args.to);
     let policy = runtime::policy(&args.allow_uid, &args.allow_gid)?;
     let mut bind = BindOptions::new();
     bind.mode = args.mode;

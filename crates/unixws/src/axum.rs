@@ -70,6 +70,7 @@ use tungstenite::protocol::Role;
 
 use crate::addr::{Address, ToAddress};
 use crate::backoff::AcceptBackoff;
+use crate::codec::deflate::Agreed;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
@@ -348,6 +349,10 @@ pub struct WebSocketUpgrade {
     headers: HeaderMap,
     offered: Vec<String>,
     subprotocol: Option<String>,
+    /// The request's `Sec-WebSocket-Extensions` values (permessage-deflate
+    /// offers, answered when the limits ask for compression).
+    extensions: Vec<String>,
+    compression: Option<Agreed>,
     limits: Limits,
     shutdown: Option<Shutdown>,
 }
@@ -418,6 +423,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             .flat_map(|v| v.split(','))
             .map(|p| p.trim().to_string())
             .collect();
+        let extensions = headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
         let headers = application_headers(headers);
         let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return Err(reject(
@@ -433,6 +443,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             headers,
             offered,
             subprotocol: None,
+            extensions,
+            compression: None,
             limits: Limits::default(),
             shutdown: parts.extensions.get::<Shutdown>().cloned(),
         })
@@ -440,7 +452,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
 }
 
 impl WebSocketUpgrade {
-    /// The limits and timeouts of the connection (default: [`Limits::default`]).
+    /// The limits and timeouts of the connection (default:
+    /// [`Limits::default`]); with [`Limits::compression`], a
+    /// permessage-deflate offer is accepted.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -464,7 +478,7 @@ impl WebSocketUpgrade {
     /// Answers 101 and runs `handler` on the connection in a task of its
     /// own. A handler that fails closes its connection with 1011, as
     /// unixws's servers do; one that returns leaves it to close with 1000.
-    pub fn on_upgrade<H, F>(self, handler: H) -> Response
+    pub fn on_upgrade<H, F>(mut self, handler: H) -> Response
     where
         H: FnOnce(Connection) -> F + Send + 'static,
         F: Future<Output = HandlerResult> + Send + 'static,
@@ -481,6 +495,15 @@ impl WebSocketUpgrade {
             .and_then(|p| HeaderValue::from_str(p).ok())
         {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+        if self.limits.compression {
+            let offers = self.extensions.iter().map(String::as_str);
+            if let Some((agreed, answer)) = crate::codec::deflate::server_accept(offers) {
+                if let Ok(v) = HeaderValue::from_str(&answer) {
+                    headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+                    self.compression = Some(agreed);
+                }
+            }
         }
         // Counted from the 101 on, so a drain that starts meanwhile waits.
         let slot = self
@@ -534,6 +557,7 @@ impl WebSocketUpgrade {
             subprotocol: self.subprotocol,
         };
         let session = Session::new(Role::Server, Arc::new(self.limits), None, Instant::now())
+            .with_compression(self.compression)
             .with_initial(&read_ahead);
         let conn = Connection::new(socket, session, info);
         Some(match (self.shutdown, slot) {

@@ -413,3 +413,65 @@ pub fn serve_bytes(first: &[u8], then: &[u8]) -> Vec<u8> {
     let _ = writer.join();
     reader.join().unwrap_or_default()
 }
+
+/// The inflate path (permessage-deflate), three ways over one input: its
+/// first byte picks the agreement (context takeover each way, our window),
+/// the rest is
+///
+/// 1. a compressed payload from a peer: inflating it must not panic and
+///    must stay within the limit;
+/// 2. a message: compressed and inflated again, twice on the same
+///    contexts (takeover), it must come back unchanged;
+/// 3. frames from a client that negotiated compression: the decoder must
+///    not panic, and no message it hands out may pass `max_message`.
+pub fn inflate(input: &[u8]) -> Result<(), String> {
+    use crate::codec::deflate::{Agreed, Deflate};
+    const MAX: usize = 64 << 10;
+    let Some((&flags, rest)) = input.split_first() else {
+        return Ok(());
+    };
+    let agreed = Agreed {
+        we_reset: flags & 1 != 0,
+        our_window: 9 + (flags >> 1) % 7,
+        peer_resets: flags & 0x10 != 0,
+    };
+    if let Ok(out) = Deflate::new(agreed, 0).decompress(rest, MAX) {
+        if out.len() > MAX {
+            return Err(format!(
+                "inflated {} bytes past the limit of {MAX}",
+                out.len()
+            ));
+        }
+    }
+    let (mut tx, mut rx) = (Deflate::new(agreed, 0), Deflate::new(agreed, 0));
+    for round in 0..2 {
+        let wire = tx.compress(rest);
+        match rx.decompress(&wire, rest.len()) {
+            Ok(back) if back[..] == *rest => {}
+            Ok(back) => {
+                return Err(format!(
+                    "round {round}: {} bytes came back as {} different ones",
+                    rest.len(),
+                    back.len()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "round {round}: our own deflate did not inflate: {e}"
+                ))
+            }
+        }
+    }
+    let mut decoder = Decoder::new(Role::Server, 1 << 20, MAX);
+    decoder.deflate = Some(Box::new(Deflate::new(agreed, 0)));
+    let mut buf = BytesMut::from(rest);
+    while let Ok(Some(message)) = decoder.decode(&mut buf) {
+        if message.len() > MAX {
+            return Err(format!(
+                "a {}-byte message passed the limit of {MAX}",
+                message.len()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -141,6 +141,7 @@ impl Session {
     }
 
     /// True when permessage-deflate was agreed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn is_compressed(&self) -> bool {
         self.decoder.deflate.is_some()
     }

@@ -116,7 +116,7 @@ fn the_axum_example_tells_each_client_its_real_uid_and_pid_and_closes_with_1001_
 
 async fn greet(upgrade: WebSocketUpgrade, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
     upgrade
-        .limits(Limits::default().max_message_size(1024))
+        .limits(Limits::default().max_message_size(1024).compression(true))
         .on_upgrade(move |mut conn| async move {
             conn.send(Message::text(peer.to_string())).await?;
             while let Some(m) = conn.recv().await? {
@@ -186,6 +186,18 @@ fn an_axum_upgrade_keeps_unixws_limits_and_closes_with_1001_on_shutdown() {
     assert_eq!(big.recv().expect("a clean close"), None);
     assert_eq!(big.peer_close().map(|c| c.code), Some(CloseCode::Size));
 
+    // permessage-deflate, when the limits ask for it.
+    let mut deflating = unixws::ClientBuilder::new(url.as_str())
+        .expect("address")
+        .limits(Limits::default().compression(true).compression_threshold(0))
+        .connect()
+        .expect("connect");
+    let answer = deflating.info().headers.get("sec-websocket-extensions");
+    assert_eq!(answer.and_then(|v| v.to_str().ok()), Some("permessage-deflate"));
+    assert!(deflating.recv().expect("greeting").is_some());
+    unixws_testkit::assert_echo(&mut deflating, &"squeeze me ".repeat(50));
+    deflating.close(CloseCode::Normal, "").expect("close");
+
     // Shutdown: an open connection gets 1001 and the drain completes.
     let mut open = unixws::connect(url.as_str()).expect("connect");
     assert!(open.recv().expect("greeting").is_some());
@@ -200,7 +212,7 @@ fn an_axum_upgrade_keeps_unixws_limits_and_closes_with_1001_on_shutdown() {
         shutdown.stats()
     );
     assert_eq!(shutdown.stats().open, 0);
-    assert_eq!(shutdown.stats().upgraded, 2);
+    assert_eq!(shutdown.stats().upgraded, 3);
 }
 
 #[test]

@@ -115,3 +115,11 @@ fn codec_corpus_decodes_the_same_as_tungstenite() {
         }
     }
 }
+
+#[test]
+fn inflate_corpus_holds_its_properties() {
+    let inputs = corpus("inflate");
+    for (path, input) in &inputs {
+        unixws::fuzzing::inflate(input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
