@@ -38,7 +38,9 @@
 //!   unmasking, incremental UTF-8, fragments, close-code rules, payloads as
 //!   `Bytes` without a copy, batched and vectored output; and the relay's
 //!   forward mode (frames passed on as they arrived, large ones cut
-//!   through).
+//!   through); `codec::deflate`: permessage-deflate's negotiation and the
+//!   per-connection compressor and decompressor (inflate bounded by
+//!   `max_message_size`).
 //! - `session`: one connection's decisions: ping answers, close handshake,
 //!   peer-error close codes, keepalive and idle clocks (`keepalive`), slow
 //!   consumer.

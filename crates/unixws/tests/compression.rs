@@ -278,3 +278,54 @@ fn a_compressed_message_from_a_raw_client_is_inflated_and_answered_compressed() 
         assert_eq!(String::from_utf8(inflated).expect("text"), text);
     }
 }
+
+/// A server that answers the upgrade with `extensions` (a correct 101
+/// otherwise).
+fn answering_server(path: &Path, extensions: &'static str) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut key = String::new();
+        let mut reader = BufReader::new(s.try_clone().expect("dup"));
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(k) = line.to_ascii_lowercase().strip_prefix("sec-websocket-key:") {
+                // The key is case-sensitive: take it from the line as sent.
+                key = line[line.len() - k.len()..].trim().to_string();
+            }
+        }
+        let accept = unixws::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let _ = write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    });
+}
+
+#[test]
+fn a_client_fails_the_handshake_on_an_answer_it_did_not_offer() {
+    for (answer, offer) in [
+        ("permessage-deflate; client_max_window_bits=10", true),
+        ("permessage-deflate; bogus", true),
+        ("permessage-deflate", false),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("liar.sock");
+        answering_server(&path, answer);
+        let err = unixws::ClientBuilder::new(path.as_path())
+            .expect("address")
+            .limits(Limits::default().compression(offer))
+            .connect()
+            .expect_err("a wrong answer");
+        assert!(
+            matches!(err, unixws::Error::BadExtension { .. }),
+            "{answer}: {err}"
+        );
+        assert!(err.to_string().contains("Limits::compression"), "{err}");
+    }
+}
