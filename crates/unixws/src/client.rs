@@ -401,7 +401,7 @@ impl ClientBuilder {
         if self.limits.compression {
             headers.insert(
                 "Sec-WebSocket-Extensions",
-                HeaderValue::from_static(crate::codec::deflate::NAME),
+                HeaderValue::from_static(crate::codec::deflate::CLIENT_OFFER),
             );
         }
         if !self.subprotocols.is_empty() {

@@ -443,7 +443,13 @@ pub fn inflate(input: &[u8]) -> Result<(), String> {
             ));
         }
     }
-    let (mut tx, mut rx) = (Deflate::new(agreed, 0), Deflate::new(agreed, 0));
+    // The peer's view of the same agreement: what we reset, it sees reset.
+    let mirrored = Agreed {
+        we_reset: agreed.peer_resets,
+        our_window: 15,
+        peer_resets: agreed.we_reset,
+    };
+    let (mut tx, mut rx) = (Deflate::new(agreed, 0), Deflate::new(mirrored, 0));
     for round in 0..2 {
         let wire = tx.compress(rest);
         match rx.decompress(&wire, rest.len()) {

@@ -193,7 +193,10 @@ fn an_axum_upgrade_keeps_unixws_limits_and_closes_with_1001_on_shutdown() {
         .connect()
         .expect("connect");
     let answer = deflating.info().headers.get("sec-websocket-extensions");
-    assert_eq!(answer.and_then(|v| v.to_str().ok()), Some("permessage-deflate"));
+    assert_eq!(
+        answer.and_then(|v| v.to_str().ok()),
+        Some("permessage-deflate")
+    );
     assert!(deflating.recv().expect("greeting").is_some());
     unixws_testkit::assert_echo(&mut deflating, &"squeeze me ".repeat(50));
     deflating.close(CloseCode::Normal, "").expect("close");

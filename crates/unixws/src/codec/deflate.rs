@@ -118,10 +118,9 @@ fn parse_params<'a>(parts: impl Iterator<Item = &'a str>) -> Result<Params, Stri
     Ok(p)
 }
 
-// A client offers the bare name. It does not offer
-// `client_max_window_bits`: the server could then ask for a window of 8,
-// which zlib cannot compress with; without it the server decides nothing
-// about our window.
+/// What a client offers: the extension, and that the server may choose
+/// our window (`client_max_window_bits`).
+pub(crate) const CLIENT_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// The server's side: the first offer in `values` (the request's
 /// `Sec-WebSocket-Extensions` headers) it can accept, and the answer for
@@ -187,19 +186,21 @@ pub(crate) fn client_agreed<'a>(
             if agreed.is_some() {
                 return Err("the server answered with permessage-deflate twice".into());
             }
-            if p.client_max_window_bits.is_some() {
-                return Err(
-                    "the server answered with client_max_window_bits, which was not offered".into(),
-                );
+            if p.server_max_window_bits == Some(None) || p.client_max_window_bits == Some(None) {
+                return Err("the server answered with a window size without a value".into());
             }
-            if p.server_max_window_bits == Some(None) {
-                return Err(
-                    "the server answered with server_max_window_bits without a value".into(),
-                );
-            }
+            let our_window = match p.client_max_window_bits {
+                None => 15,
+                Some(Some(8)) => return Err(
+                    "the server asked for a window of 8 bits, smaller than zlib can compress with"
+                        .into(),
+                ),
+                Some(Some(n)) => n,
+                Some(None) => 15,
+            };
             agreed = Some(Agreed {
                 we_reset: p.client_no_context_takeover,
-                our_window: 15,
+                our_window,
                 peer_resets: p.server_no_context_takeover,
             });
         }
@@ -396,8 +397,17 @@ mod tests {
                 peer_resets: true
             }))
         );
+        assert_eq!(
+            client_agreed(
+                true,
+                ["permessage-deflate; client_max_window_bits=10"].into_iter()
+            )
+            .map(|a| a.map(|a| a.our_window)),
+            Ok(Some(10))
+        );
         for bad in [
-            "permessage-deflate; client_max_window_bits=10",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=8",
             "permessage-deflate, permessage-deflate",
             "x-unknown",
             "permessage-deflate; server_max_window_bits",

@@ -289,6 +289,7 @@ fn forward_all(
                     partial += usize::from(!frame_done);
                 }
                 Forward::Control(m) => controls.push(m),
+                Forward::Message(m) => panic!("the decoder forwards frames, not messages: {m:?}"),
             }
         }
     }

@@ -122,7 +122,7 @@ impl Connection {
         if limits.compression {
             request.headers_mut().insert(
                 "Sec-WebSocket-Extensions",
-                tungstenite::http::HeaderValue::from_static(crate::codec::deflate::NAME),
+                tungstenite::http::HeaderValue::from_static(crate::codec::deflate::CLIENT_OFFER),
             );
         }
         let (path, query) = (
