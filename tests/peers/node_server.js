@@ -4,7 +4,9 @@ const { WebSocketServer } = require('ws');
 
 const path = process.argv[2];
 const server = http.createServer();
-const wss = new WebSocketServer({ server, maxPayload: 64 << 20 });
+// WS_DEFLATE=1: accept permessage-deflate offers (tests/compression.rs).
+const perMessageDeflate = process.env.WS_DEFLATE === '1' ? { threshold: 0 } : false;
+const wss = new WebSocketServer({ server, maxPayload: 64 << 20, perMessageDeflate });
 wss.on('connection', (ws, req) => {
   console.log(`path ${req.url}`);
   ws.on('message', (data, isBinary) => {

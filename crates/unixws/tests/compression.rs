@@ -124,6 +124,34 @@ fn the_unixws_client_compresses_to_a_python_websockets_server() {
 }
 
 #[test]
+fn the_unixws_client_compresses_to_a_node_ws_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = dir.path().join("node.sock");
+    let front_path = dir.path().join("tap.sock");
+    let mut server = Process::spawn(node("node_server.js").arg(&backend).env("WS_DEFLATE", "1"));
+    server.wait_for_line("ready", Duration::from_secs(20));
+    let tap = Tap::start(&front_path, &backend);
+    let mut conn = unixws::ClientBuilder::new(front_path.as_path())
+        .expect("address")
+        .limits(compressing())
+        .connect()
+        .expect("connect");
+    let text = "{\"k\":\"compressible value\"},".repeat(200);
+    for message in [
+        Message::text(text.clone()),
+        Message::binary(text.clone().into_bytes()),
+    ] {
+        conn.send(message.clone()).expect("send");
+        assert_eq!(conn.recv().expect("recv"), Some(message));
+    }
+    conn.close(CloseCode::Normal, "").expect("close");
+    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
+    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
+    assert_eq!((up, up_rsv1), (2, 2), "the unixws client compressed both");
+    assert_eq!((down, down_rsv1), (2, 2), "Node compressed both");
+}
+
+#[test]
 fn compression_is_off_unless_asked_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = dir.path().join("echo.sock");
