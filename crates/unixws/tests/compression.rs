@@ -338,7 +338,8 @@ fn answering_server(path: &Path, extensions: &'static str) {
 #[test]
 fn a_client_fails_the_handshake_on_an_answer_it_did_not_offer() {
     for (answer, offer) in [
-        ("permessage-deflate; client_max_window_bits=10", true),
+        ("permessage-deflate; client_max_window_bits=8", true),
+        ("permessage-deflate; client_max_window_bits", true),
         ("permessage-deflate; bogus", true),
         ("permessage-deflate", false),
     ] {
