@@ -736,6 +736,15 @@ impl Tap {
         }
     }
 
+    /// Of the first bytes `firsts`: how many are data frames (text,
+    /// binary, continuation), and how many of those have RSV1
+    /// (permessage-deflate).
+    pub fn rsv1_count(firsts: &[u8]) -> (usize, usize) {
+        let data: Vec<u8> = firsts.iter().copied().filter(|f| f & 0x0f <= 2).collect();
+        let compressed = data.iter().filter(|f| *f & 0x40 != 0).count();
+        (data.len(), compressed)
+    }
+
     /// The first bytes of each whole frame one way, after the handshake.
     pub fn frames(log: &std::sync::Mutex<Vec<u8>>) -> Vec<u8> {
         let bytes = log.lock().expect("tap log").clone();

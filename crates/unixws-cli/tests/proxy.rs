@@ -501,13 +501,6 @@ fn headless_chromium_talks_to_a_unix_socket_backend_through_the_proxy() {
     assert_eq!(got, want, "every message came back, in order");
 }
 
-/// Data frames among the first bytes `firsts`, and how many have RSV1.
-fn rsv1_count(firsts: &[u8]) -> (usize, usize) {
-    let data: Vec<u8> = firsts.iter().copied().filter(|f| f & 0x0f <= 2).collect();
-    let compressed = data.iter().filter(|f| *f & 0x40 != 0).count();
-    (data.len(), compressed)
-}
-
 /// `proxy --compress` in front of an uncompressed backend, with a byte tap
 /// on each hop: (TCP tap's port, TCP tap, Unix tap), and the processes.
 fn compressing_proxy(dir: &Path) -> (u16, unixws_testkit::Tap, unixws_testkit::Tap, Vec<Process>) {
@@ -546,10 +539,10 @@ fn the_proxy_compresses_on_its_tcp_side_only() {
         stdout.contains("extensions ['permessage-deflate']"),
         "{stdout}"
     );
-    let (tcp_up, tcp_up_rsv1) = rsv1_count(&Tap::frames(&tcp.upstream));
-    let (tcp_down, tcp_down_rsv1) = rsv1_count(&Tap::frames(&tcp.downstream));
-    let (unix_up, unix_up_rsv1) = rsv1_count(&Tap::frames(&unix.upstream));
-    let (unix_down, unix_down_rsv1) = rsv1_count(&Tap::frames(&unix.downstream));
+    let (tcp_up, tcp_up_rsv1) = Tap::rsv1_count(&Tap::frames(&tcp.upstream));
+    let (tcp_down, tcp_down_rsv1) = Tap::rsv1_count(&Tap::frames(&tcp.downstream));
+    let (unix_up, unix_up_rsv1) = Tap::rsv1_count(&Tap::frames(&unix.upstream));
+    let (unix_down, unix_down_rsv1) = Tap::rsv1_count(&Tap::frames(&unix.downstream));
     assert_eq!((tcp_up, tcp_down, unix_up, unix_down), (4, 4, 4, 4));
     assert!(
         tcp_up_rsv1 >= 3,
@@ -578,15 +571,15 @@ fn headless_chromium_gets_compressed_frames_through_the_proxy() {
     let got = run_browser(dir.path(), page_port, &reports);
     let want: Vec<String> = (0..MESSAGES).map(|i| format!("{prefix}{i}")).collect();
     assert_eq!(got, want, "every message came back, in order");
-    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tcp.upstream));
-    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tcp.downstream));
+    let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tcp.upstream));
+    let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tcp.downstream));
     assert_eq!((up, down), (MESSAGES, MESSAGES));
     assert_eq!(
         (up_rsv1, down_rsv1),
         (MESSAGES, MESSAGES),
         "compressed both ways on TCP"
     );
-    let (_, unix_rsv1) = rsv1_count(&Tap::frames(&unix.upstream));
+    let (_, unix_rsv1) = Tap::rsv1_count(&Tap::frames(&unix.upstream));
     assert_eq!(unix_rsv1, 0, "the backend hop is uncompressed");
 }
 

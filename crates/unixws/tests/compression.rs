@@ -25,14 +25,6 @@ fn echo_server(front: FrontEnd, path: &Path, limits: Limits) -> RunningServer {
     RunningServer::echo_on(front, path, limits)
 }
 
-/// Data frames (text, binary, continuation) among `firsts`, and how many
-/// of them carry RSV1.
-fn rsv1_count(firsts: &[u8]) -> (usize, usize) {
-    let data: Vec<u8> = firsts.iter().copied().filter(|f| f & 0x0f <= 2).collect();
-    let compressed = data.iter().filter(|f| *f & 0x40 != 0).count();
-    (data.len(), compressed)
-}
-
 #[test]
 fn python_websockets_negotiates_compression_with_both_servers_and_rsv1_is_on_the_wire() {
     for front in FRONT_ENDS {
@@ -55,8 +47,8 @@ fn python_websockets_negotiates_compression_with_both_servers_and_rsv1_is_on_the
             stdout.contains("extensions ['permessage-deflate']"),
             "{front:?}: {stdout}"
         );
-        let (up, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
-        let (down, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
+        let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
+        let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
         // "short" goes uncompressed from us (under the threshold).
         assert_eq!((up, down), (4, 4), "{front:?}");
         assert!(
@@ -88,19 +80,20 @@ fn node_ws_with_per_message_deflate_gets_compressed_frames() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("extensions permessage-deflate"), "{stdout}");
-    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
-    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
+    let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
+    let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
     assert_eq!((up, down), (3, 3));
     assert_eq!(down_rsv1, 2, "unixws compressed {down_rsv1} of {down}");
     assert!(up_rsv1 >= 2, "Node compressed {up_rsv1} of {up}");
 }
 
-#[test]
-fn the_unixws_client_compresses_to_a_python_websockets_server() {
+/// The unixws client, compressing, against the echo server `start` runs
+/// on the socket it is given: both messages go compressed both ways.
+fn client_compresses_to(name: &str, start: impl FnOnce(&Path) -> Process) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = dir.path().join("py.sock");
+    let backend = dir.path().join("peer.sock");
     let front_path = dir.path().join("tap.sock");
-    let mut server = Process::spawn(python("py_server.py").arg(&backend));
+    let mut server = start(&backend);
     server.wait_for_line("ready", Duration::from_secs(20));
     let tap = Tap::start(&front_path, &backend);
     let mut conn = unixws::ClientBuilder::new(front_path.as_path())
@@ -117,38 +110,24 @@ fn the_unixws_client_compresses_to_a_python_websockets_server() {
         assert_eq!(conn.recv().expect("recv"), Some(message));
     }
     conn.close(CloseCode::Normal, "").expect("close");
-    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
-    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
+    let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
+    let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
     assert_eq!((up, up_rsv1), (2, 2), "the unixws client compressed both");
-    assert_eq!((down, down_rsv1), (2, 2), "Python compressed both");
+    assert_eq!((down, down_rsv1), (2, 2), "{name} compressed both");
+}
+
+#[test]
+fn the_unixws_client_compresses_to_a_python_websockets_server() {
+    client_compresses_to("Python", |path| {
+        Process::spawn(python("py_server.py").arg(path))
+    });
 }
 
 #[test]
 fn the_unixws_client_compresses_to_a_node_ws_server() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backend = dir.path().join("node.sock");
-    let front_path = dir.path().join("tap.sock");
-    let mut server = Process::spawn(node("node_server.js").arg(&backend).env("WS_DEFLATE", "1"));
-    server.wait_for_line("ready", Duration::from_secs(20));
-    let tap = Tap::start(&front_path, &backend);
-    let mut conn = unixws::ClientBuilder::new(front_path.as_path())
-        .expect("address")
-        .limits(compressing())
-        .connect()
-        .expect("connect");
-    let text = "{\"k\":\"compressible value\"},".repeat(200);
-    for message in [
-        Message::text(text.clone()),
-        Message::binary(text.clone().into_bytes()),
-    ] {
-        conn.send(message.clone()).expect("send");
-        assert_eq!(conn.recv().expect("recv"), Some(message));
-    }
-    conn.close(CloseCode::Normal, "").expect("close");
-    let (up, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
-    let (down, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
-    assert_eq!((up, up_rsv1), (2, 2), "the unixws client compressed both");
-    assert_eq!((down, down_rsv1), (2, 2), "Node compressed both");
+    client_compresses_to("Node", |path| {
+        Process::spawn(node("node_server.js").arg(path).env("WS_DEFLATE", "1"))
+    });
 }
 
 #[test]
@@ -165,8 +144,8 @@ fn compression_is_off_unless_asked_for() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("extensions []"), "declined: {stdout}");
-    let (_, up_rsv1) = rsv1_count(&Tap::frames(&tap.upstream));
-    let (_, down_rsv1) = rsv1_count(&Tap::frames(&tap.downstream));
+    let (_, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
+    let (_, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
     assert_eq!((up_rsv1, down_rsv1), (0, 0));
 }
 
