@@ -72,8 +72,9 @@ pub struct Limits {
     /// a Unix socket a copy is cheaper than deflate, so it rarely pays
     /// there; it does where a network is in the way (`unixws proxy` in
     /// front of browsers). A client offers it; a server accepts an offer.
-    /// Each compressing connection holds up to about 300 KiB of zlib state
-    /// (see BENCHMARKS.md); `max_message_size` counts inflated bytes.
+    /// Each compressing connection reserves about 300 KiB of zlib state,
+    /// resident as it is used (see BENCHMARKS.md); `max_message_size`
+    /// counts inflated bytes.
     pub compression: bool,
     /// Both: with compression, messages smaller than this go out
     /// uncompressed (default: 1 KiB; smaller ones rarely shrink enough to

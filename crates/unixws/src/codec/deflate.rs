@@ -6,9 +6,11 @@
 //! `*_max_window_bits` parameters need and `miniz_oxide` does not offer
 //! for compression), in Rust, with no C toolchain, and as fast as zlib-ng.
 //!
-//! What a connection holds: a compressor costs about 256 KiB (zlib's
-//! window and hash tables at window 15) and a decompressor about 40 KiB.
-//! Both are made on first use. With context takeover (the default, better
+//! What a connection holds: a compressor reserves about 256 KiB (zlib's
+//! window and hash tables at window 15) and a decompressor about 40 KiB,
+//! of which only the pages used are resident (24 KiB per idle connection
+//! after one small message each way; BENCHMARKS.md). Both are made on
+//! first use. With context takeover (the default, better
 //! compression) they live as long as the connection; when the side that
 //! owns one may not take its context over (`*_no_context_takeover`), it is
 //! dropped after each message, so an idle connection holds nothing.
