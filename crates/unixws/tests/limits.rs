@@ -249,7 +249,7 @@ fn blocking_send_timeout_waits_for_a_reader_and_closes_one_that_stalls() {
         move || {
             for i in 0..200 {
                 reading
-                    .send_timeout(chunk.clone(), Duration::from_millis(500))
+                    .send_timeout(chunk.clone(), Duration::from_secs(5))
                     .unwrap_or_else(|e| panic!("message {i}: {e}"));
             }
         }

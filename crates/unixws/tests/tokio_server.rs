@@ -568,10 +568,11 @@ async fn send_timeout_waits_for_a_reader_that_reads_and_closes_one_that_stalls()
     };
     let chunk = Message::binary(vec![1u8; 64 << 10]);
     // 300 × 64 KiB through a queue of 4: it waits, and never gives up on
-    // a reader that takes one every millisecond or so.
+    // a reader that takes one every millisecond or so (5 s of room to make:
+    // a loaded machine may not run the reader's thread for a while).
     for i in 0..300 {
         reading
-            .send_timeout(chunk.clone(), Duration::from_millis(500))
+            .send_timeout(chunk.clone(), Duration::from_secs(5))
             .await
             .unwrap_or_else(|e| panic!("message {i}: {e}"));
     }
