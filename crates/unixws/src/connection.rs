@@ -118,8 +118,8 @@ impl Outbox {
     /// Queue `message`, waiting while the queue is full, but no longer than
     /// `timeout` for room; a reader that took nothing for that long is a
     /// slow consumer, closed with 1013 ([`OutboxError::Full`]). See the
-    /// tokio [`Outbox::send_timeout`](crate::tokio::Outbox::send_timeout)
-    /// for why a broadcaster wants this. (std's bounded channel cannot wait
+    /// tokio `Outbox::send_timeout` (feature `tokio`) for why a
+    /// broadcaster wants this. (std's bounded channel cannot wait
     /// with a timeout: this one looks again after pauses of 50 µs doubling
     /// to 5 ms.)
     pub fn send_timeout(&self, mut message: Message, timeout: Duration) -> Result<(), OutboxError> {

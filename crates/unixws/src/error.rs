@@ -216,7 +216,7 @@ pub enum Error {
 
     /// A reconnecting client's connection ended before the server
     /// confirmed a message (see
-    /// [`Reconnecting::send`](crate::tokio::Reconnecting::send)). It may or
+    /// `tokio::Reconnecting::send`, feature `tokio`). It may or
     /// may not have arrived; the next call connects again.
     #[error("the server did not confirm the message before the connection ended ({reason}); it may not have arrived: send it again if it must arrive")]
     NotConfirmed {

@@ -105,7 +105,9 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+// Async code lives under src/tokio/; the module is `unixws::axum`.
 #[cfg(feature = "axum")]
+#[path = "tokio/axum.rs"]
 pub mod axum;
 mod backoff;
 pub mod client;

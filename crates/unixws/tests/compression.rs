@@ -25,30 +25,47 @@ fn echo_server(front: FrontEnd, path: &Path, limits: Limits) -> RunningServer {
     RunningServer::echo_on(front, path, limits)
 }
 
+/// An echo server of `front` with `limits` behind a byte tap, and the
+/// peer client `client` makes run against the tap's socket (it must exit
+/// successfully): its stdout, and (data frames, of them with RSV1) up and
+/// down.
+fn peer_client_through_tap(
+    front: FrontEnd,
+    limits: Limits,
+    client: impl FnOnce(&Path) -> std::process::Command,
+) -> (String, (usize, usize), (usize, usize)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = dir.path().join("echo.sock");
+    let front_path = dir.path().join("tap.sock");
+    let _server = echo_server(front, &backend, limits);
+    let tap = Tap::start(&front_path, &backend);
+    let out = client(&front_path).output().expect("the peer client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{front:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up = Tap::rsv1_count(&Tap::frames(&tap.upstream));
+    let down = Tap::rsv1_count(&Tap::frames(&tap.downstream));
+    (stdout, up, down)
+}
+
+fn python_client(path: &Path) -> std::process::Command {
+    let mut cmd = python("py_compress_client.py");
+    cmd.arg(path);
+    cmd
+}
+
 #[test]
 fn python_websockets_negotiates_compression_with_both_servers_and_rsv1_is_on_the_wire() {
     for front in FRONT_ENDS {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = dir.path().join("echo.sock");
-        let front_path = dir.path().join("tap.sock");
-        let _server = echo_server(front, &backend, compressing());
-        let tap = Tap::start(&front_path, &backend);
-        let out = python("py_compress_client.py")
-            .arg(&front_path)
-            .output()
-            .expect("python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{front:?}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, (up, up_rsv1), (down, down_rsv1)) =
+            peer_client_through_tap(front, compressing(), python_client);
         assert!(
             stdout.contains("extensions ['permessage-deflate']"),
             "{front:?}: {stdout}"
         );
-        let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
-        let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
         // "short" goes uncompressed from us (under the threshold).
         assert_eq!((up, down), (4, 4), "{front:?}");
         assert!(
@@ -64,24 +81,13 @@ fn python_websockets_negotiates_compression_with_both_servers_and_rsv1_is_on_the
 
 #[test]
 fn node_ws_with_per_message_deflate_gets_compressed_frames() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backend = dir.path().join("echo.sock");
-    let front_path = dir.path().join("tap.sock");
-    let _server = echo_server(FrontEnd::Tokio, &backend, compressing());
-    let tap = Tap::start(&front_path, &backend);
-    let out = node("node_compress_client.js")
-        .arg(&front_path)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, (up, up_rsv1), (down, down_rsv1)) =
+        peer_client_through_tap(FrontEnd::Tokio, compressing(), |path| {
+            let mut cmd = node("node_compress_client.js");
+            cmd.arg(path);
+            cmd
+        });
     assert!(stdout.contains("extensions permessage-deflate"), "{stdout}");
-    let (down, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
-    let (up, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
     assert_eq!((up, down), (3, 3));
     assert_eq!(down_rsv1, 2, "unixws compressed {down_rsv1} of {down}");
     assert!(up_rsv1 >= 2, "Node compressed {up_rsv1} of {up}");
@@ -132,20 +138,9 @@ fn the_unixws_client_compresses_to_a_node_ws_server() {
 
 #[test]
 fn compression_is_off_unless_asked_for() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backend = dir.path().join("echo.sock");
-    let front_path = dir.path().join("tap.sock");
-    let _server = echo_server(FrontEnd::Tokio, &backend, Limits::default());
-    let tap = Tap::start(&front_path, &backend);
-    let out = python("py_compress_client.py")
-        .arg(&front_path)
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (stdout, (_, up_rsv1), (_, down_rsv1)) =
+        peer_client_through_tap(FrontEnd::Tokio, Limits::default(), python_client);
     assert!(stdout.contains("extensions []"), "declined: {stdout}");
-    let (_, up_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.upstream));
-    let (_, down_rsv1) = Tap::rsv1_count(&Tap::frames(&tap.downstream));
     assert_eq!((up_rsv1, down_rsv1), (0, 0));
 }
 
