@@ -5,6 +5,8 @@
 //! (raw deflate, `Z_SYNC_FLUSH`, window sizes 9–15, which the extension's
 //! `*_max_window_bits` parameters need and `miniz_oxide` does not offer
 //! for compression), in Rust, with no C toolchain, and as fast as zlib-ng.
+//! flate2 builds zlib-rs without its `std` feature, and so without run-time
+//! CPU detection (scalar code where the CPU has AVX2); unixws turns it on.
 //!
 //! What a connection holds: a compressor reserves about 256 KiB (zlib's
 //! window and hash tables at window 15) and a decompressor about 40 KiB,
