@@ -145,6 +145,7 @@ fn run_server_agent(agent: &str, via_proxy: bool) {
     };
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    // The server (and the proxy): killed on drop, after the suite.
     let mut processes = Vec::new();
     if via_proxy {
         let sock = dir.path().join("echo.sock");
