@@ -277,9 +277,7 @@ fn run_client_agent(agent: &str, via_proxy: bool, echo: &dyn Fn(&str) -> unixws:
     let _fuzzing_server = Process::spawn(&mut cmd);
     wait_for_tcp(port);
     let tcp = format!("ws://127.0.0.1:{port}");
-    if !via_proxy {
-        run_client_cases(&tcp, agent, echo);
-    } else {
+    if via_proxy {
         let sock = dir.path().join("fuzz.sock");
         let _proxy = unixws(&[
             "proxy",
@@ -291,6 +289,8 @@ fn run_client_agent(agent: &str, via_proxy: bool, echo: &dyn Fn(&str) -> unixws:
         ]);
         wait_for_path(&sock);
         run_client_cases(&format!("ws+unix://{}:", sock.display()), agent, echo);
+    } else {
+        run_client_cases(&tcp, agent, echo);
     }
     check_report(&dir.path().join("reports/index.json"), agent);
 }

@@ -398,12 +398,7 @@ impl ClientBuilder {
             })?;
             headers.append(name, value);
         }
-        if self.limits.compression {
-            headers.insert(
-                "Sec-WebSocket-Extensions",
-                HeaderValue::from_static(crate::codec::deflate::CLIENT_OFFER),
-            );
-        }
+        offer_compression(self.limits.compression, headers);
         if !self.subprotocols.is_empty() {
             let joined = self.subprotocols.join(", ");
             let value = HeaderValue::from_str(&joined).map_err(|_| {
@@ -462,6 +457,17 @@ impl ClientBuilder {
                 source: Box::new(other),
             },
         }
+    }
+}
+
+/// Offers permessage-deflate in a client request's `headers` if
+/// `compression` is on; [`client_compression`] reads the answer.
+pub(crate) fn offer_compression(compression: bool, headers: &mut tungstenite::http::HeaderMap) {
+    if compression {
+        headers.insert(
+            "Sec-WebSocket-Extensions",
+            HeaderValue::from_static(crate::codec::deflate::CLIENT_OFFER),
+        );
     }
 }
 

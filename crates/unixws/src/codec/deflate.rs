@@ -193,14 +193,14 @@ pub(crate) fn client_agreed<'a>(
             if p.server_max_window_bits == Some(None) || p.client_max_window_bits == Some(None) {
                 return Err("the server answered with a window size without a value".into());
             }
-            let our_window = match p.client_max_window_bits {
+            // (A value-less client_max_window_bits was refused just above.)
+            let our_window = match p.client_max_window_bits.flatten() {
                 None => 15,
-                Some(Some(8)) => return Err(
+                Some(8) => return Err(
                     "the server asked for a window of 8 bits, smaller than zlib can compress with"
                         .into(),
                 ),
-                Some(Some(n)) => n,
-                Some(None) => 15,
+                Some(n) => n,
             };
             agreed = Some(Agreed {
                 we_reset: p.client_no_context_takeover,

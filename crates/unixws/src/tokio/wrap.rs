@@ -119,12 +119,7 @@ impl Connection {
         let mut request = request
             .into_client_request()
             .map_err(|e| failed(&peer, e))?;
-        if limits.compression {
-            request.headers_mut().insert(
-                "Sec-WebSocket-Extensions",
-                tungstenite::http::HeaderValue::from_static(crate::codec::deflate::CLIENT_OFFER),
-            );
-        }
+        crate::client::offer_compression(limits.compression, request.headers_mut());
         let (path, query) = (
             request.uri().path().to_string(),
             request.uri().query().map(str::to_string),
