@@ -8,7 +8,14 @@
 //! bytes in plain integers and adds them to these shared counters once
 //! per read or write call on its socket (which costs a system call
 //! anyway), not once per message; a close and a handshake are counted once
-//! per connection.
+//! per connection. The counters are kept in 16 copies (`SHARDS`), each on
+//! cache lines of its own, and a thread adds to its own copy: with one
+//! shared copy, the tokio workers' atomic adds pulled the same cache line
+//! back and forth between CPUs on every read and write. `perf annotate` of
+//! `unixws serve --echo` under 10 connections sending 1 KiB showed that
+//! bounce as about a third of the write step's own time (about 20 ns a
+//! message on two vCPUs; with more workers, more CPUs contend for it). A
+//! snapshot sums the copies.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +25,7 @@ use std::time::Duration;
 /// Live counters of one server (see [`Server::stats`](crate::Server::stats)).
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    counts: [AtomicU64; Counter::COUNT],
+    counts: [Shard; SHARDS],
     /// Connections past their handshake right now (also the count the
     /// connection limit is checked against).
     pub(crate) open: AtomicUsize,
@@ -30,6 +37,26 @@ pub struct ServerStats {
     /// Handshake durations, from accept to the upgrade.
     handshakes: [AtomicU64; HANDSHAKE_BUCKETS.len() + 1],
     handshake_nanos: AtomicU64,
+}
+
+/// How many copies of the counters a server keeps (see the module doc);
+/// threads beyond this many share copies.
+const SHARDS: usize = 16;
+
+/// One copy of the counters, alone on its cache lines (128 bytes: two
+/// lines, as the adjacent-line prefetcher fetches them in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard([AtomicU64; Counter::COUNT]);
+
+/// This thread's copy of the counters: threads take copies in turn, as
+/// they first count.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 /// The upper bounds of the handshake-latency buckets, in seconds.
@@ -120,7 +147,7 @@ impl ServerStats {
 
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         if n > 0 {
-            self.counts[counter as usize].fetch_add(n, Ordering::Relaxed);
+            self.counts[shard()].0[counter as usize].fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -176,7 +203,12 @@ impl ServerStats {
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: Counter| self.counts[c as usize].load(Ordering::Relaxed);
+        let get = |c: Counter| {
+            self.counts
+                .iter()
+                .map(|shard| shard.0[c as usize].load(Ordering::Relaxed))
+                .sum()
+        };
         StatsSnapshot {
             open: self.open.load(Ordering::SeqCst) as u64,
             accepted: get(Counter::Accepted),
@@ -261,6 +293,30 @@ impl Drop for Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_from_more_threads_than_shards_add_up_in_the_snapshot() {
+        let stats = Arc::new(ServerStats::default());
+        let threads: Vec<_> = (0..SHARDS * 2 + 3)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1_000 {
+                        stats.count(Counter::MessagesIn);
+                        stats.add(Counter::BytesOut, 7);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a counting thread panicked");
+        }
+        let total = (SHARDS * 2 + 3) as u64 * 1_000;
+        let snap = stats.snapshot();
+        assert_eq!(snap.messages_in, total);
+        assert_eq!(snap.bytes_out, total * 7);
+        assert_eq!(snap.messages_out, 0);
+    }
 
     #[test]
     fn handshake_latency_buckets_are_cumulative_with_the_slow_ones_only_in_the_count() {
