@@ -50,13 +50,15 @@ const SHARDS: usize = 16;
 struct Shard([AtomicU64; Counter::COUNT]);
 
 /// This thread's copy of the counters: threads take copies in turn, as
-/// they first count.
+/// they first count. A count made while the thread's locals are torn down
+/// (a connection dropped by a runtime that is shutting down) goes to the
+/// first copy instead of panicking.
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
     }
-    SHARD.with(|s| *s)
+    SHARD.try_with(|s| *s).unwrap_or(0)
 }
 
 /// The upper bounds of the handshake-latency buckets, in seconds.
