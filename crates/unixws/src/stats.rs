@@ -49,6 +49,14 @@ const SHARDS: usize = 16;
 #[repr(align(128))]
 struct Shard([AtomicU64; Counter::COUNT]);
 
+impl Shard {
+    fn add(&self, counter: Counter, n: u64) {
+        if n > 0 {
+            self.0[counter as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// This thread's copy of the counters: threads take copies in turn, as
 /// they first count. A count made while the thread's locals are torn down
 /// (a connection dropped by a runtime that is shutting down) goes to the
@@ -148,9 +156,12 @@ impl ServerStats {
     }
 
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        if n > 0 {
-            self.counts[shard()].0[counter as usize].fetch_add(n, Ordering::Relaxed);
-        }
+        self.local().add(counter, n);
+    }
+
+    /// This thread's copy of the counters.
+    fn local(&self) -> &Shard {
+        &self.counts[shard()]
     }
 
     /// A connection ended with `code` (see [`closes_by_code`](Self::closes_by_code)).
@@ -277,11 +288,11 @@ impl Tally {
 
     /// A read or write call moved `bytes`: the tally goes to the server.
     pub(crate) fn moved(&mut self, bytes: Counter, n: usize) {
-        self.stats.add(bytes, n as u64);
-        self.stats
-            .add(Counter::MessagesIn, std::mem::take(&mut self.messages_in));
-        self.stats
-            .add(Counter::MessagesOut, std::mem::take(&mut self.messages_out));
+        // One look-up of this thread's copy for the three adds.
+        let shard = self.stats.local();
+        shard.add(bytes, n as u64);
+        shard.add(Counter::MessagesIn, std::mem::take(&mut self.messages_in));
+        shard.add(Counter::MessagesOut, std::mem::take(&mut self.messages_out));
     }
 }
 
